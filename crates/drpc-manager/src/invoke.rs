@@ -1,0 +1,198 @@
+//! Sans-IO assembly of the Invoke (and InvokeMetadata) that opens each
+//! server stream (multiplexing.md §3.4).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use drpc_stream::ConnectionError;
+use drpc_wire::{Frame, Kind, Metadata, PacketAssembler, decode_metadata};
+
+/// A complete request to open a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invoke {
+    pub(crate) stream: u64,
+    pub(crate) rpc: Bytes,
+    pub(crate) metadata: Metadata,
+}
+
+/// Invokes under assembly, by stream id.
+///
+/// Bounded: a peer may have at most `limit` streams whose Invoke is still
+/// incomplete; one more is a protocol error. An entry is dropped when its
+/// Invoke completes, or when the peer ends that stream before it did
+/// (Cancel, Close or Error), so entries never leak.
+#[derive(Debug)]
+pub(crate) struct PendingInvokes {
+    pending: HashMap<u64, Pending>,
+    limit: usize,
+    max_packet_size: usize,
+}
+
+#[derive(Debug)]
+struct Pending {
+    assembler: PacketAssembler,
+    metadata: Metadata,
+}
+
+impl PendingInvokes {
+    pub(crate) fn new(limit: usize, max_packet_size: usize) -> PendingInvokes {
+        PendingInvokes {
+            pending: HashMap::new(),
+            limit: limit.max(1),
+            max_packet_size,
+        }
+    }
+
+    /// Feeds an Invoke or InvokeMetadata frame of an unregistered stream.
+    pub(crate) fn push(&mut self, frame: Frame) -> Result<Option<Invoke>, ConnectionError> {
+        let stream = frame.id.stream;
+        if !self.pending.contains_key(&stream) && self.pending.len() >= self.limit {
+            return Err(ConnectionError::TooManyPendingInvokes { limit: self.limit });
+        }
+        let entry = self.pending.entry(stream).or_insert_with(|| Pending {
+            assembler: PacketAssembler::for_stream(stream, self.max_packet_size),
+            metadata: Metadata::new(),
+        });
+        let Some(packet) = entry.assembler.push(frame)? else {
+            return Ok(None);
+        };
+        match packet.kind {
+            Kind::INVOKE_METADATA => {
+                // The last InvokeMetadata replaces earlier ones.
+                entry.metadata = decode_metadata(&packet.data)
+                    .map_err(|source| ConnectionError::InvalidMetadata { stream, source })?;
+                Ok(None)
+            }
+            _ => {
+                let metadata = self
+                    .pending
+                    .remove(&stream)
+                    .map(|p| p.metadata)
+                    .unwrap_or_default();
+                Ok(Some(Invoke {
+                    stream,
+                    rpc: packet.data,
+                    metadata,
+                }))
+            }
+        }
+    }
+
+    /// The peer ended `stream` before its Invoke completed.
+    pub(crate) fn forget(&mut self, stream: u64) {
+        self.pending.remove(&stream);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drpc_wire::{Id, WireError, encode_metadata};
+
+    fn frame(stream: u64, message: u64, kind: Kind, done: bool, data: &[u8]) -> Frame {
+        Frame {
+            id: Id::new(stream, message),
+            kind,
+            done,
+            control: false,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    fn md(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_metadata(&mut buf, pairs.iter().copied());
+        buf
+    }
+
+    #[test]
+    fn invoke_with_metadata_and_split_name() {
+        let mut p = PendingInvokes::new(8, 1 << 20);
+        let m = md(&[("k", "v")]);
+        assert!(matches!(
+            p.push(frame(3, 1, Kind::INVOKE_METADATA, true, &m)),
+            Ok(None)
+        ));
+        assert!(matches!(
+            p.push(frame(3, 2, Kind::INVOKE, false, b"/s.S/")),
+            Ok(None)
+        ));
+        let invoke = p
+            .push(frame(3, 2, Kind::INVOKE, true, b"Unary"))
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(invoke.stream, 3);
+        assert_eq!(&invoke.rpc[..], b"/s.S/Unary");
+        assert_eq!(invoke.metadata.get("k").map(String::as_str), Some("v"));
+        assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn metadata_of_another_stream_is_not_attached() {
+        let mut p = PendingInvokes::new(8, 1 << 20);
+        let m = md(&[("k", "v")]);
+        assert!(matches!(
+            p.push(frame(1, 1, Kind::INVOKE_METADATA, true, &m)),
+            Ok(None)
+        ));
+        let invoke = p
+            .push(frame(2, 1, Kind::INVOKE, true, b"/a/b"))
+            .expect("ok")
+            .expect("done");
+        assert!(invoke.metadata.is_empty());
+        p.forget(1);
+        assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn last_metadata_replaces_earlier() {
+        let mut p = PendingInvokes::new(8, 1 << 20);
+        assert!(
+            p.push(frame(1, 1, Kind::INVOKE_METADATA, true, &md(&[("a", "1")])))
+                .is_ok()
+        );
+        assert!(
+            p.push(frame(1, 2, Kind::INVOKE_METADATA, true, &md(&[("b", "2")])))
+                .is_ok()
+        );
+        let invoke = p
+            .push(frame(1, 3, Kind::INVOKE, true, b"/a/b"))
+            .expect("ok")
+            .expect("done");
+        assert_eq!(invoke.metadata.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn errors_are_connection_fatal() {
+        let mut p = PendingInvokes::new(8, 1 << 20);
+        assert!(matches!(
+            p.push(frame(1, 1, Kind::INVOKE_METADATA, true, &[0x0b])),
+            Err(ConnectionError::InvalidMetadata { stream: 1, .. })
+        ));
+        assert!(matches!(
+            p.push(frame(2, 0, Kind::INVOKE, true, b"/a/b")),
+            Err(ConnectionError::Wire(WireError::MessageIdRegression {
+                stream: 2,
+                got: 0,
+                ..
+            }))
+        ));
+        let mut p = PendingInvokes::new(2, 1 << 20);
+        assert!(p.push(frame(1, 1, Kind::INVOKE, false, b"/")).is_ok());
+        assert!(p.push(frame(2, 1, Kind::INVOKE, false, b"/")).is_ok());
+        assert!(matches!(
+            p.push(frame(3, 1, Kind::INVOKE, false, b"/")),
+            Err(ConnectionError::TooManyPendingInvokes { limit: 2 })
+        ));
+        let mut p = PendingInvokes::new(2, 4);
+        assert!(matches!(
+            p.push(frame(1, 1, Kind::INVOKE, true, b"/a/b/c")),
+            Err(ConnectionError::Wire(WireError::DataOverflow { len: 6 }))
+        ));
+    }
+}

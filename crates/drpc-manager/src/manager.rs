@@ -1,0 +1,485 @@
+//! The connection: its tasks, its stream registry and its termination.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use bytes::BytesMut;
+use drpc_stream::{
+    ConnectionError, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle,
+    StreamKind, new_stream,
+};
+use drpc_wire::{
+    CodedError, ConnectionIdOrder, Frame, FrameReader, Id, Kind, Metadata, ReadError, append_frame,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::invoke::{Invoke, PendingInvokes};
+use crate::{ManagerOptions, Role};
+
+/// A write buffer larger than this is not kept for reuse once written.
+const MAX_RETAINED_WRITE_BUFFER: usize = 1 << 20;
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A stream the peer opened, as handed to the server's accept loop.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The stream, registered and receiving.
+    pub stream: Stream,
+    /// The RPC path from the Invoke, e.g. `/service.Service/Method1`
+    /// (bytes that are not UTF-8 are replaced, so they match no route).
+    pub rpc: String,
+    /// The metadata of the InvokeMetadata that came with it, if any.
+    pub metadata: Metadata,
+}
+
+/// One DRPC connection over a transport.
+///
+/// Creating a manager spawns two tokio tasks: a reader, the single
+/// authority on the transport's health, and a writer that drains every
+/// stream's frames in batches. The handle is cheap to clone; the
+/// connection ends when [`Manager::close`] is called, when the transport
+/// or the peer fails, or when the last handle is dropped.
+#[derive(Clone)]
+pub struct Manager {
+    handle: Arc<Handle>,
+}
+
+/// Terminates the connection when the last [`Manager`] clone is dropped.
+struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.terminate(ConnectionError::Closed);
+    }
+}
+
+struct Inner {
+    role: Role,
+    opts: ManagerOptions,
+    writer: Arc<MuxWriter>,
+    registry: Mutex<Registry>,
+    term: OnceLock<ConnectionError>,
+    term_token: CancellationToken,
+    next_stream_id: AtomicU64,
+    next_serial: AtomicU64,
+    sequential: Option<Arc<Semaphore>>,
+    accept: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    span: tracing::Span,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Active streams by id, each with a serial number so that a stream's
+    /// removal never removes a later stream that reused its id.
+    streams: HashMap<u64, (u64, StreamHandle)>,
+    closed: Option<ConnectionError>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.handle.inner;
+        f.debug_struct("Manager")
+            .field("role", &inner.role)
+            .field("streams", &inner.active_streams())
+            .field("terminated", &inner.term.get())
+            .finish()
+    }
+}
+
+impl Manager {
+    /// Starts a connection over `transport`. Must be called within a tokio
+    /// runtime.
+    pub fn new<T>(transport: T, role: Role, opts: ManagerOptions) -> Manager
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(transport);
+        let (accept_tx, accept_rx) = mpsc::channel(opts.accept_backlog.max(1));
+        let conn = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!("drpc_conn", conn, role = ?role);
+        let inner = Arc::new(Inner {
+            role,
+            writer: Arc::new(MuxWriter::new(opts.writer_high_water)),
+            registry: Mutex::new(Registry::default()),
+            term: OnceLock::new(),
+            term_token: CancellationToken::new(),
+            next_stream_id: AtomicU64::new(0),
+            next_serial: AtomicU64::new(0),
+            sequential: opts.sequential.then(|| Arc::new(Semaphore::new(1))),
+            accept: tokio::sync::Mutex::new(accept_rx),
+            tasks: Mutex::new(Vec::new()),
+            span: span.clone(),
+            opts,
+        });
+        let reader =
+            tokio::spawn(run_reader(inner.clone(), read_half, accept_tx).instrument(span.clone()));
+        let writer = tokio::spawn(run_writer(inner.clone(), write_half).instrument(span));
+        lock(&inner.tasks).extend([reader, writer]);
+        tracing::debug!(parent: &inner.span, "connection started");
+        Manager {
+            handle: Arc::new(Handle { inner }),
+        }
+    }
+
+    /// Which side this manager is.
+    pub fn role(&self) -> Role {
+        self.handle.inner.role
+    }
+
+    /// The settings in force.
+    pub fn options(&self) -> &ManagerOptions {
+        &self.handle.inner.opts
+    }
+
+    /// Opens a stream for `rpc`: writes InvokeMetadata (when `metadata` is
+    /// non-empty) and Invoke, and returns the stream to send and receive on.
+    ///
+    /// In sequential mode this first waits until the previous stream has
+    /// terminated. Errors before an id was allocated carry stream id 0.
+    pub async fn open_stream(&self, rpc: &str, metadata: &Metadata) -> Result<Stream, StreamError> {
+        let inner = &self.handle.inner;
+        if let Some(err) = inner.term.get() {
+            return Err(StreamError::new(
+                0,
+                StreamErrorKind::ConnectionLost(err.clone()),
+            ));
+        }
+        let permit = match &inner.sequential {
+            Some(sem) => Some(inner.acquire_turn(sem.clone()).await?),
+            None => None,
+        };
+        let id = inner.next_stream_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (stream, handle) = new_stream(
+            id,
+            StreamKind::Client,
+            inner.writer.clone(),
+            &inner.opts.stream,
+        );
+        inner.register(id, &handle, permit)?;
+        tracing::debug!(parent: &inner.span, stream = id, rpc, "open stream");
+        stream.write_invoke(rpc.as_bytes(), metadata)?;
+        Ok(stream)
+    }
+
+    /// Waits for the next stream the peer opens. Fails with the
+    /// connection's error once it has ended.
+    pub async fn accept(&self) -> Result<Incoming, ConnectionError> {
+        let inner = &self.handle.inner;
+        let mut rx = inner.accept.lock().await;
+        match rx.recv().await {
+            Some(incoming) => Ok(incoming),
+            None => Err(inner.term.get().cloned().unwrap_or(ConnectionError::Closed)),
+        }
+    }
+
+    /// Ends the connection: every stream fails with
+    /// [`ConnectionError::Closed`], unsent bytes are discarded, the
+    /// transport is closed. Returns once both tasks have exited.
+    pub async fn close(&self) {
+        let inner = &self.handle.inner;
+        inner.terminate(ConnectionError::Closed);
+        let tasks = std::mem::take(&mut *lock(&inner.tasks));
+        for task in tasks {
+            // A task that panicked has nothing left to clean up.
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the connection has ended, and returns why.
+    pub async fn closed(&self) -> ConnectionError {
+        let inner = &self.handle.inner;
+        inner.term_token.cancelled().await;
+        inner.term.get().cloned().unwrap_or(ConnectionError::Closed)
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn termination(&self) -> Option<ConnectionError> {
+        self.handle.inner.term.get().cloned()
+    }
+
+    /// The number of streams currently registered.
+    pub fn active_streams(&self) -> usize {
+        self.handle.inner.active_streams()
+    }
+
+    /// Whether a new stream could start without waiting (always, when
+    /// multiplexed; in sequential mode, when no stream is open).
+    pub fn is_unblocked(&self) -> bool {
+        match &self.handle.inner.sequential {
+            Some(sem) => sem.available_permits() > 0,
+            None => true,
+        }
+    }
+}
+
+impl Inner {
+    fn active_streams(&self) -> usize {
+        lock(&self.registry).streams.len()
+    }
+
+    /// Ends the connection the first time it is called; later calls do
+    /// nothing (first error wins).
+    fn terminate(&self, err: ConnectionError) {
+        if self.term.set(err.clone()).is_err() {
+            return;
+        }
+        tracing::debug!(parent: &self.span, error = %err, "connection terminated");
+        // Stop the writer first: from here on, appends fail and buffered
+        // bytes are dropped. Then stop the tasks, which drops both halves of
+        // the transport, closing it.
+        self.writer.stop(err.clone());
+        self.term_token.cancel();
+        if let Some(sem) = &self.sequential {
+            sem.close();
+        }
+        let streams: Vec<StreamHandle> = {
+            let mut registry = lock(&self.registry);
+            registry.closed = Some(err.clone());
+            registry.streams.drain().map(|(_, (_, h))| h).collect()
+        };
+        // Outside the registry lock: each stream's hook takes it.
+        let reason = self.stream_reason(&err);
+        for handle in streams {
+            handle.connection_lost(reason.clone());
+        }
+    }
+
+    /// What the streams of a terminated connection report: a server's
+    /// handlers see a peer that went away as a cancellation, as in gRPC; a
+    /// client sees the connection error (multiplexing.md §3.1).
+    fn stream_reason(&self, err: &ConnectionError) -> StreamErrorKind {
+        match (self.role, err) {
+            (Role::Server, ConnectionError::Eof) => StreamErrorKind::Canceled(Initiator::Remote),
+            _ => StreamErrorKind::ConnectionLost(err.clone()),
+        }
+    }
+
+    async fn acquire_turn(&self, sem: Arc<Semaphore>) -> Result<OwnedSemaphorePermit, StreamError> {
+        let lost = |inner: &Inner| {
+            let err = inner.term.get().cloned().unwrap_or(ConnectionError::Closed);
+            StreamError::new(0, StreamErrorKind::ConnectionLost(err))
+        };
+        tokio::select! {
+            biased;
+            _ = self.term_token.cancelled() => Err(lost(self)),
+            permit = sem.acquire_owned() => permit.map_err(|_| lost(self)),
+        }
+    }
+
+    /// Adds a stream to the registry and arranges its removal when it
+    /// terminates. `permit` (sequential mode) is released then too.
+    fn register(
+        self: &Arc<Self>,
+        id: u64,
+        handle: &StreamHandle,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), StreamError> {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut registry = lock(&self.registry);
+            if let Some(err) = &registry.closed {
+                return Err(StreamError::new(
+                    id,
+                    StreamErrorKind::ConnectionLost(err.clone()),
+                ));
+            }
+            let limit = self.opts.max_concurrent_streams;
+            if registry.streams.len() >= limit {
+                return Err(StreamError::new(id, StreamErrorKind::Refused { limit }));
+            }
+            registry.streams.insert(id, (serial, handle.clone()));
+        }
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        handle.on_terminate(move || {
+            drop(permit);
+            if let Some(inner) = weak.upgrade() {
+                let mut registry = lock(&inner.registry);
+                if registry.streams.get(&id).is_some_and(|(s, _)| *s == serial) {
+                    registry.streams.remove(&id);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn lookup(&self, id: u64) -> Option<StreamHandle> {
+        lock(&self.registry)
+            .streams
+            .get(&id)
+            .map(|(_, h)| h.clone())
+    }
+
+    /// Routes one frame (multiplexing.md §3.3).
+    async fn route(
+        self: &Arc<Self>,
+        frame: Frame,
+        pending: &mut PendingInvokes,
+        accept: &mpsc::Sender<Incoming>,
+    ) -> Result<(), ConnectionError> {
+        let id = frame.id.stream;
+        if let Some(handle) = self.lookup(id) {
+            return tokio::select! {
+                biased;
+                _ = self.term_token.cancelled() => Ok(()),
+                r = handle.handle_frame(frame) => r,
+            };
+        }
+        match frame.kind {
+            Kind::INVOKE | Kind::INVOKE_METADATA if self.role == Role::Server => {
+                if let Some(invoke) = pending.push(frame)? {
+                    self.start_server_stream(invoke, accept).await;
+                }
+            }
+            Kind::CANCEL | Kind::CLOSE | Kind::ERROR => {
+                // An Invoke that was never completed will never be.
+                pending.forget(id);
+                tracing::trace!(stream = id, kind = %frame.kind, "dropped frame of unknown stream");
+            }
+            kind => tracing::trace!(stream = id, %kind, "dropped frame of unknown stream"),
+        }
+        Ok(())
+    }
+
+    /// Registers the stream an Invoke opens and hands it to the accept
+    /// loop, or refuses it when the connection is at its stream limit.
+    async fn start_server_stream(
+        self: &Arc<Self>,
+        invoke: Invoke,
+        accept: &mpsc::Sender<Incoming>,
+    ) {
+        let Invoke {
+            stream: id,
+            rpc,
+            metadata,
+        } = invoke;
+        let (stream, handle) = new_stream(
+            id,
+            StreamKind::Server,
+            self.writer.clone(),
+            &self.opts.stream,
+        );
+        match self.register(id, &handle, None) {
+            Ok(()) => {}
+            Err(err) => {
+                if let StreamErrorKind::Refused { limit } = err.kind() {
+                    tracing::debug!(parent: &self.span, stream = id, limit, "stream refused");
+                    self.refuse(id, &err);
+                }
+                // Never registered: end it silently, so that dropping it
+                // sends nothing.
+                handle.connection_lost(err.into_kind());
+                drop(stream);
+                return;
+            }
+        }
+        let rpc = String::from_utf8_lossy(&rpc).into_owned();
+        tracing::debug!(parent: &self.span, stream = id, rpc = %rpc, "accepted stream");
+        let incoming = Incoming {
+            stream,
+            rpc,
+            metadata,
+        };
+        tokio::select! {
+            biased;
+            _ = self.term_token.cancelled() => {}
+            // If nobody accepts any more, the stream is dropped, which
+            // cancels it.
+            _ = accept.send(incoming) => {}
+        }
+    }
+
+    /// Answers an Invoke over the stream limit with an Error packet on that
+    /// stream (message id 1, code 0), as the fork does; the connection
+    /// survives and later frames of that stream are dropped.
+    fn refuse(&self, id: u64, err: &StreamError) {
+        let text = err.to_string();
+        let payload_err = CodedError::new(0, text);
+        let mut payload = Vec::new();
+        payload_err.append_to(&mut payload);
+        if let Err(e) = self
+            .writer
+            .append(|buf| append_frame(buf, Id::new(id, 1), Kind::ERROR, true, false, &payload))
+        {
+            tracing::debug!(stream = id, error = %e, "refusal not sent");
+        }
+    }
+}
+
+async fn run_reader<R: AsyncRead + Unpin>(
+    inner: Arc<Inner>,
+    read_half: R,
+    accept: mpsc::Sender<Incoming>,
+) {
+    let max_packet_size = inner.opts.stream.max_packet_size;
+    let mut reader = FrameReader::new(read_half, max_packet_size);
+    let mut pending = PendingInvokes::new(inner.opts.max_concurrent_streams, max_packet_size);
+    let mut order = inner.opts.sequential.then(ConnectionIdOrder::new);
+    let result: Result<(), ConnectionError> = async {
+        loop {
+            let read = tokio::select! {
+                biased;
+                _ = inner.term_token.cancelled() => return Ok(()),
+                r = reader.read_frame() => r,
+            };
+            let frame = match read {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Err(ConnectionError::Eof),
+                Err(ReadError::Protocol(e)) => return Err(e.into()),
+                Err(ReadError::Io(e)) => return Err(ConnectionError::from_io(e)),
+                Err(e) => return Err(ConnectionError::from_io(std::io::Error::other(e))),
+            };
+            if let Some(order) = &mut order {
+                order.check(frame.id, frame.done)?;
+            }
+            inner.route(frame, &mut pending, &accept).await?;
+        }
+    }
+    .await;
+    if let Err(err) = result {
+        inner.terminate(err);
+    }
+}
+
+async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W) {
+    let mut batch = BytesMut::with_capacity(4096);
+    loop {
+        if poll_fn(|cx| inner.writer.poll_take(cx, &mut batch))
+            .await
+            .is_err()
+        {
+            // Stopped: whatever was buffered is discarded.
+            break;
+        }
+        let written = tokio::select! {
+            biased;
+            _ = inner.term_token.cancelled() => break,
+            r = async {
+                write_half.write_all(&batch).await?;
+                write_half.flush().await
+            } => r,
+        };
+        if let Err(e) = written {
+            inner.terminate(ConnectionError::from_io(e));
+            break;
+        }
+        batch.clear();
+        if batch.capacity() > MAX_RETAINED_WRITE_BUFFER {
+            batch = BytesMut::with_capacity(4096);
+        }
+    }
+}

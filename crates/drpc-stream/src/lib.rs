@@ -1,0 +1,67 @@
+//! One DRPC stream: the state machine of an RPC and its receive queue.
+//!
+//! A stream is one RPC on a connection. This crate holds its rules (which
+//! packet may follow which, what every operation returns after each kind
+//! of termination) and nothing about sockets or tasks: the connection
+//! (`drpc-manager`) feeds it frames through a [`StreamHandle`] and drains
+//! the [`MuxWriter`] it writes into; the application uses the [`Stream`].
+//!
+//! # Design
+//!
+//! * **One lock per stream.** A stream's state (a sans-IO state machine),
+//!   its receive queue and the wakers of whoever waits on it sit behind one
+//!   short mutex. Every operation takes it, decides, appends its frames to
+//!   the connection's [`MuxWriter`] *while still holding it*, and releases
+//!   it before waking anyone. Because the check and the append happen under
+//!   the same lock, no frame of a stream is ever appended after the stream
+//!   terminated, and no Cancel can land between an InvokeMetadata and its
+//!   Invoke, or between the frames of one message.
+//! * **Writes never do I/O.** [`MuxWriter::append`] is a memcpy under the
+//!   writer's lock (lock order: stream, then writer; the writer never takes
+//!   a stream lock). Message sends wait only while the writer holds more
+//!   than its high-water mark; control packets never wait.
+//! * **Receive queue and backpressure.** Each stream queues received
+//!   messages, bounded in messages and bytes, and hands them out as the
+//!   [`bytes::Bytes`] they arrived in (no copy). When a queue is full the
+//!   connection's reader *waits* in [`StreamHandle::handle_frame`]. This is
+//!   head-of-line blocking: while one stream's application does not read,
+//!   no frame of any stream on that connection is read. It bounds memory
+//!   without flow control on the wire, which stock peers do not speak;
+//!   applications that read slowly on a busy connection should read into
+//!   their own buffer or use a separate connection. Queued messages are
+//!   delivered before a termination by the peer or the connection is
+//!   reported; a local close or cancel discards them.
+//! * **Termination.** First error wins. After termination, `close_send`,
+//!   `close`, `send_error` and `cancel` are silent no-ops that send
+//!   nothing. The results of sends and receives after each kind of
+//!   termination follow semantics.md §3.6 ([`StreamErrorKind`]).
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use drpc_stream::{MuxWriter, StreamKind, StreamOptions, new_stream};
+//!
+//! # futures_executor::block_on(async {
+//! let writer = Arc::new(MuxWriter::new(0));
+//! let (stream, _handle) = new_stream(1, StreamKind::Client, writer.clone(), &StreamOptions::default());
+//! stream.write_invoke(b"/service.Service/Method1", &Default::default())?;
+//! stream.send(&[0x08, 0x05]).await?;
+//! stream.close_send()?;
+//! // Invoke, Message and CloseSend wait together for the connection's writer task.
+//! assert_eq!(writer.buffered(), 28 + 6 + 4);
+//! # Ok::<(), drpc_stream::StreamError>(())
+//! # }).unwrap();
+//! ```
+
+mod core;
+mod error;
+mod mux_writer;
+mod queue;
+mod stream;
+mod sync;
+
+pub use error::{ConnectionError, Initiator, StreamError, StreamErrorKind};
+pub use mux_writer::{DEFAULT_WRITER_HIGH_WATER, MuxWriter};
+pub use queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
+pub use stream::{Stream, StreamHandle, StreamKind, StreamOptions, new_stream};

@@ -1,0 +1,169 @@
+//! The write buffer shared by every stream of a connection (Go's
+//! `drpcwire.MuxWriter`, multiplexing.md §3.10).
+
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+
+use crate::ConnectionError;
+use crate::sync::{Mutex, lock};
+
+/// The default number of buffered bytes above which senders of messages
+/// wait for the writer task: 1 MiB, as the fork's bounded writer.
+pub const DEFAULT_WRITER_HIGH_WATER: usize = 1 << 20;
+
+/// Initial capacity of each of the two buffers.
+const INITIAL_CAPACITY: usize = 4096;
+
+/// Frames of all streams, appended whole under a short lock and drained by
+/// one writer task.
+///
+/// * [`MuxWriter::append`] encodes frames straight into the buffer; it never
+///   does I/O and never waits. Frames of one call stay contiguous, so a
+///   packet is never interleaved with another stream's frames.
+/// * The writer task takes everything buffered with [`MuxWriter::poll_take`]
+///   by swapping buffers (double buffering), so appends go on while it
+///   writes: whatever piles up meanwhile leaves in the next single write.
+/// * [`MuxWriter::stop`] is immediate: later appends fail, buffered bytes
+///   are discarded, and the task's next `poll_take` says so. It does not
+///   wait for the task; the task's own exit is the completion signal.
+/// * Backpressure: [`MuxWriter::poll_capacity`] is ready while fewer than
+///   the high-water mark bytes wait. Message senders wait on it before
+///   appending; control packets (CloseSend, Close, Error, Cancel) do not.
+#[derive(Debug)]
+pub struct MuxWriter {
+    state: Mutex<State>,
+    high_water: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    buf: BytesMut,
+    stopped: Option<ConnectionError>,
+    drain_waker: Option<Waker>,
+    capacity_wakers: Vec<Waker>,
+}
+
+impl MuxWriter {
+    /// A writer whose senders wait while more than `high_water` bytes are
+    /// buffered (0 means [`DEFAULT_WRITER_HIGH_WATER`]).
+    pub fn new(high_water: usize) -> MuxWriter {
+        MuxWriter {
+            state: Mutex::new(State {
+                buf: BytesMut::with_capacity(INITIAL_CAPACITY),
+                stopped: None,
+                drain_waker: None,
+                capacity_wakers: Vec::new(),
+            }),
+            high_water: if high_water == 0 {
+                DEFAULT_WRITER_HIGH_WATER
+            } else {
+                high_water
+            },
+        }
+    }
+
+    /// Appends whatever `encode` writes into the buffer, as one contiguous
+    /// run, and wakes the writer task. Fails with the stop reason once the
+    /// writer is stopped.
+    pub fn append(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<(), ConnectionError> {
+        let waker = {
+            let mut state = lock(&self.state);
+            if let Some(err) = &state.stopped {
+                return Err(err.clone());
+            }
+            let was_empty = state.buf.is_empty();
+            encode(&mut state.buf);
+            if was_empty {
+                state.drain_waker.take()
+            } else {
+                None
+            }
+        };
+        // Waking outside the lock keeps the critical section to the memcpy.
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Ready when fewer than the high-water mark bytes are buffered, or with
+    /// the stop reason once stopped.
+    pub fn poll_capacity(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        let mut state = lock(&self.state);
+        if let Some(err) = &state.stopped {
+            return Poll::Ready(Err(err.clone()));
+        }
+        if state.buf.len() < self.high_water {
+            return Poll::Ready(Ok(()));
+        }
+        if !state
+            .capacity_wakers
+            .iter()
+            .any(|w| w.will_wake(cx.waker()))
+        {
+            state.capacity_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The writer task's side: once bytes are buffered, swaps them into
+    /// `spare` (which must be empty) and returns `Ready(Ok(()))`; returns
+    /// the stop reason once stopped, discarding what was buffered.
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        spare: &mut BytesMut,
+    ) -> Poll<Result<(), ConnectionError>> {
+        let wakers = {
+            let mut state = lock(&self.state);
+            if let Some(err) = &state.stopped {
+                return Poll::Ready(Err(err.clone()));
+            }
+            if state.buf.is_empty() {
+                state.drain_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            debug_assert!(spare.is_empty());
+            std::mem::swap(&mut state.buf, spare);
+            std::mem::take(&mut state.capacity_wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Stops the writer: later appends fail with `err`, buffered bytes are
+    /// dropped, and every waiter wakes. Returns `false` (and changes nothing)
+    /// if it was already stopped: the first reason wins.
+    pub fn stop(&self, err: ConnectionError) -> bool {
+        let (drain, capacity) = {
+            let mut state = lock(&self.state);
+            if state.stopped.is_some() {
+                return false;
+            }
+            state.stopped = Some(err);
+            state.buf = BytesMut::new();
+            (
+                state.drain_waker.take(),
+                std::mem::take(&mut state.capacity_wakers),
+            )
+        };
+        drain.into_iter().chain(capacity).for_each(Waker::wake);
+        true
+    }
+
+    /// The stop reason, once stopped.
+    pub fn stop_reason(&self) -> Option<ConnectionError> {
+        lock(&self.state).stopped.clone()
+    }
+
+    /// The number of bytes waiting for the writer task.
+    pub fn buffered(&self) -> usize {
+        lock(&self.state).buf.len()
+    }
+
+    /// The high-water mark.
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+}

@@ -1,0 +1,105 @@
+//! The per-stream receive queue and its accounting.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// The default maximum number of messages queued per stream (the fork's
+/// ring size).
+pub const DEFAULT_RECV_QUEUE_MESSAGES: usize = 256;
+
+/// The default maximum number of bytes queued per stream. A message larger
+/// than this is still admitted when the queue is empty, so any message the
+/// connection accepts can be delivered.
+pub const DEFAULT_RECV_QUEUE_BYTES: usize = 8 << 20;
+
+/// Messages received on a stream and not yet taken by the application.
+///
+/// This is the single place where received bytes are accounted: admission
+/// ([`RecvQueue::try_push`]) and release ([`RecvQueue::pop`]). A bounded
+/// queue is how the design applies backpressure: when a stream's queue is
+/// full the connection's reader waits, which stalls every stream of the
+/// connection (see the crate docs). Credit-based flow control will hook in
+/// here, granting credit as bytes are released.
+#[derive(Debug)]
+pub(crate) struct RecvQueue {
+    messages: VecDeque<Bytes>,
+    bytes: usize,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl RecvQueue {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> RecvQueue {
+        RecvQueue {
+            messages: VecDeque::new(),
+            bytes: 0,
+            max_messages: max_messages.max(1),
+            max_bytes,
+        }
+    }
+
+    /// Queues `data` if there is room, else gives it back.
+    pub(crate) fn try_push(&mut self, data: Bytes) -> Result<(), Bytes> {
+        let fits = self.messages.is_empty()
+            || (self.messages.len() < self.max_messages
+                && self.bytes.saturating_add(data.len()) <= self.max_bytes);
+        if !fits {
+            return Err(data);
+        }
+        self.bytes += data.len();
+        self.messages.push_back(data);
+        Ok(())
+    }
+
+    /// Takes the oldest message.
+    pub(crate) fn pop(&mut self) -> Option<Bytes> {
+        let data = self.messages.pop_front()?;
+        self.bytes -= data.len();
+        Some(data)
+    }
+
+    /// Drops everything queued.
+    pub(crate) fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_messages_and_bytes_but_admits_one_large() {
+        let mut q = RecvQueue::new(2, 10);
+        assert!(
+            q.try_push(Bytes::from(vec![0; 100])).is_ok(),
+            "empty queue admits any size"
+        );
+        assert!(
+            q.try_push(Bytes::from_static(b"x")).is_err(),
+            "over the byte bound"
+        );
+        assert_eq!(q.pop().map(|b| b.len()), Some(100));
+        assert!(q.try_push(Bytes::from_static(b"abcd")).is_ok());
+        assert!(q.try_push(Bytes::from_static(b"efgh")).is_ok());
+        assert!(
+            q.try_push(Bytes::from_static(b"i")).is_err(),
+            "over the message bound"
+        );
+        assert_eq!((q.len(), q.bytes()), (2, 8));
+        q.clear();
+        assert_eq!((q.len(), q.bytes()), (0, 0));
+    }
+}

@@ -1,0 +1,524 @@
+//! The async driver of a stream: the application's [`Stream`] and the
+//! connection's [`StreamHandle`] over one shared, locked [`StreamCore`].
+
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use drpc_wire::{
+    CodedError, DEFAULT_MAX_PACKET_SIZE, Frame, Id, Kind, Metadata, append_frame, append_packet,
+    encode_metadata,
+};
+
+use crate::core::{Inbound, Recv, StreamCore};
+use crate::queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
+use crate::sync::{Mutex, MutexGuard, lock};
+use crate::{ConnectionError, Initiator, MuxWriter, StreamError, StreamErrorKind};
+
+/// Which side of the RPC a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// Opened by this side (Go's `"cli"`).
+    Client,
+    /// Accepted from the peer's Invoke (Go's `"srv"`).
+    Server,
+}
+
+/// Per-stream settings, with the reference implementation's defaults.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Maximum data bytes per frame of Invoke, InvokeMetadata and Message
+    /// packets; 0 means 64 KiB.
+    pub split_size: usize,
+    /// The largest packet accepted from the peer (default 4 MiB).
+    pub max_packet_size: usize,
+    /// How many received messages may wait for the application (default
+    /// 256).
+    pub recv_queue_messages: usize,
+    /// How many received bytes may wait for the application (default
+    /// 8 MiB; one message of any accepted size always fits in an empty
+    /// queue).
+    pub recv_queue_bytes: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            split_size: 0,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            recv_queue_messages: DEFAULT_RECV_QUEUE_MESSAGES,
+            recv_queue_bytes: DEFAULT_RECV_QUEUE_BYTES,
+        }
+    }
+}
+
+type TerminateHook = Box<dyn FnOnce() + Send>;
+
+struct Shared {
+    id: u64,
+    kind: StreamKind,
+    split_size: usize,
+    writer: Arc<MuxWriter>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    core: StreamCore,
+    /// The application task waiting in `recv`.
+    recv_waker: Option<Waker>,
+    /// The connection's reader waiting for queue room.
+    space_waker: Option<Waker>,
+    /// Tasks waiting for termination (senders waiting for writer room,
+    /// `terminated()` callers).
+    term_wakers: Vec<Waker>,
+    /// Whether termination was already announced.
+    announced: bool,
+    on_terminate: Option<TerminateHook>,
+}
+
+/// What to do after releasing the lock.
+#[derive(Default)]
+struct Wakeups {
+    wakers: Vec<Waker>,
+    hook: Option<TerminateHook>,
+}
+
+impl Wakeups {
+    fn fire(self) {
+        self.wakers.into_iter().for_each(Waker::wake);
+        if let Some(hook) = self.hook {
+            hook();
+        }
+    }
+}
+
+impl Shared {
+    /// Collects who must be woken after a change, releasing the lock
+    /// before anyone is woken or any hook runs.
+    fn release(&self, mut inner: MutexGuard<'_, Inner>, queued: bool, popped: bool) {
+        let mut w = Wakeups::default();
+        if queued {
+            w.wakers.extend(inner.recv_waker.take());
+        }
+        if popped {
+            w.wakers.extend(inner.space_waker.take());
+        }
+        if inner.core.is_terminated() && !inner.announced {
+            inner.announced = true;
+            w.wakers.extend(inner.recv_waker.take());
+            w.wakers.extend(inner.space_waker.take());
+            w.wakers.append(&mut inner.term_wakers);
+            w.hook = inner.on_terminate.take();
+            tracing::debug!(stream = self.id, kind = ?self.kind, "stream terminated");
+        }
+        drop(inner);
+        w.fire();
+    }
+
+    /// Cancels with `reason`, sending Cancel unless already terminated.
+    fn cancel(&self, reason: StreamErrorKind) {
+        let mut inner = lock(&self.inner);
+        let sent = inner
+            .core
+            .cancel(reason, true)
+            .map(|id| self.append_control(id, Kind::CANCEL, true, &[]));
+        // A stopped writer means the connection is ending, which ends the
+        // peer's stream too: nothing is left to report.
+        if let Some(Err(e)) = sent {
+            tracing::debug!(stream = self.id, error = %e, "cancel not sent");
+        }
+        self.release(inner, false, false);
+    }
+
+    fn err(&self, kind: StreamErrorKind) -> StreamError {
+        StreamError::new(self.id, kind)
+    }
+
+    /// Appends a packet without payload (CloseSend, Close, Cancel) or with
+    /// a small one (Error) under the stream lock the caller holds, so that
+    /// nothing is ever appended for a stream after it terminated.
+    fn append_control(
+        &self,
+        id: Id,
+        kind: Kind,
+        control: bool,
+        data: &[u8],
+    ) -> Result<(), ConnectionError> {
+        self.writer
+            .append(|buf| append_frame(buf, id, kind, true, control, data))
+    }
+}
+
+/// The application's side of one RPC stream.
+///
+/// Sends never wait for the transport, only for room in the connection's
+/// write buffer; control operations (`close_send`, `close`, `send_error`,
+/// `cancel`) never wait at all. Dropping a `Stream` that has not
+/// terminated cancels it: a client sends Cancel; a server whose send side
+/// is already closed just lets go.
+pub struct Stream {
+    shared: Arc<Shared>,
+}
+
+/// The connection's side of a stream: routes frames in and ends it when
+/// the connection ends. Cloneable; holding one does not keep the RPC open.
+#[derive(Clone)]
+pub struct StreamHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream")
+            .field("id", &self.shared.id)
+            .field("kind", &self.shared.kind)
+            .finish()
+    }
+}
+
+impl fmt::Debug for StreamHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamHandle")
+            .field("id", &self.shared.id)
+            .field("kind", &self.shared.kind)
+            .finish()
+    }
+}
+
+/// Creates stream `id` writing into `writer`: the application's
+/// [`Stream`] and the connection's [`StreamHandle`].
+pub fn new_stream(
+    id: u64,
+    kind: StreamKind,
+    writer: Arc<MuxWriter>,
+    opts: &StreamOptions,
+) -> (Stream, StreamHandle) {
+    let shared = Arc::new(Shared {
+        id,
+        kind,
+        split_size: opts.split_size,
+        writer,
+        inner: Mutex::new(Inner {
+            core: StreamCore::new(id, kind, opts),
+            recv_waker: None,
+            space_waker: None,
+            term_wakers: Vec::new(),
+            announced: false,
+            on_terminate: None,
+        }),
+    });
+    (
+        Stream {
+            shared: shared.clone(),
+        },
+        StreamHandle { shared },
+    )
+}
+
+impl Stream {
+    /// The stream id.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Whether this side opened the stream.
+    pub fn kind(&self) -> StreamKind {
+        self.shared.kind
+    }
+
+    /// Writes InvokeMetadata (when `metadata` is non-empty) and Invoke for
+    /// `rpc` in one step, so that a cancel can never land between them
+    /// (multiplexing.md §3.8). Used by the connection when opening a
+    /// client stream.
+    pub fn write_invoke(&self, rpc: &[u8], metadata: &Metadata) -> Result<(), StreamError> {
+        let shared = &*self.shared;
+        let mut inner = lock(&shared.inner);
+        let (md_id, invoke_id) = inner
+            .core
+            .begin_invoke(!metadata.is_empty())
+            .map_err(|e| shared.err(e))?;
+        let result = shared.writer.append(|buf| {
+            if let Some(md_id) = md_id {
+                let mut encoded = Vec::new();
+                encode_metadata(
+                    &mut encoded,
+                    metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                append_packet(
+                    buf,
+                    md_id,
+                    Kind::INVOKE_METADATA,
+                    false,
+                    &encoded,
+                    shared.split_size,
+                );
+            }
+            append_packet(buf, invoke_id, Kind::INVOKE, false, rpc, shared.split_size);
+        });
+        let out = result
+            .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
+        shared.release(inner, false, false);
+        out
+    }
+
+    /// Sends one message. Waits only while the connection's write buffer
+    /// is above its high-water mark (and stops waiting if the stream ends).
+    pub async fn send(&self, data: &[u8]) -> Result<(), StreamError> {
+        let shared = &*self.shared;
+        poll_fn(|cx| {
+            if shared.writer.poll_capacity(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            // Waiting for writer room: also wake if the stream ends, so that
+            // a cancel releases a sender stuck behind a blocked transport.
+            let mut inner = lock(&shared.inner);
+            if inner.core.is_send_closed() {
+                return Poll::Ready(());
+            }
+            if !inner.term_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                inner.term_wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        let mut inner = lock(&shared.inner);
+        let id = inner.core.begin_message().map_err(|e| shared.err(e))?;
+        let result = shared
+            .writer
+            .append(|buf| append_packet(buf, id, Kind::MESSAGE, false, data, shared.split_size));
+        let out = result
+            .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
+        drop(inner);
+        out
+    }
+
+    /// Receives the next message; `Ok(None)` is the clean end of the
+    /// peer's sending (its CloseSend or Close). Queued messages are
+    /// delivered before a remote termination is reported.
+    pub async fn recv(&self) -> Result<Option<Bytes>, StreamError> {
+        let shared = &*self.shared;
+        poll_fn(|cx| {
+            let mut inner = lock(&shared.inner);
+            match inner.core.recv() {
+                Recv::Empty => {
+                    inner.recv_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                Recv::Message(data) => {
+                    shared.release(inner, false, true);
+                    Poll::Ready(Ok(Some(data)))
+                }
+                Recv::End => Poll::Ready(Ok(None)),
+                Recv::Failed(e) => Poll::Ready(Err(shared.err(e))),
+            }
+        })
+        .await
+    }
+
+    /// Half close: sends CloseSend unless sending is already over (then a
+    /// silent no-op).
+    pub fn close_send(&self) -> Result<(), StreamError> {
+        let shared = &*self.shared;
+        let mut inner = lock(&shared.inner);
+        let result = match inner.core.close_send() {
+            Some(id) => shared.append_control(id, Kind::CLOSE_SEND, false, &[]),
+            None => Ok(()),
+        };
+        let out = result
+            .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
+        shared.release(inner, false, false);
+        out
+    }
+
+    /// Ends the stream: sends Close unless already terminated (then a
+    /// silent no-op).
+    pub fn close(&self) -> Result<(), StreamError> {
+        let shared = &*self.shared;
+        let mut inner = lock(&shared.inner);
+        let result = match inner.core.close() {
+            Some(id) => shared.append_control(id, Kind::CLOSE, false, &[]),
+            None => Ok(()),
+        };
+        let out = result.map_err(|e| shared.err(StreamErrorKind::ConnectionLost(e)));
+        shared.release(inner, false, false);
+        out
+    }
+
+    /// Ends the stream with `err` (its code and text reach the peer), unless
+    /// already terminated (then a silent no-op).
+    pub fn send_error(&self, err: &CodedError) -> Result<(), StreamError> {
+        let shared = &*self.shared;
+        let mut inner = lock(&shared.inner);
+        let result = match inner.core.send_error() {
+            Some(id) => {
+                let mut payload = Vec::with_capacity(8 + err.message().len());
+                err.append_to(&mut payload);
+                shared.append_control(id, Kind::ERROR, false, &payload)
+            }
+            None => Ok(()),
+        };
+        let out = result.map_err(|e| shared.err(StreamErrorKind::ConnectionLost(e)));
+        shared.release(inner, false, false);
+        out
+    }
+
+    /// Cancels the stream with `reason` (use
+    /// [`StreamErrorKind::Canceled`] or [`StreamErrorKind::DeadlineExceeded`]):
+    /// sends Cancel (control bit set) unless already terminated; the
+    /// connection and other streams go on. Receives then fail with
+    /// `reason`, sends with `Eof`.
+    pub fn cancel(&self, reason: StreamErrorKind) {
+        self.shared.cancel(reason);
+    }
+
+    /// Replaces `err` with the cancellation if the stream was cancelled, so
+    /// that an operation racing its own cancellation reports the
+    /// cancellation rather than a bare end of stream (multiplexing.md §5.2).
+    pub fn check_cancel(&self, err: StreamError) -> StreamError {
+        let inner = lock(&self.shared.inner);
+        StreamError::new(err.stream_id(), inner.core.check_cancel(err.into_kind()))
+    }
+
+    /// Whether the stream has terminated (nothing more will be sent).
+    pub fn is_terminated(&self) -> bool {
+        lock(&self.shared.inner).core.is_terminated()
+    }
+
+    /// Waits until the stream has terminated.
+    pub async fn terminated(&self) {
+        wait_terminated(&self.shared).await
+    }
+}
+
+async fn wait_terminated(shared: &Shared) {
+    poll_fn(|cx| {
+        let mut inner = lock(&shared.inner);
+        if inner.core.is_terminated() {
+            Poll::Ready(())
+        } else {
+            if !inner.term_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                inner.term_wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let (terminated, send_closed, kind) = {
+            let inner = lock(&self.shared.inner);
+            (
+                inner.core.is_terminated(),
+                inner.core.is_send_closed(),
+                inner.core.kind(),
+            )
+        };
+        if terminated {
+            return;
+        }
+        if kind == StreamKind::Server && send_closed {
+            let mut inner = lock(&self.shared.inner);
+            inner.core.abandon();
+            self.shared.release(inner, false, false);
+        } else {
+            self.shared.cancel(StreamErrorKind::Canceled(Initiator::Local));
+        }
+    }
+}
+
+impl StreamHandle {
+    /// The stream id.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Which side opened the stream.
+    pub fn kind(&self) -> StreamKind {
+        self.shared.kind
+    }
+
+    /// Routes one inbound frame of this stream. When the stream's receive
+    /// queue is full this waits for the application to make room (or for
+    /// the stream to end): that wait is the design's backpressure, and it
+    /// holds up the caller. An error is fatal for the connection.
+    pub async fn handle_frame(&self, frame: Frame) -> Result<(), ConnectionError> {
+        let shared = &*self.shared;
+        let Some(data) = self.apply_frame(frame)? else {
+            return Ok(());
+        };
+        let mut pending = Some(data);
+        poll_fn(|cx| {
+            let mut inner = lock(&shared.inner);
+            let Some(data) = pending.take() else {
+                return Poll::Ready(());
+            };
+            match inner.core.try_enqueue(data) {
+                Ok(()) => {
+                    shared.release(inner, true, false);
+                    Poll::Ready(())
+                }
+                Err(data) => {
+                    pending = Some(data);
+                    inner.space_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Applies a frame; returns a message that found the queue full.
+    fn apply_frame(&self, frame: Frame) -> Result<Option<Bytes>, ConnectionError> {
+        let shared = &*self.shared;
+        let mut inner = lock(&shared.inner);
+        match inner.core.handle_frame(frame)? {
+            Inbound::Nothing => Ok(None),
+            Inbound::Queued | Inbound::StateChanged => {
+                shared.release(inner, true, false);
+                Ok(None)
+            }
+            Inbound::QueueFull(data) => Ok(Some(data)),
+        }
+    }
+
+    /// Ends the stream because its connection ended; `reason` is what the
+    /// application's receive reports after any queued messages.
+    pub fn connection_lost(&self, reason: StreamErrorKind) {
+        let mut inner = lock(&self.shared.inner);
+        inner.core.connection_lost(reason);
+        self.shared.release(inner, false, false);
+    }
+
+    /// Cancels the stream as [`Stream::cancel`] does (used for deadlines
+    /// and by connection-level cancellation).
+    pub fn cancel(&self, reason: StreamErrorKind) {
+        self.shared.cancel(reason);
+    }
+
+    /// Runs `hook` once, when the stream terminates (at once if it already
+    /// has), outside every lock of the stream.
+    pub fn on_terminate(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut inner = lock(&self.shared.inner);
+        if inner.announced {
+            drop(inner);
+            hook();
+        } else {
+            inner.on_terminate = Some(Box::new(hook));
+        }
+    }
+
+    /// Whether the stream has terminated.
+    pub fn is_terminated(&self) -> bool {
+        lock(&self.shared.inner).core.is_terminated()
+    }
+
+    /// Waits until the stream has terminated.
+    pub async fn terminated(&self) {
+        wait_terminated(&self.shared).await
+    }
+}
