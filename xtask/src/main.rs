@@ -3,6 +3,7 @@
 //! * `ci`: everything CI checks, in order, stopping at the first failure.
 //! * `fuzz [--target NAME] [--seconds N]`: runs the cargo-fuzz targets
 //!   under `fuzz/` with the nightly toolchain.
+//! * `soak [--seconds N]`: the randomized stream soak test, for N seconds.
 //! * `bench`: runs the criterion benchmarks.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ fn main() -> Result<()> {
     match command {
         "ci" => ci(),
         "fuzz" => fuzz(rest),
+        "soak" => soak(rest),
         "bench" => run(cargo().args(["bench", "--workspace"])),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
@@ -35,6 +37,7 @@ fn usage() -> &'static str {
      commands:\n\
      \x20 ci                                 fmt, clippy, tests, docs (what CI runs)\n\
      \x20 fuzz [--target NAME] [--seconds N] run fuzz targets (needs nightly + cargo-fuzz)\n\
+     \x20 soak [--seconds N]                 randomized stream soak test (default 60 s)\n\
      \x20 bench                              run the criterion benchmarks"
 }
 
@@ -86,6 +89,22 @@ fn ci() -> Result<()> {
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     println!("xtask: ci passed");
     Ok(())
+}
+
+/// Parses `--seconds N` (the only option of `soak`).
+fn seconds_option(args: &[String], default: u64) -> Result<u64> {
+    match args {
+        [] => Ok(default),
+        [flag, n] if flag == "--seconds" => n.parse().context("--seconds needs a number"),
+        other => bail!("unexpected arguments {other:?}; expected --seconds N"),
+    }
+}
+
+fn soak(args: &[String]) -> Result<()> {
+    let seconds = seconds_option(args, 60)?;
+    run(cargo()
+        .args(["test", "-p", "drpc-manager", "--release", "--test", "soak", "--", "--nocapture"])
+        .env("DRPC_SOAK_SECONDS", seconds.to_string()))
 }
 
 fn fuzz(args: &[String]) -> Result<()> {

@@ -204,6 +204,8 @@ impl PacketAssembler {
 #[derive(Debug, Clone)]
 pub struct ConnectionIdOrder {
     last: Id,
+    /// Set once (u64::MAX, u64::MAX) completed: no id is left.
+    exhausted: bool,
 }
 
 impl Default for ConnectionIdOrder {
@@ -218,12 +220,13 @@ impl ConnectionIdOrder {
     pub fn new() -> ConnectionIdOrder {
         ConnectionIdOrder {
             last: Id::new(1, 1),
+            exhausted: false,
         }
     }
 
     /// Checks one frame's id and records it.
     pub fn check(&mut self, id: Id, done: bool) -> Result<(), WireError> {
-        if id < self.last {
+        if id < self.last || self.exhausted {
             return Err(WireError::IdMonotonicity {
                 frame: id,
                 last: self.last,
@@ -231,13 +234,10 @@ impl ConnectionIdOrder {
         }
         self.last = id;
         if done {
-            // Past u64::MAX nothing is acceptable any more; saturating keeps
-            // a repeat of that id an error through the stream component.
-            match self.last.message.checked_add(1) {
-                Some(next) => self.last.message = next,
-                None => {
-                    self.last = Id::new(self.last.stream.saturating_add(1), 0);
-                }
+            match (id.message.checked_add(1), id.stream.checked_add(1)) {
+                (Some(next), _) => self.last.message = next,
+                (None, Some(next_stream)) => self.last = Id::new(next_stream, 0),
+                (None, None) => self.exhausted = true,
             }
         }
         Ok(())

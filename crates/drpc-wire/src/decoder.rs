@@ -5,6 +5,9 @@ use bytes::{Buf, BytesMut};
 use crate::assembler::DEFAULT_MAX_PACKET_SIZE;
 use crate::{Frame, FrameHead, WireError};
 
+/// The most the decoder reserves ahead for one incomplete frame.
+const MAX_RESERVE: usize = 16 << 20;
+
 /// Cuts frames off the front of a [`BytesMut`] read buffer.
 ///
 /// Frame data is split off the buffer and frozen, so a frame costs no
@@ -51,10 +54,15 @@ impl FrameDecoder {
         if head.data_len > self.max_packet_size as u64 {
             return Err(WireError::DataOverflow { len: head.data_len });
         }
-        // Bounded by max_packet_size above, so it fits in usize.
-        let total = head.header_len + head.data_len as usize;
+        // data_len <= max_packet_size (a usize), so the cast is lossless; the
+        // sum can still overflow when the maximum is near usize::MAX.
+        let Some(total) = head.header_len.checked_add(head.data_len as usize) else {
+            return Err(WireError::DataOverflow { len: head.data_len });
+        };
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Room for the whole frame, so that the next read completes it;
+            // capped, because the frame's length is the peer's claim.
+            buf.reserve((total - buf.len()).min(MAX_RESERVE));
             return Ok(None);
         }
         let mut bytes = buf.split_to(total);

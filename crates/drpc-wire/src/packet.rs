@@ -157,13 +157,15 @@ pub fn append_packet<B: BufMut + ?Sized>(
 /// The number of bytes [`append_packet`] writes.
 pub fn packet_encoded_len(id: Id, kind: Kind, data_len: usize, split_size: usize) -> usize {
     let limit = limit_for(kind, split_size);
-    let full_frames = if data_len == 0 {
-        0
-    } else {
-        (data_len - 1) / limit
-    };
+    // Every frame but the last carries exactly `limit` bytes.
+    let full_frames = data_len.saturating_sub(1) / limit;
     let last = data_len - full_frames * limit;
-    full_frames * (header_len(id, limit) + limit) + header_len(id, last) + last
+    let last_frame = header_len(id, last) + last;
+    if full_frames == 0 {
+        last_frame
+    } else {
+        full_frames * (header_len(id, limit) + limit) + last_frame
+    }
 }
 
 #[cfg(test)]
