@@ -46,20 +46,37 @@ pub struct Incoming {
 /// authority on the transport's health, and a writer that drains every
 /// stream's frames in batches. The handle is cheap to clone; the
 /// connection ends when [`Manager::close`] is called, when the transport
-/// or the peer fails, or when the last handle is dropped.
+/// or the peer fails, or when the last handle is dropped (after writing,
+/// for at most a second, what its streams had already sent).
 #[derive(Clone)]
 pub struct Manager {
     handle: Arc<Handle>,
 }
 
-/// Terminates the connection when the last [`Manager`] clone is dropped.
+/// Closes the connection when the last [`Manager`] clone is dropped.
 struct Handle {
     inner: Arc<Inner>,
 }
 
+/// How long a dropped manager keeps writing what its streams already sent.
+const FLUSH_ON_DROP: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.inner.terminate(ConnectionError::Closed);
+        // Like closing a socket, dropping the last handle still delivers
+        // what was already sent (a server's last response, say), for a
+        // bounded time; an explicit `close` discards it.
+        let inner = self.inner.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if inner.term.get().is_none() => {
+                runtime.spawn(async move {
+                    let flushed = poll_fn(|cx| inner.writer.poll_idle(cx));
+                    let _ = tokio::time::timeout(FLUSH_ON_DROP, flushed).await;
+                    inner.terminate(ConnectionError::Closed);
+                });
+            }
+            _ => inner.terminate(ConnectionError::Closed),
+        }
     }
 }
 
@@ -198,6 +215,19 @@ impl Manager {
             // A task that panicked has nothing left to clean up.
             let _ = task.await;
         }
+    }
+
+    /// Closes the connection after everything already sent by its streams
+    /// has been written to the transport, waiting at most `timeout` for
+    /// that; then as [`Manager::close`]. Streams still open end as with
+    /// `close`.
+    pub async fn close_gracefully(&self, timeout: std::time::Duration) {
+        let inner = &self.handle.inner;
+        let flushed = poll_fn(|cx| inner.writer.poll_idle(cx));
+        // Whether it flushed, timed out or the connection already ended,
+        // what follows is the same.
+        let _ = tokio::time::timeout(timeout, flushed).await;
+        self.close().await;
     }
 
     /// Waits until the connection has ended, and returns why.
@@ -477,6 +507,7 @@ async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W)
             inner.terminate(ConnectionError::from_io(e));
             break;
         }
+        inner.writer.batch_written();
         batch.clear();
         if batch.capacity() > MAX_RETAINED_WRITE_BUFFER {
             batch = BytesMut::with_capacity(4096);

@@ -124,6 +124,16 @@ pub enum StreamErrorKind {
     /// The connection ended, taking the stream with it.
     #[error("{0}")]
     ConnectionLost(ConnectionError),
+    /// A message was larger than the maximum packet size; it was not sent
+    /// (peers refuse such packets by ending the connection) and the stream
+    /// goes on.
+    #[error("message of {size} bytes exceeds the maximum packet size of {limit} bytes")]
+    MessageTooLarge {
+        /// The message's encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The connection already had its maximum of concurrent streams; the
     /// stream was never opened.
     #[error("too many concurrent streams: refused: at most {limit} concurrent streams")]

@@ -55,12 +55,16 @@
 //! ```
 
 mod core;
+mod encoding;
 mod error;
 mod mux_writer;
 mod queue;
 mod stream;
 mod sync;
 
+#[cfg(feature = "prost")]
+pub use encoding::Prost;
+pub use encoding::{Encoding, EncodingError, Raw};
 pub use error::{ConnectionError, Initiator, StreamError, StreamErrorKind};
 pub use mux_writer::{DEFAULT_WRITER_HIGH_WATER, MuxWriter};
 pub use queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};

@@ -42,6 +42,9 @@ struct State {
     stopped: Option<ConnectionError>,
     drain_waker: Option<Waker>,
     capacity_wakers: Vec<Waker>,
+    /// Whether the writer task holds a taken batch it has not yet written.
+    writing: bool,
+    idle_wakers: Vec<Waker>,
 }
 
 impl MuxWriter {
@@ -54,6 +57,8 @@ impl MuxWriter {
                 stopped: None,
                 drain_waker: None,
                 capacity_wakers: Vec::new(),
+                writing: false,
+                idle_wakers: Vec::new(),
             }),
             high_water: if high_water == 0 {
                 DEFAULT_WRITER_HIGH_WATER
@@ -126,6 +131,7 @@ impl MuxWriter {
             }
             debug_assert!(spare.is_empty());
             std::mem::swap(&mut state.buf, spare);
+            state.writing = true;
             std::mem::take(&mut state.capacity_wakers)
         };
         wakers.into_iter().for_each(Waker::wake);
@@ -143,13 +149,45 @@ impl MuxWriter {
             }
             state.stopped = Some(err);
             state.buf = BytesMut::new();
-            (
-                state.drain_waker.take(),
-                std::mem::take(&mut state.capacity_wakers),
-            )
+            state.writing = false;
+            let mut wakers = std::mem::take(&mut state.capacity_wakers);
+            wakers.append(&mut state.idle_wakers);
+            (state.drain_waker.take(), wakers)
         };
         drain.into_iter().chain(capacity).for_each(Waker::wake);
         true
+    }
+
+    /// The writer task's side: the batch taken by the last
+    /// [`MuxWriter::poll_take`] is now written to the transport.
+    pub fn batch_written(&self) {
+        let wakers = {
+            let mut state = lock(&self.state);
+            state.writing = false;
+            if state.buf.is_empty() {
+                std::mem::take(&mut state.idle_wakers)
+            } else {
+                Vec::new()
+            }
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Ready once everything appended so far has been written to the
+    /// transport (nothing buffered, no batch in flight), or with the stop
+    /// reason once stopped. This is what a graceful close waits for.
+    pub fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        let mut state = lock(&self.state);
+        if let Some(err) = &state.stopped {
+            return Poll::Ready(Err(err.clone()));
+        }
+        if state.buf.is_empty() && !state.writing {
+            return Poll::Ready(Ok(()));
+        }
+        if !state.idle_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.idle_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// The stop reason, once stopped.

@@ -32,7 +32,9 @@ pub struct StreamOptions {
     /// Maximum data bytes per frame of Invoke, InvokeMetadata and Message
     /// packets; 0 means 64 KiB.
     pub split_size: usize,
-    /// The largest packet accepted from the peer (default 4 MiB).
+    /// The largest packet accepted from the peer, and the largest message
+    /// sent to it (default 4 MiB, the reference implementation's limit;
+    /// peers exchanging larger messages raise it on both sides).
     pub max_packet_size: usize,
     /// How many received messages may wait for the application (default
     /// 256).
@@ -60,6 +62,7 @@ struct Shared {
     id: u64,
     kind: StreamKind,
     split_size: usize,
+    max_message_size: usize,
     writer: Arc<MuxWriter>,
     inner: Mutex<Inner>,
 }
@@ -199,6 +202,7 @@ pub fn new_stream(
         id,
         kind,
         split_size: opts.split_size,
+        max_message_size: opts.max_packet_size,
         writer,
         inner: Mutex::new(Inner {
             core: StreamCore::new(id, kind, opts),
@@ -265,8 +269,17 @@ impl Stream {
 
     /// Sends one message. Waits only while the connection's write buffer
     /// is above its high-water mark (and stops waiting if the stream ends).
+    /// A message larger than the maximum packet size is refused locally
+    /// with [`StreamErrorKind::MessageTooLarge`], since the peer would end
+    /// the connection over it.
     pub async fn send(&self, data: &[u8]) -> Result<(), StreamError> {
         let shared = &*self.shared;
+        if data.len() > shared.max_message_size {
+            return Err(shared.err(StreamErrorKind::MessageTooLarge {
+                size: data.len(),
+                limit: shared.max_message_size,
+            }));
+        }
         poll_fn(|cx| {
             if shared.writer.poll_capacity(cx).is_ready() {
                 return Poll::Ready(());
@@ -349,7 +362,10 @@ impl Stream {
     /// Ends the stream with `err` (its code and text reach the peer), unless
     /// already terminated (then a silent no-op).
     pub fn send_error(&self, err: &CodedError) -> Result<(), StreamError> {
-        let shared = &*self.shared;
+        Stream::send_error_shared(&self.shared, err)
+    }
+
+    fn send_error_shared(shared: &Shared, err: &CodedError) -> Result<(), StreamError> {
         let mut inner = lock(&shared.inner);
         let result = match inner.core.send_error() {
             Some(id) => {
@@ -384,6 +400,15 @@ impl Stream {
     /// Whether the stream has terminated (nothing more will be sent).
     pub fn is_terminated(&self) -> bool {
         lock(&self.shared.inner).core.is_terminated()
+    }
+
+    /// A handle on the same stream that does not cancel it when dropped:
+    /// for watching its termination or cancelling it from elsewhere (a
+    /// deadline timer, a server's task).
+    pub fn handle(&self) -> StreamHandle {
+        StreamHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Waits until the stream has terminated.
@@ -494,8 +519,7 @@ impl StreamHandle {
         self.shared.release(inner, false, false);
     }
 
-    /// Cancels the stream as [`Stream::cancel`] does (used for deadlines
-    /// and by connection-level cancellation).
+    /// Cancels the stream as [`Stream::cancel`] does (used for deadlines).
     pub fn cancel(&self, reason: StreamErrorKind) {
         self.shared.cancel(reason);
     }
@@ -510,6 +534,11 @@ impl StreamHandle {
         } else {
             inner.on_terminate = Some(Box::new(hook));
         }
+    }
+
+    /// Ends the stream with `err`, as [`Stream::send_error`] does.
+    pub fn send_error(&self, err: &CodedError) -> Result<(), StreamError> {
+        Stream::send_error_shared(&self.shared, err)
     }
 
     /// Whether the stream has terminated.

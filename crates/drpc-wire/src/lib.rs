@@ -63,7 +63,10 @@ pub use frame::{
 };
 pub use io::{DEFAULT_WRITER_BUFFER_SIZE, FrameReader, FrameWriter, ReadError};
 pub use kind::Kind;
-pub use metadata::{Metadata, MetadataError, decode_metadata, encode_metadata};
+pub use metadata::{
+    Metadata, MetadataError, TIMEOUT_METADATA_KEY, decode_metadata, encode_metadata,
+    encode_timeout, parse_timeout,
+};
 pub use packet::{
     DEFAULT_SPLIT_SIZE, Packet, SplitFrames, append_packet, effective_split_size,
     packet_encoded_len, split_frames,

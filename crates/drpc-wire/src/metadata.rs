@@ -161,3 +161,81 @@ mod tests {
         );
     }
 }
+
+/// The reserved metadata key carrying a call's remaining time from client
+/// to server. A stock Go server sees it as one more metadata pair.
+///
+/// The value uses gRPC's `grpc-timeout` format: at most 8 ASCII digits
+/// followed by a unit, `H` (hours), `M` (minutes), `S` (seconds), `m`
+/// (milliseconds), `u` (microseconds) or `n` (nanoseconds), e.g. `250m`.
+pub const TIMEOUT_METADATA_KEY: &str = "drpc-timeout";
+
+/// Encodes a remaining time for [`TIMEOUT_METADATA_KEY`], in the finest
+/// unit whose value fits in 8 digits, rounded up so that the server never
+/// gives up before the client.
+pub fn encode_timeout(timeout: std::time::Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let nanos = timeout.as_nanos();
+    for (unit, per) in [
+        ('n', 1u128),
+        ('u', 1_000),
+        ('m', 1_000_000),
+        ('S', 1_000_000_000),
+        ('M', 60_000_000_000),
+        ('H', 3_600_000_000_000),
+    ] {
+        let value = nanos.div_ceil(per);
+        if value <= MAX {
+            return format!("{value}{unit}");
+        }
+    }
+    format!("{MAX}H")
+}
+
+/// Parses a [`TIMEOUT_METADATA_KEY`] value; `None` when malformed.
+pub fn parse_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let unit = value.chars().last()?;
+    let digits = &value[..value.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(n * 3600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn encodes_in_the_finest_unit_that_fits() {
+        assert_eq!(encode_timeout(Duration::from_millis(99)), "99000000n");
+        assert_eq!(encode_timeout(Duration::from_millis(100)), "100000u");
+        assert_eq!(encode_timeout(Duration::from_millis(250)), "250000u");
+        assert_eq!(encode_timeout(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(encode_timeout(Duration::from_secs(86400 * 365)), "31536000S");
+        assert_eq!(encode_timeout(Duration::from_secs(86400 * 3650)), "5256000M");
+        assert_eq!(encode_timeout(Duration::from_nanos(1_500)), "1500n");
+    }
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        for d in [Duration::ZERO, Duration::from_nanos(7), Duration::from_millis(1234), Duration::from_secs(5000)] {
+            let back = parse_timeout(&encode_timeout(d)).expect("parses");
+            assert!(back >= d && back - d < Duration::from_secs(60), "{d:?} -> {back:?}");
+        }
+        for bad in ["", "m", "10", "10x", "123456789S", "-1S", "1.5S", "١S"] {
+            assert_eq!(parse_timeout(bad), None, "{bad}");
+        }
+    }
+}

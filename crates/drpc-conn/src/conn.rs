@@ -1,0 +1,472 @@
+//! The client connection and its calls.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drpc_manager::{Manager, ManagerOptions, Role};
+use drpc_stream::{
+    ConnectionError, Encoding, Initiator, Prost, Stream, StreamError, StreamErrorKind, StreamHandle,
+};
+use drpc_wire::{Metadata, TIMEOUT_METADATA_KEY, encode_timeout};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// Connection settings.
+#[derive(Debug, Clone, Default)]
+pub struct ConnOptions {
+    /// The connection's settings: limits, queues and
+    /// [`ManagerOptions::sequential`] for stock Go servers.
+    pub manager: ManagerOptions,
+}
+
+impl ConnOptions {
+    /// Options for a server running the original, one-stream-at-a-time Go
+    /// implementation: one call at a time on the connection.
+    pub fn sequential() -> ConnOptions {
+        ConnOptions {
+            manager: ManagerOptions {
+                sequential: true,
+                ..ManagerOptions::default()
+            },
+        }
+    }
+}
+
+/// Per-call options: metadata, deadline, cancellation.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    metadata: Metadata,
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+}
+
+impl CallOptions {
+    /// No metadata, no deadline.
+    pub fn new() -> CallOptions {
+        CallOptions::default()
+    }
+
+    /// Adds a metadata pair.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The call fails with a deadline error `timeout` from now.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.deadline(Instant::now() + timeout)
+    }
+
+    /// The call fails with a deadline error at `deadline`. The server
+    /// learns the remaining time through the `drpc-timeout` metadata key.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        self
+    }
+
+    /// The call is cancelled when `token` is.
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// The metadata that goes on the wire, with the remaining time.
+    fn wire_metadata(&self) -> Result<Metadata, Error> {
+        let mut md = self.metadata.clone();
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StreamError::new(0, StreamErrorKind::DeadlineExceeded).into());
+            }
+            md.insert(TIMEOUT_METADATA_KEY.to_owned(), encode_timeout(left));
+        }
+        Ok(md)
+    }
+}
+
+/// A client connection (Go's `drpcconn.Conn`).
+///
+/// Cheap to clone, `Send + Sync`: any number of tasks can make calls on
+/// one connection at once, multiplexed (or one after another in sequential
+/// mode). Dropping an in-flight call's future, or a stream, cancels that
+/// call on the wire and nothing else. The connection closes when the last
+/// clone is dropped or on [`Conn::close`].
+#[derive(Clone)]
+pub struct Conn {
+    manager: Manager,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn").field("manager", &self.manager).finish()
+    }
+}
+
+impl Conn {
+    /// A connection over `transport` (a TCP or Unix stream, a TLS stream,
+    /// an in-memory pipe). Must be called within a tokio runtime.
+    pub fn new<T>(transport: T, opts: ConnOptions) -> Conn
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Conn {
+            manager: Manager::new(transport, Role::Client, opts.manager),
+        }
+    }
+
+    /// Dials a TCP address, with TCP_NODELAY set.
+    pub async fn connect_tcp(
+        addr: impl tokio::net::ToSocketAddrs,
+        opts: ConnOptions,
+    ) -> io::Result<Conn> {
+        let socket = tokio::net::TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        Ok(Conn::new(socket, opts))
+    }
+
+    /// Dials a Unix-domain socket.
+    #[cfg(unix)]
+    pub async fn connect_unix(
+        path: impl AsRef<std::path::Path>,
+        opts: ConnOptions,
+    ) -> io::Result<Conn> {
+        let socket = tokio::net::UnixStream::connect(path).await?;
+        Ok(Conn::new(socket, opts))
+    }
+
+    /// The connection underneath.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// Closes the connection: calls in flight fail with a connection
+    /// error. Returns once its tasks have exited.
+    pub async fn close(&self) {
+        self.manager.close().await
+    }
+
+    /// Waits until the connection has ended, and returns why.
+    pub async fn closed(&self) -> ConnectionError {
+        self.manager.closed().await
+    }
+
+    /// Makes a unary call with protobuf messages.
+    pub async fn unary<Req, Resp>(&self, rpc: &str, req: &Req, opts: &CallOptions) -> Result<Resp, Error>
+    where
+        Prost: Encoding<Req> + Encoding<Resp>,
+    {
+        self.unary_with(&Prost, rpc, req, opts).await
+    }
+
+    /// Makes a unary call with the given encoding: Invoke, the request and
+    /// CloseSend leave together; the response is awaited; Close follows if
+    /// the server has not ended the stream yet.
+    pub async fn unary_with<Req, Resp, E>(
+        &self,
+        encoding: &E,
+        rpc: &str,
+        req: &Req,
+        opts: &CallOptions,
+    ) -> Result<Resp, Error>
+    where
+        E: Encoding<Req> + Encoding<Resp>,
+    {
+        let metadata = opts.wire_metadata()?;
+        let mut buf = Vec::new();
+        encoding.encode(req, &mut buf).map_err(Error::Encode)?;
+        let call = async {
+            let stream = self.manager.open_stream(rpc, &metadata).await?;
+            let result = unary_exchange(&stream, &buf).await;
+            // A call racing its own cancellation reports the cancellation,
+            // never a bare end of stream.
+            let data = result.map_err(|e| stream.check_cancel(e))?;
+            stream.close()?;
+            encoding.decode(data).map_err(Error::Decode)
+        };
+        bounded(call, opts).await
+    }
+
+    /// Opens a streaming call (client, server or bidi streaming) with
+    /// protobuf messages.
+    pub async fn stream<Req, Resp>(
+        &self,
+        rpc: &str,
+        opts: &CallOptions,
+    ) -> Result<ClientStream<Req, Resp, Prost>, Error>
+    where
+        Prost: Encoding<Req> + Encoding<Resp>,
+    {
+        self.stream_with(Prost, rpc, opts).await
+    }
+
+    /// Opens a streaming call with the given encoding. The deadline and
+    /// cancellation token of `opts` stay in force for the stream's life.
+    pub async fn stream_with<Req, Resp, E>(
+        &self,
+        encoding: E,
+        rpc: &str,
+        opts: &CallOptions,
+    ) -> Result<ClientStream<Req, Resp, E>, Error>
+    where
+        E: Encoding<Req> + Encoding<Resp>,
+    {
+        let metadata = opts.wire_metadata()?;
+        let stream = bounded(
+            async { Ok(self.manager.open_stream(rpc, &metadata).await?) },
+            opts,
+        )
+        .await?;
+        let watchdog = (opts.deadline.is_some() || opts.cancel.is_some())
+            .then(|| spawn_watchdog(stream.handle(), opts.deadline, opts.cancel.clone()));
+        Ok(ClientStream {
+            stream: Arc::new(stream),
+            encoding: Arc::new(encoding),
+            buf: Vec::new(),
+            watchdog: watchdog.map(AbortOnDrop),
+            _types: PhantomData,
+        })
+    }
+
+    /// Opens a server-streaming call: sends `req`, closes the sending side,
+    /// and returns the stream to receive the responses from.
+    pub async fn server_streaming<Req, Resp, E>(
+        &self,
+        encoding: E,
+        rpc: &str,
+        req: &Req,
+        opts: &CallOptions,
+    ) -> Result<ClientStream<Req, Resp, E>, Error>
+    where
+        E: Encoding<Req> + Encoding<Resp>,
+    {
+        let mut stream = self.stream_with(encoding, rpc, opts).await?;
+        stream.send(req).await?;
+        stream.close_send()?;
+        Ok(stream)
+    }
+}
+
+async fn unary_exchange(stream: &Stream, request: &[u8]) -> Result<bytes::Bytes, StreamError> {
+    stream.send(request).await?;
+    stream.close_send()?;
+    match stream.recv().await? {
+        Some(data) => Ok(data),
+        None => Err(StreamError::new(stream.id(), StreamErrorKind::Eof)),
+    }
+}
+
+/// Runs `call` under the deadline and cancellation token of `opts`. When
+/// either fires first, `call` is dropped, which cancels its stream on the
+/// wire.
+async fn bounded<T>(call: impl Future<Output = Result<T, Error>>, opts: &CallOptions) -> Result<T, Error> {
+    let deadline = async {
+        match opts.deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let cancelled = async {
+        match &opts.cancel {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        r = call => r,
+        _ = deadline => Err(StreamError::new(0, StreamErrorKind::DeadlineExceeded).into()),
+        _ = cancelled => Err(StreamError::new(0, StreamErrorKind::Canceled(Initiator::Local)).into()),
+    }
+}
+
+fn spawn_watchdog(
+    handle: StreamHandle,
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let deadline_passed = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let cancelled = async {
+            match &cancel {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = handle.terminated() => {}
+            _ = deadline_passed => handle.cancel(StreamErrorKind::DeadlineExceeded),
+            _ = cancelled => handle.cancel(StreamErrorKind::Canceled(Initiator::Local)),
+        }
+    })
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A streaming call: send requests of type `Req`, receive responses of
+/// type `Resp`.
+///
+/// Dropping it before the call has ended cancels the call (a Cancel packet
+/// on the wire); the connection and other calls go on.
+pub struct ClientStream<Req, Resp, E> {
+    stream: Arc<Stream>,
+    encoding: Arc<E>,
+    buf: Vec<u8>,
+    watchdog: Option<AbortOnDrop>,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp, E> fmt::Debug for ClientStream<Req, Resp, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStream")
+            .field("stream", &self.stream.id())
+            .finish()
+    }
+}
+
+impl<Req, Resp, E> ClientStream<Req, Resp, E>
+where
+    E: Encoding<Req> + Encoding<Resp>,
+{
+    /// The stream id.
+    pub fn id(&self) -> u64 {
+        self.stream.id()
+    }
+
+    /// Sends one request.
+    pub async fn send(&mut self, msg: &Req) -> Result<(), Error> {
+        self.buf.clear();
+        self.encoding.encode(msg, &mut self.buf).map_err(Error::Encode)?;
+        Ok(self.stream.send(&self.buf).await?)
+    }
+
+    /// Receives the next response; `Ok(None)` at the server's clean end.
+    pub async fn recv(&mut self) -> Result<Option<Resp>, Error> {
+        match self.stream.recv().await? {
+            None => Ok(None),
+            Some(data) => self.encoding.decode(data).map(Some).map_err(Error::Decode),
+        }
+    }
+
+    /// Closes the sending side (CloseSend).
+    pub fn close_send(&self) -> Result<(), Error> {
+        Ok(self.stream.close_send()?)
+    }
+
+    /// Closes the sending side and receives the one response of a
+    /// client-streaming call.
+    pub async fn close_and_recv(&mut self) -> Result<Resp, Error> {
+        self.close_send()?;
+        match self.recv().await {
+            Ok(Some(resp)) => Ok(resp),
+            Ok(None) => Err(StreamError::new(self.id(), StreamErrorKind::Eof).into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels the call: Cancel goes on the wire, later receives fail as
+    /// cancelled.
+    pub fn cancel(&self) {
+        self.stream.cancel(StreamErrorKind::Canceled(Initiator::Local));
+    }
+
+    /// Ends the call with Close (after a server-streaming or unary-style
+    /// exchange, once no more responses are wanted).
+    pub fn close(&self) -> Result<(), Error> {
+        Ok(self.stream.close()?)
+    }
+
+    /// Splits into a sending and a receiving half, for sending and
+    /// receiving from different tasks. The call is cancelled when both
+    /// halves are dropped before it ended.
+    pub fn split(self) -> (ClientSender<Req, E>, ClientReceiver<Resp, E>) {
+        let watchdog = self.watchdog.map(Arc::new);
+        (
+            ClientSender {
+                stream: self.stream.clone(),
+                encoding: self.encoding.clone(),
+                buf: self.buf,
+                _watchdog: watchdog.clone(),
+                _req: PhantomData,
+            },
+            ClientReceiver {
+                stream: self.stream,
+                encoding: self.encoding,
+                _watchdog: watchdog,
+                _resp: PhantomData,
+            },
+        )
+    }
+}
+
+/// The sending half of a [`ClientStream`].
+pub struct ClientSender<Req, E> {
+    stream: Arc<Stream>,
+    encoding: Arc<E>,
+    buf: Vec<u8>,
+    _watchdog: Option<Arc<AbortOnDrop>>,
+    _req: PhantomData<fn(Req)>,
+}
+
+/// The receiving half of a [`ClientStream`].
+pub struct ClientReceiver<Resp, E> {
+    stream: Arc<Stream>,
+    encoding: Arc<E>,
+    _watchdog: Option<Arc<AbortOnDrop>>,
+    _resp: PhantomData<fn() -> Resp>,
+}
+
+impl<Req, E> fmt::Debug for ClientSender<Req, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSender").field("stream", &self.stream.id()).finish()
+    }
+}
+
+impl<Resp, E> fmt::Debug for ClientReceiver<Resp, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientReceiver").field("stream", &self.stream.id()).finish()
+    }
+}
+
+impl<Req, E: Encoding<Req>> ClientSender<Req, E> {
+    /// Sends one request.
+    pub async fn send(&mut self, msg: &Req) -> Result<(), Error> {
+        self.buf.clear();
+        self.encoding.encode(msg, &mut self.buf).map_err(Error::Encode)?;
+        Ok(self.stream.send(&self.buf).await?)
+    }
+
+    /// Closes the sending side (CloseSend).
+    pub fn close_send(&self) -> Result<(), Error> {
+        Ok(self.stream.close_send()?)
+    }
+}
+
+impl<Resp, E: Encoding<Resp>> ClientReceiver<Resp, E> {
+    /// Receives the next response; `Ok(None)` at the server's clean end.
+    pub async fn recv(&mut self) -> Result<Option<Resp>, Error> {
+        match self.stream.recv().await? {
+            None => Ok(None),
+            Some(data) => self.encoding.decode(data).map(Some).map_err(Error::Decode),
+        }
+    }
+}

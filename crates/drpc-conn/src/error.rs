@@ -1,0 +1,99 @@
+//! The client's error type.
+
+use std::io;
+
+use drpc_stream::{ConnectionError, EncodingError, Initiator, StreamError, StreamErrorKind};
+use drpc_wire::WireError;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The call's stream failed: the server's error, a cancellation, the
+    /// deadline, the connection ending. See [`Error::code`],
+    /// [`Error::is_canceled`] and friends.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The request could not be encoded.
+    #[error("encoding the request: {0}")]
+    Encode(EncodingError),
+    /// The response could not be decoded.
+    #[error("decoding the response: {0}")]
+    Decode(EncodingError),
+    /// Connecting failed.
+    #[error("connecting: {0}")]
+    Connect(#[from] io::Error),
+}
+
+impl Error {
+    fn stream_kind(&self) -> Option<&StreamErrorKind> {
+        match self {
+            Error::Stream(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// The code the server attached to its error (`None` without one, or
+    /// for any other failure).
+    pub fn code(&self) -> Option<u64> {
+        match self {
+            Error::Stream(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// The server's error message, if the server ended the call with one.
+    pub fn remote_message(&self) -> Option<&str> {
+        match self.stream_kind() {
+            Some(StreamErrorKind::Remote(e)) => Some(e.message()),
+            _ => None,
+        }
+    }
+
+    /// Whether the call was cancelled, by the caller (dropping the call,
+    /// an explicit cancel) or by the server.
+    pub fn is_canceled(&self) -> bool {
+        matches!(self.stream_kind(), Some(StreamErrorKind::Canceled(_)))
+    }
+
+    /// Whether the server cancelled the call.
+    pub fn is_canceled_by_remote(&self) -> bool {
+        matches!(
+            self.stream_kind(),
+            Some(StreamErrorKind::Canceled(Initiator::Remote))
+        )
+    }
+
+    /// Whether the call's deadline passed.
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self.stream_kind(), Some(StreamErrorKind::DeadlineExceeded))
+    }
+
+    /// Whether the connection ended (the call may or may not have run).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self.stream_kind(), Some(StreamErrorKind::ConnectionLost(_)))
+            || matches!(self, Error::Connect(_))
+    }
+
+    /// Whether the connection ended because the peer broke the protocol
+    /// (including a message over the size limit).
+    pub fn is_protocol_error(&self) -> bool {
+        matches!(self.stream_kind(), Some(StreamErrorKind::ConnectionLost(e)) if e.is_protocol_violation())
+    }
+
+    /// Whether the peer refused a packet as too large.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self.stream_kind(),
+            Some(StreamErrorKind::ConnectionLost(ConnectionError::Wire(
+                WireError::DataOverflow { .. }
+            )))
+        )
+    }
+
+    /// Whether the server ended the call without sending a response (Go's
+    /// `io.EOF` from a unary call).
+    pub fn is_missing_response(&self) -> bool {
+        matches!(self.stream_kind(), Some(StreamErrorKind::Eof))
+    }
+}

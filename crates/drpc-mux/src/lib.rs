@@ -1,0 +1,36 @@
+//! Routes a DRPC RPC path to its handler (Go's `drpcmux`).
+//!
+//! A [`Mux`] maps paths such as `/service.Service/Method1` to typed
+//! handlers of the four RPC shapes. Messages go through an
+//! [`Encoding`](drpc_stream::Encoding) ([`Prost`](drpc_stream::Prost) for
+//! protobuf). The server (`drpc-server`) calls [`Handler::handle`] once per
+//! RPC and sends the final CloseSend, or the Error a handler returns with
+//! its code. Generated code implements [`Description`] to register a whole
+//! service at once.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use drpc_mux::{Mux, RequestContext};
+//! use drpc_stream::Raw;
+//! use drpc_wire::CodedError;
+//!
+//! let mut mux = Mux::new();
+//! mux.unary("/echo.Echo/Say", Raw, |_ctx: RequestContext, req: Bytes| async move {
+//!     if req.is_empty() {
+//!         return Err(CodedError::new(3, "empty request"));
+//!     }
+//!     Ok(req)
+//! });
+//! assert_eq!(mux.routes().len(), 1);
+//! ```
+
+mod context;
+mod mux;
+mod typed;
+
+pub use context::RequestContext;
+pub use drpc_wire::CodedError;
+pub use mux::{BoxFuture, Description, Handler, MethodDesc, MethodKind, Mux, ServerCall};
+pub use typed::{ServerReceiver, ServerSender};

@@ -1,0 +1,265 @@
+//! The router.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use drpc_stream::{Encoding, Stream};
+use drpc_wire::{CodedError, UNIMPLEMENTED};
+
+use crate::RequestContext;
+use crate::typed::{ServerReceiver, ServerSender, stream_failure};
+
+/// A boxed, sendable future: what handlers return at the mux boundary.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// One RPC as the server hands it to a [`Handler`].
+///
+/// The stream is shared: the server keeps a reference so that it can send
+/// the final CloseSend or Error once the handler returns.
+#[derive(Debug)]
+pub struct ServerCall {
+    /// The RPC's stream.
+    pub stream: Arc<Stream>,
+    /// What the handler knows about the call.
+    pub ctx: RequestContext,
+}
+
+/// Serves RPCs (Go's `drpc.Handler`).
+///
+/// `Ok(())` makes the server end the call with CloseSend; an error is sent
+/// to the client as an Error packet carrying its code and text.
+pub trait Handler: Send + Sync + 'static {
+    /// Serves one RPC.
+    fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>>;
+}
+
+/// The four shapes of an RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MethodKind {
+    /// One request, one response.
+    Unary,
+    /// One request, a stream of responses.
+    ServerStreaming,
+    /// A stream of requests, one response.
+    ClientStreaming,
+    /// Streams both ways.
+    Bidi,
+}
+
+/// One method of a service, as a [`Description`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodDesc {
+    /// The RPC path, `/package.Service/Method`.
+    pub rpc: &'static str,
+    /// The method's shape.
+    pub kind: MethodKind,
+}
+
+/// A service whose methods can be registered into a [`Mux`] (what the
+/// code generator implements, in place of Go's reflection).
+pub trait Description: Send + Sync + 'static {
+    /// The methods, in proto declaration order.
+    fn methods(&self) -> &'static [MethodDesc];
+    /// Registers every method into `mux`.
+    fn register(self: Arc<Self>, mux: &mut Mux);
+}
+
+type Route = Arc<dyn Fn(ServerCall) -> BoxFuture<Result<(), CodedError>> + Send + Sync>;
+
+/// Routes an RPC path to its handler (Go's `drpcmux.Mux`).
+///
+/// Registering a path twice replaces the earlier handler. An unknown path
+/// fails that RPC with code 12 (Unimplemented) and a text naming the path;
+/// the connection is unaffected.
+#[derive(Default, Clone)]
+pub struct Mux {
+    routes: HashMap<String, (MethodKind, Route)>,
+}
+
+impl fmt::Debug for Mux {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mux").field("routes", &self.routes()).finish()
+    }
+}
+
+fn encode_failure(e: drpc_stream::EncodingError) -> CodedError {
+    CodedError::new(0, e.to_string())
+}
+
+impl Mux {
+    /// An empty router.
+    pub fn new() -> Mux {
+        Mux::default()
+    }
+
+    /// Registers every method of a service.
+    pub fn register<D: Description>(&mut self, service: Arc<D>) -> &mut Self {
+        service.register(self);
+        self
+    }
+
+    /// The registered paths and their shapes, sorted by path.
+    pub fn routes(&self) -> Vec<(&str, MethodKind)> {
+        let mut routes: Vec<_> = self
+            .routes
+            .iter()
+            .map(|(p, (k, _))| (p.as_str(), *k))
+            .collect();
+        routes.sort_by(|a, b| a.0.cmp(b.0));
+        routes
+    }
+
+    fn insert(&mut self, rpc: &str, kind: MethodKind, route: Route) -> &mut Self {
+        self.routes.insert(rpc.to_owned(), (kind, route));
+        self
+    }
+
+    /// Registers a unary method: the mux receives and decodes the request,
+    /// calls `f`, and sends the encoded response.
+    pub fn unary<Req, Resp, E, F, Fut>(&mut self, rpc: &str, encoding: E, f: F) -> &mut Self
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        E: Encoding<Req> + Encoding<Resp> + Clone,
+        F: Fn(RequestContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, CodedError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.insert(
+            rpc,
+            MethodKind::Unary,
+            Arc::new(move |call: ServerCall| {
+                let (f, encoding) = (f.clone(), encoding.clone());
+                Box::pin(async move {
+                    let req = recv_request(&call.stream, &encoding).await?;
+                    let resp = f(call.ctx, req).await?;
+                    let mut buf = Vec::new();
+                    encoding.encode(&resp, &mut buf).map_err(encode_failure)?;
+                    call.stream.send(&buf).await.map_err(stream_failure)
+                })
+            }),
+        )
+    }
+
+    /// Registers a server-streaming method: the mux receives and decodes
+    /// the request, and `f` sends responses through the sender.
+    pub fn server_streaming<Req, Resp, E, F, Fut>(
+        &mut self,
+        rpc: &str,
+        encoding: E,
+        f: F,
+    ) -> &mut Self
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        E: Encoding<Req> + Encoding<Resp> + Clone,
+        F: Fn(RequestContext, Req, ServerSender<Resp, E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.insert(
+            rpc,
+            MethodKind::ServerStreaming,
+            Arc::new(move |call: ServerCall| {
+                let (f, encoding) = (f.clone(), encoding.clone());
+                Box::pin(async move {
+                    let req = recv_request(&call.stream, &encoding).await?;
+                    let sender = ServerSender::new(call.stream, encoding);
+                    f(call.ctx, req, sender).await
+                })
+            }),
+        )
+    }
+
+    /// Registers a client-streaming method: `f` receives the requests and
+    /// returns the one response, which the mux sends.
+    pub fn client_streaming<Req, Resp, E, F, Fut>(
+        &mut self,
+        rpc: &str,
+        encoding: E,
+        f: F,
+    ) -> &mut Self
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        E: Encoding<Req> + Encoding<Resp> + Clone,
+        F: Fn(RequestContext, ServerReceiver<Req, E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, CodedError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.insert(
+            rpc,
+            MethodKind::ClientStreaming,
+            Arc::new(move |call: ServerCall| {
+                let (f, encoding) = (f.clone(), encoding.clone());
+                Box::pin(async move {
+                    let receiver = ServerReceiver::new(call.stream.clone(), encoding.clone());
+                    let resp = f(call.ctx, receiver).await?;
+                    let mut buf = Vec::new();
+                    encoding.encode(&resp, &mut buf).map_err(encode_failure)?;
+                    call.stream.send(&buf).await.map_err(stream_failure)
+                })
+            }),
+        )
+    }
+
+    /// Registers a bidirectional method: `f` gets both halves.
+    pub fn bidi<Req, Resp, E, F, Fut>(&mut self, rpc: &str, encoding: E, f: F) -> &mut Self
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        E: Encoding<Req> + Encoding<Resp> + Clone,
+        F: Fn(RequestContext, ServerReceiver<Req, E>, ServerSender<Resp, E>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.insert(
+            rpc,
+            MethodKind::Bidi,
+            Arc::new(move |call: ServerCall| {
+                let (f, encoding) = (f.clone(), encoding.clone());
+                Box::pin(async move {
+                    let receiver = ServerReceiver::new(call.stream.clone(), encoding.clone());
+                    let sender = ServerSender::new(call.stream, encoding);
+                    f(call.ctx, receiver, sender).await
+                })
+            }),
+        )
+    }
+}
+
+/// Receives and decodes the single request of a unary or server-streaming
+/// call. A client that closed without sending one gets Go's `EOF`.
+async fn recv_request<Req, E: Encoding<Req>>(stream: &Stream, encoding: &E) -> Result<Req, CodedError> {
+    match stream.recv().await.map_err(stream_failure)? {
+        Some(data) => encoding.decode(data).map_err(encode_failure),
+        None => Err(CodedError::new(0, "EOF")),
+    }
+}
+
+impl Handler for Mux {
+    fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>> {
+        match self.routes.get(call.ctx.rpc()) {
+            Some((_, route)) => route(call),
+            None => {
+                let err = CodedError::new(
+                    UNIMPLEMENTED,
+                    format!("protocol error: unknown rpc: {:?}", call.ctx.rpc()),
+                );
+                Box::pin(async move { Err(err) })
+            }
+        }
+    }
+}
+
+impl<H: Handler> Handler for Arc<H> {
+    fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>> {
+        (**self).handle(call)
+    }
+}

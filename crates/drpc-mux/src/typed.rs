@@ -1,0 +1,93 @@
+//! Typed halves of a server stream.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use drpc_stream::{Encoding, Stream, StreamErrorKind};
+use drpc_wire::CodedError;
+
+/// Turns a stream failure into the error a handler returns: the original
+/// text, no code (the stream is over, so nothing more reaches the peer
+/// anyway, except after a local decode failure).
+pub(crate) fn stream_failure(err: drpc_stream::StreamError) -> CodedError {
+    match err.into_kind() {
+        StreamErrorKind::Remote(e) => e,
+        other => CodedError::new(0, other.to_string()),
+    }
+}
+
+/// Receives the client's messages of type `Req`.
+pub struct ServerReceiver<Req, E> {
+    stream: Arc<Stream>,
+    encoding: E,
+    _req: PhantomData<fn() -> Req>,
+}
+
+/// Sends messages of type `Resp` to the client.
+pub struct ServerSender<Resp, E> {
+    stream: Arc<Stream>,
+    encoding: E,
+    buf: Vec<u8>,
+    _resp: PhantomData<fn(Resp)>,
+}
+
+impl<Req, E> fmt::Debug for ServerReceiver<Req, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerReceiver")
+            .field("stream", &self.stream.id())
+            .finish()
+    }
+}
+
+impl<Resp, E> fmt::Debug for ServerSender<Resp, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerSender")
+            .field("stream", &self.stream.id())
+            .finish()
+    }
+}
+
+impl<Req, E: Encoding<Req>> ServerReceiver<Req, E> {
+    pub(crate) fn new(stream: Arc<Stream>, encoding: E) -> Self {
+        ServerReceiver {
+            stream,
+            encoding,
+            _req: PhantomData,
+        }
+    }
+
+    /// The next message; `Ok(None)` once the client closed its sending side.
+    /// A message that does not decode is an error with code 0 (Go sends the
+    /// decoder's text).
+    pub async fn recv(&mut self) -> Result<Option<Req>, CodedError> {
+        match self.stream.recv().await.map_err(stream_failure)? {
+            None => Ok(None),
+            Some(data) => self
+                .encoding
+                .decode(data)
+                .map(Some)
+                .map_err(|e| CodedError::new(0, e.to_string())),
+        }
+    }
+}
+
+impl<Resp, E: Encoding<Resp>> ServerSender<Resp, E> {
+    pub(crate) fn new(stream: Arc<Stream>, encoding: E) -> Self {
+        ServerSender {
+            stream,
+            encoding,
+            buf: Vec::new(),
+            _resp: PhantomData,
+        }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, msg: &Resp) -> Result<(), CodedError> {
+        self.buf.clear();
+        self.encoding
+            .encode(msg, &mut self.buf)
+            .map_err(|e| CodedError::new(0, e.to_string()))?;
+        self.stream.send(&self.buf).await.map_err(stream_failure)
+    }
+}

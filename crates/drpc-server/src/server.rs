@@ -1,0 +1,313 @@
+//! The server: listeners, connections, RPC tasks, shutdown.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drpc_manager::{Incoming, Manager, ManagerOptions, Role};
+use drpc_mux::{Handler, RequestContext, ServerCall};
+use drpc_stream::ConnectionError;
+use drpc_wire::{CodedError, TIMEOUT_METADATA_KEY, parse_timeout};
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The default maximum number of concurrent connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// How long a closing connection waits for its last frames to be written.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(1);
+
+/// The pause after an accept error that is about resources, not the
+/// listener (too many open files and the like), as Go's server does.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// gRPC status numbers used for errors the server itself produces.
+const CODE_DEADLINE_EXCEEDED: u64 = 4;
+const CODE_INTERNAL: u64 = 13;
+const CODE_UNAVAILABLE: u64 = 14;
+
+/// Server settings, with documented defaults.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Settings of every connection: maximum packet size (4 MiB), maximum
+    /// concurrent streams per connection (4096), queue and writer bounds.
+    pub manager: ManagerOptions,
+    /// The most connections served at once (default 10 000); further
+    /// connections wait in the listener's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            manager: ManagerOptions::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// A DRPC server. Cheap to clone: clones share the handler, the limits and
+/// the shutdown state.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    handler: Arc<dyn Handler>,
+    opts: ServerOptions,
+    connections: Arc<Semaphore>,
+    /// Cancelled by `shutdown`: stop accepting connections and RPCs.
+    stop_accepting: CancellationToken,
+    /// Cancelled when the grace period is over: cancel in-flight RPCs.
+    cancel_rpcs: CancellationToken,
+    /// Every connection task.
+    tracker: TaskTracker,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("opts", &self.inner.opts)
+            .field("connections", &self.inner.tracker.len())
+            .field("shutting_down", &self.inner.stop_accepting.is_cancelled())
+            .finish()
+    }
+}
+
+impl Server {
+    /// A server with default options.
+    pub fn new(handler: impl Handler) -> Server {
+        Server::with_options(handler, ServerOptions::default())
+    }
+
+    /// A server with `opts`.
+    pub fn with_options(handler: impl Handler, opts: ServerOptions) -> Server {
+        Server {
+            inner: Arc::new(Inner {
+                handler: Arc::new(handler),
+                connections: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+                opts,
+                stop_accepting: CancellationToken::new(),
+                cancel_rpcs: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Serves a TCP listener until [`Server::shutdown`]; sets TCP_NODELAY
+    /// on every connection. Returns once every connection has ended, or
+    /// with the listener's error.
+    pub async fn serve_tcp(&self, listener: tokio::net::TcpListener) -> io::Result<()> {
+        self.serve_listener(|| async {
+            let (socket, _) = listener.accept().await?;
+            socket.set_nodelay(true)?;
+            Ok(socket)
+        })
+        .await
+    }
+
+    /// Serves a Unix-domain listener until [`Server::shutdown`].
+    #[cfg(unix)]
+    pub async fn serve_unix(&self, listener: tokio::net::UnixListener) -> io::Result<()> {
+        self.serve_listener(|| async { listener.accept().await.map(|(s, _)| s) })
+            .await
+    }
+
+    async fn serve_listener<T, F, Fut>(&self, mut accept: F) -> io::Result<()>
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = io::Result<T>>,
+    {
+        let inner = &self.inner;
+        let result = loop {
+            let permit = tokio::select! {
+                biased;
+                _ = inner.stop_accepting.cancelled() => break Ok(()),
+                p = inner.connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break Ok(()),
+                },
+            };
+            let accepted = tokio::select! {
+                biased;
+                _ = inner.stop_accepting.cancelled() => break Ok(()),
+                a = accept() => a,
+            };
+            match accepted {
+                Ok(transport) => {
+                    let server = self.clone();
+                    inner.tracker.spawn(async move {
+                        let end = server.serve_connection(transport).await;
+                        tracing::debug!(reason = %end, "connection ended");
+                        drop(permit);
+                    });
+                }
+                Err(e) if is_resource_error(&e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::select! {
+                        _ = inner.stop_accepting.cancelled() => break Ok(()),
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        inner.tracker.close();
+        inner.tracker.wait().await;
+        result
+    }
+
+    /// Serves one transport until its connection ends (the peer leaves, a
+    /// protocol error, or shutdown); returns why it ended.
+    pub async fn serve_connection<T>(&self, transport: T) -> ConnectionError
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let inner = &self.inner;
+        let manager = Manager::new(transport, Role::Server, inner.opts.manager.clone());
+        let rpcs = TaskTracker::new();
+        let end = loop {
+            let incoming = tokio::select! {
+                biased;
+                _ = inner.stop_accepting.cancelled() => break None,
+                r = manager.accept() => r,
+            };
+            match incoming {
+                Ok(incoming) => {
+                    let (handler, cancel) = (inner.handler.clone(), inner.cancel_rpcs.clone());
+                    rpcs.spawn(serve_rpc(handler, incoming, cancel));
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        // Handlers end by themselves: by returning, when their stream ends,
+        // or when the grace period is over (`cancel_rpcs`).
+        rpcs.close();
+        rpcs.wait().await;
+        manager.close_gracefully(FLUSH_ON_CLOSE).await;
+        end.or_else(|| manager.termination())
+            .unwrap_or(ConnectionError::Closed)
+    }
+
+    /// Shuts down gracefully: stops accepting connections and RPCs, lets
+    /// in-flight RPCs finish for up to `grace`, then cancels them (their
+    /// clients get code 14, Unavailable), and returns once every
+    /// connection task of the listeners has ended.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.stop_accepting.cancel();
+        inner.tracker.close();
+        if tokio::time::timeout(grace, inner.tracker.wait()).await.is_err() {
+            inner.cancel_rpcs.cancel();
+            inner.tracker.wait().await;
+        }
+    }
+
+    /// Whether [`Server::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.stop_accepting.is_cancelled()
+    }
+}
+
+/// Errors of `accept` that say the process is short of resources; the
+/// listener itself is fine and accepting again later can succeed.
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::OutOfMemory
+    ) || matches!(e.raw_os_error(), Some(23 | 24 | 105)) // ENFILE, EMFILE, ENOBUFS
+}
+
+/// How an RPC's task ended.
+enum Outcome {
+    Returned(Result<(), CodedError>),
+    Panicked,
+    StreamEnded,
+    DeadlineExceeded,
+    ShuttingDown,
+}
+
+/// Runs one RPC: the handler, raced against the stream's end, the
+/// deadline and the end of the shutdown grace period.
+async fn serve_rpc(handler: Arc<dyn Handler>, incoming: Incoming, shutdown: CancellationToken) {
+    let Incoming {
+        stream,
+        rpc,
+        mut metadata,
+    } = incoming;
+    let deadline = metadata
+        .remove(TIMEOUT_METADATA_KEY)
+        .and_then(|v| parse_timeout(&v))
+        .map(|t| Instant::now() + t);
+    let stream = Arc::new(stream);
+    let watch = stream.handle();
+    let cancel = CancellationToken::new();
+    let ctx = RequestContext::new(
+        rpc,
+        stream.id(),
+        metadata,
+        deadline.map(Instant::into_std),
+        cancel.clone(),
+    );
+    let rpc_name = ctx.rpc().to_owned();
+    let call = AssertUnwindSafe(handler.handle(ServerCall {
+        stream: stream.clone(),
+        ctx,
+    }))
+    .catch_unwind();
+    let deadline_passed = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        biased;
+        r = call => match r {
+            Ok(result) => Outcome::Returned(result),
+            Err(_) => Outcome::Panicked,
+        },
+        _ = watch.terminated() => Outcome::StreamEnded,
+        _ = deadline_passed => Outcome::DeadlineExceeded,
+        _ = shutdown.cancelled() => Outcome::ShuttingDown,
+    };
+    let end = match outcome {
+        Outcome::Returned(Ok(())) => stream.close_send(),
+        Outcome::Returned(Err(e)) => {
+            tracing::debug!(rpc = %rpc_name, error = %e, "handler failed");
+            stream.send_error(&e)
+        }
+        Outcome::Panicked => {
+            tracing::error!(rpc = %rpc_name, "handler panicked");
+            cancel.cancel();
+            stream.send_error(&CodedError::new(CODE_INTERNAL, "internal error: handler panicked"))
+        }
+        Outcome::StreamEnded => {
+            cancel.cancel();
+            Ok(())
+        }
+        Outcome::DeadlineExceeded => {
+            cancel.cancel();
+            stream.send_error(&CodedError::new(CODE_DEADLINE_EXCEEDED, "context deadline exceeded"))
+        }
+        Outcome::ShuttingDown => {
+            cancel.cancel();
+            stream.send_error(&CodedError::new(CODE_UNAVAILABLE, "server shutting down"))
+        }
+    };
+    if let Err(e) = end {
+        tracing::debug!(rpc = %rpc_name, error = %e, "could not end the stream");
+    }
+}
