@@ -3,6 +3,7 @@
 //! * `ci`: everything CI checks, in order, stopping at the first failure.
 //! * `fuzz [--target NAME] [--seconds N]`: runs the cargo-fuzz targets
 //!   under `fuzz/` with the nightly toolchain.
+//! * `loom`: the loom model tests (part of `ci`).
 //! * `soak [--seconds N]`: the randomized stream soak test, for N seconds.
 //! * `bench`: runs the criterion benchmarks.
 
@@ -22,6 +23,7 @@ fn main() -> Result<()> {
         "ci" => ci(),
         "fuzz" => fuzz(rest),
         "soak" => soak(rest),
+        "loom" => loom(),
         "bench" => run(cargo().args(["bench", "--workspace"])),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
@@ -37,6 +39,7 @@ fn usage() -> &'static str {
      commands:\n\
      \x20 ci                                 fmt, clippy, tests, docs (what CI runs)\n\
      \x20 fuzz [--target NAME] [--seconds N] run fuzz targets (needs nightly + cargo-fuzz)\n\
+     \x20 loom                               loom model tests (also part of ci)\n\
      \x20 soak [--seconds N]                 randomized stream soak test (default 60 s)\n\
      \x20 bench                              run the criterion benchmarks"
 }
@@ -84,6 +87,7 @@ fn ci() -> Result<()> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
+    loom()?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
@@ -105,6 +109,16 @@ fn soak(args: &[String]) -> Result<()> {
     run(cargo()
         .args(["test", "-p", "drpc-manager", "--release", "--test", "soak", "--", "--nocapture"])
         .env("DRPC_SOAK_SECONDS", seconds.to_string()))
+}
+
+/// The loom model tests of drpc-stream's receive queue and writer, in
+/// their own target directory (the cfg changes every crate's build).
+fn loom() -> Result<()> {
+    let target = workspace_root().join("target").join("loom");
+    run(cargo()
+        .args(["test", "-p", "drpc-stream", "--release", "--test", "loom"])
+        .env("RUSTFLAGS", "--cfg drpc_loom")
+        .env("CARGO_TARGET_DIR", target))
 }
 
 fn fuzz(args: &[String]) -> Result<()> {

@@ -190,8 +190,21 @@ impl Server {
             }
         };
         // Handlers end by themselves: by returning, when their stream ends,
-        // or when the grace period is over (`cancel_rpcs`).
+        // or when the grace period is over (`cancel_rpcs`). Meanwhile RPCs
+        // that still arrive are refused, so that the connection's reader
+        // never waits on an accept loop that is gone.
         rpcs.close();
+        if end.is_none() {
+            loop {
+                tokio::select! {
+                    _ = rpcs.wait() => break,
+                    r = manager.accept() => match r {
+                        Ok(incoming) => refuse(incoming),
+                        Err(_) => break,
+                    },
+                }
+            }
+        }
         rpcs.wait().await;
         manager.close_gracefully(FLUSH_ON_CLOSE).await;
         end.or_else(|| manager.termination())
@@ -228,6 +241,14 @@ fn is_resource_error(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::OutOfMemory
     ) || matches!(e.raw_os_error(), Some(23 | 24 | 105)) // ENFILE, EMFILE, ENOBUFS
+}
+
+/// Answers an RPC that arrived during shutdown.
+fn refuse(incoming: Incoming) {
+    let err = CodedError::new(CODE_UNAVAILABLE, "server shutting down");
+    if let Err(e) = incoming.stream.send_error(&err) {
+        tracing::debug!(rpc = %incoming.rpc, error = %e, "could not refuse the stream");
+    }
 }
 
 /// How an RPC's task ended.

@@ -112,10 +112,13 @@ impl StreamCore {
             self.send_end = Some(reason.clone());
         }
         if self.recv_end.is_none() {
-            self.recv_end = Some(RecvEnd::Error(reason));
+            self.recv_end = Some(RecvEnd::Error(reason.clone()));
         }
-        if discard {
+        if discard && self.queue.pop().is_some() {
+            // Messages the application will never see: it must not take
+            // the end that follows them for a clean one.
             self.queue.clear();
+            self.recv_end = Some(RecvEnd::Error(reason));
         }
         self.terminated = true;
     }
@@ -788,7 +791,10 @@ mod tests {
         assert_eq!(c.send_error(), Some(Id::new(SID, 2)));
         assert!(c.is_terminated());
         assert_matches!(c.begin_message(), Err(StreamErrorKind::SendClosed));
-        assert_matches!(c.recv(), Recv::Failed(StreamErrorKind::TerminatedBySendError));
+        assert_matches!(
+            c.recv(),
+            Recv::Failed(StreamErrorKind::TerminatedBySendError)
+        );
     }
 
     #[test]

@@ -205,3 +205,178 @@ impl MuxWriter {
         self.high_water
     }
 }
+
+// Under loom the mutex only works inside `loom::model` (see tests/loom.rs).
+#[cfg(all(test, not(drpc_loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Counter {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn waker() -> (Arc<Counter>, Waker) {
+        let c = Arc::new(Counter::default());
+        (c.clone(), Waker::from(c))
+    }
+
+    fn take(w: &MuxWriter, waker: &Waker) -> Poll<Result<BytesMut, ConnectionError>> {
+        let mut spare = BytesMut::new();
+        w.poll_take(&mut Context::from_waker(waker), &mut spare)
+            .map(|r| r.map(|()| spare))
+    }
+
+    fn capacity(w: &MuxWriter, waker: &Waker) -> Poll<Result<(), ConnectionError>> {
+        w.poll_capacity(&mut Context::from_waker(waker))
+    }
+
+    fn idle(w: &MuxWriter, waker: &Waker) -> Poll<Result<(), ConnectionError>> {
+        w.poll_idle(&mut Context::from_waker(waker))
+    }
+
+    #[test]
+    fn high_water_zero_means_default() {
+        assert_eq!(MuxWriter::new(0).high_water(), DEFAULT_WRITER_HIGH_WATER);
+        assert_eq!(MuxWriter::new(7).high_water(), 7);
+    }
+
+    #[test]
+    fn append_wakes_the_writer_task_once_per_batch() {
+        let w = MuxWriter::new(0);
+        let (count, wk) = waker();
+        assert!(take(&w, &wk).is_pending());
+        w.append(|b| b.extend_from_slice(b"ab")).expect("append");
+        assert_eq!(count.count(), 1, "empty -> non-empty wakes the task");
+        w.append(|b| b.extend_from_slice(b"cd")).expect("append");
+        assert_eq!(count.count(), 1, "already woken: no second wake-up");
+        match take(&w, &wk) {
+            Poll::Ready(Ok(batch)) => assert_eq!(&batch[..], b"abcd"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(w.buffered(), 0);
+        assert!(take(&w, &wk).is_pending(), "nothing left");
+        w.append(|b| b.extend_from_slice(b"e")).expect("append");
+        assert_eq!(count.count(), 2);
+        // An append that writes nothing leaves the buffer empty.
+        let w = MuxWriter::new(0);
+        assert!(take(&w, &wk).is_pending());
+        w.append(|_| {}).expect("append");
+        assert!(take(&w, &wk).is_pending());
+    }
+
+    #[test]
+    fn capacity_waiters_wake_on_take_and_are_registered_once() {
+        let w = MuxWriter::new(4);
+        let (c1, w1) = waker();
+        let (c2, w2) = waker();
+        w.append(|b| b.extend_from_slice(b"abc")).expect("append");
+        assert!(
+            matches!(capacity(&w, &w1), Poll::Ready(Ok(()))),
+            "below the mark"
+        );
+        w.append(|b| b.extend_from_slice(b"d")).expect("append");
+        assert!(capacity(&w, &w1).is_pending(), "at the mark");
+        assert!(
+            capacity(&w, &w1).is_pending(),
+            "polled again by the same task"
+        );
+        assert!(capacity(&w, &w2).is_pending());
+        let (_, drain) = waker();
+        assert!(take(&w, &drain).is_ready());
+        assert_eq!(
+            (c1.count(), c2.count()),
+            (1, 1),
+            "each waiter woken exactly once"
+        );
+        assert!(matches!(capacity(&w, &w1), Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn stop_wakes_waiters_and_discards() {
+        let w = MuxWriter::new(1);
+        w.append(|b| b.extend_from_slice(b"xy")).expect("append");
+        let (cap, cw) = waker();
+        assert!(capacity(&w, &cw).is_pending());
+        let (idl, iw) = waker();
+        assert!(idle(&w, &iw).is_pending());
+        assert!(w.stop(ConnectionError::Closed));
+        assert_eq!(w.buffered(), 0, "buffered bytes discarded");
+        assert_eq!(cap.count(), 1, "capacity waiter woken by stop");
+        assert_eq!(idl.count(), 1, "idle waiter woken by stop");
+        let (_, dw) = waker();
+        assert!(matches!(
+            take(&w, &dw),
+            Poll::Ready(Err(ConnectionError::Closed))
+        ));
+        assert!(matches!(
+            capacity(&w, &cw),
+            Poll::Ready(Err(ConnectionError::Closed))
+        ));
+        assert!(matches!(
+            idle(&w, &iw),
+            Poll::Ready(Err(ConnectionError::Closed))
+        ));
+        assert!(matches!(w.append(|_| {}), Err(ConnectionError::Closed)));
+        assert!(!w.stop(ConnectionError::Eof), "idempotent");
+        assert!(
+            matches!(w.stop_reason(), Some(ConnectionError::Closed)),
+            "first reason wins"
+        );
+    }
+
+    #[test]
+    fn stop_wakes_a_waiting_writer_task() {
+        let w = MuxWriter::new(0);
+        let (drain, dw) = waker();
+        assert!(take(&w, &dw).is_pending());
+        assert!(w.stop(ConnectionError::Eof));
+        assert_eq!(drain.count(), 1);
+        assert!(matches!(
+            take(&w, &dw),
+            Poll::Ready(Err(ConnectionError::Eof))
+        ));
+    }
+
+    #[test]
+    fn idle_waits_for_the_batch_in_flight() {
+        let w = MuxWriter::new(0);
+        let (count, wk) = waker();
+        assert!(
+            matches!(idle(&w, &wk), Poll::Ready(Ok(()))),
+            "nothing appended"
+        );
+        w.append(|b| b.extend_from_slice(b"a")).expect("append");
+        assert!(idle(&w, &wk).is_pending(), "bytes buffered");
+        let (_, drain) = waker();
+        assert!(take(&w, &drain).is_ready());
+        assert!(idle(&w, &wk).is_pending(), "batch taken but not written");
+        w.batch_written();
+        assert_eq!(count.count(), 1);
+        assert!(matches!(idle(&w, &wk), Poll::Ready(Ok(()))));
+        // Bytes appended while a batch is in flight keep it busy.
+        w.append(|b| b.extend_from_slice(b"b")).expect("append");
+        assert!(take(&w, &drain).is_ready());
+        w.append(|b| b.extend_from_slice(b"c")).expect("append");
+        assert!(idle(&w, &wk).is_pending());
+        w.batch_written();
+        assert!(idle(&w, &wk).is_pending(), "the next batch waits");
+        assert!(take(&w, &drain).is_ready());
+        w.batch_written();
+        assert!(matches!(idle(&w, &wk), Poll::Ready(Ok(()))));
+    }
+}

@@ -69,8 +69,8 @@ struct Shared {
 
 struct Inner {
     core: StreamCore,
-    /// The application task waiting in `recv`.
-    recv_waker: Option<Waker>,
+    /// Tasks waiting in `recv` (usually one; `recv` takes `&self`).
+    recv_wakers: Vec<Waker>,
     /// The connection's reader waiting for queue room.
     space_waker: Option<Waker>,
     /// Tasks waiting for termination (senders waiting for writer room,
@@ -78,22 +78,27 @@ struct Inner {
     term_wakers: Vec<Waker>,
     /// Whether termination was already announced.
     announced: bool,
-    on_terminate: Option<TerminateHook>,
+    on_terminate: Vec<TerminateHook>,
 }
 
 /// What to do after releasing the lock.
 #[derive(Default)]
 struct Wakeups {
     wakers: Vec<Waker>,
-    hook: Option<TerminateHook>,
+    hooks: Vec<TerminateHook>,
 }
 
 impl Wakeups {
     fn fire(self) {
         self.wakers.into_iter().for_each(Waker::wake);
-        if let Some(hook) = self.hook {
-            hook();
-        }
+        self.hooks.into_iter().for_each(|hook| hook());
+    }
+}
+
+/// Registers `waker` in `wakers` unless an equivalent one is there.
+fn register(wakers: &mut Vec<Waker>, waker: &Waker) {
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
     }
 }
 
@@ -103,17 +108,17 @@ impl Shared {
     fn release(&self, mut inner: MutexGuard<'_, Inner>, queued: bool, popped: bool) {
         let mut w = Wakeups::default();
         if queued {
-            w.wakers.extend(inner.recv_waker.take());
+            w.wakers.append(&mut inner.recv_wakers);
         }
         if popped {
             w.wakers.extend(inner.space_waker.take());
         }
         if inner.core.is_terminated() && !inner.announced {
             inner.announced = true;
-            w.wakers.extend(inner.recv_waker.take());
+            w.wakers.append(&mut inner.recv_wakers);
             w.wakers.extend(inner.space_waker.take());
             w.wakers.append(&mut inner.term_wakers);
-            w.hook = inner.on_terminate.take();
+            w.hooks = std::mem::take(&mut inner.on_terminate);
             tracing::debug!(stream = self.id, kind = ?self.kind, "stream terminated");
         }
         drop(inner);
@@ -206,11 +211,11 @@ pub fn new_stream(
         writer,
         inner: Mutex::new(Inner {
             core: StreamCore::new(id, kind, opts),
-            recv_waker: None,
+            recv_wakers: Vec::new(),
             space_waker: None,
             term_wakers: Vec::new(),
             announced: false,
-            on_terminate: None,
+            on_terminate: Vec::new(),
         }),
     });
     (
@@ -290,9 +295,7 @@ impl Stream {
             if inner.core.is_send_closed() {
                 return Poll::Ready(());
             }
-            if !inner.term_wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                inner.term_wakers.push(cx.waker().clone());
-            }
+            register(&mut inner.term_wakers, cx.waker());
             Poll::Pending
         })
         .await;
@@ -316,7 +319,7 @@ impl Stream {
             let mut inner = lock(&shared.inner);
             match inner.core.recv() {
                 Recv::Empty => {
-                    inner.recv_waker = Some(cx.waker().clone());
+                    register(&mut inner.recv_wakers, cx.waker());
                     Poll::Pending
                 }
                 Recv::Message(data) => {
@@ -336,7 +339,12 @@ impl Stream {
         let shared = &*self.shared;
         let mut inner = lock(&shared.inner);
         let result = match inner.core.close_send() {
-            Some(id) => shared.append_control(id, Kind::CLOSE_SEND, false, &[]),
+            Some(id) => {
+                // A send waiting for writer room now has its answer.
+                let waiting = std::mem::take(&mut inner.term_wakers);
+                waiting.into_iter().for_each(Waker::wake);
+                shared.append_control(id, Kind::CLOSE_SEND, false, &[])
+            }
             None => Ok(()),
         };
         let out = result
@@ -423,9 +431,7 @@ async fn wait_terminated(shared: &Shared) {
         if inner.core.is_terminated() {
             Poll::Ready(())
         } else {
-            if !inner.term_wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                inner.term_wakers.push(cx.waker().clone());
-            }
+            register(&mut inner.term_wakers, cx.waker());
             Poll::Pending
         }
     })
@@ -525,14 +531,15 @@ impl StreamHandle {
     }
 
     /// Runs `hook` once, when the stream terminates (at once if it already
-    /// has), outside every lock of the stream.
+    /// has), outside every lock of the stream. Several hooks run in the
+    /// order they were added.
     pub fn on_terminate(&self, hook: impl FnOnce() + Send + 'static) {
         let mut inner = lock(&self.shared.inner);
         if inner.announced {
             drop(inner);
             hook();
         } else {
-            inner.on_terminate = Some(Box::new(hook));
+            inner.on_terminate.push(Box::new(hook));
         }
     }
 
