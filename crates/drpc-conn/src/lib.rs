@@ -47,6 +47,10 @@
 
 mod conn;
 mod error;
+mod invoker;
 
 pub use conn::{CallOptions, ClientReceiver, ClientSender, ClientStream, Conn, ConnOptions};
+pub use drpc_stream::{Encoding, Prost, Raw};
+pub use drpc_wire::Metadata;
 pub use error::Error;
+pub use invoker::{Invoker, Responses};

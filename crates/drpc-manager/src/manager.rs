@@ -16,8 +16,8 @@ use drpc_wire::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::invoke::{Invoke, PendingInvokes};
@@ -91,7 +91,7 @@ struct Inner {
     next_serial: AtomicU64,
     sequential: Option<Arc<Semaphore>>,
     accept: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: TaskTracker,
     span: tracing::Span,
 }
 
@@ -139,14 +139,17 @@ impl Manager {
             next_serial: AtomicU64::new(0),
             sequential: opts.sequential.then(|| Arc::new(Semaphore::new(1))),
             accept: tokio::sync::Mutex::new(accept_rx),
-            tasks: Mutex::new(Vec::new()),
+            tasks: TaskTracker::new(),
             span: span.clone(),
             opts,
         });
-        let reader =
-            tokio::spawn(run_reader(inner.clone(), read_half, accept_tx).instrument(span.clone()));
-        let writer = tokio::spawn(run_writer(inner.clone(), write_half).instrument(span));
-        lock(&inner.tasks).extend([reader, writer]);
+        inner
+            .tasks
+            .spawn(run_reader(inner.clone(), read_half, accept_tx).instrument(span.clone()));
+        inner
+            .tasks
+            .spawn(run_writer(inner.clone(), write_half).instrument(span));
+        inner.tasks.close();
         tracing::debug!(parent: &inner.span, "connection started");
         Manager {
             handle: Arc::new(Handle { inner }),
@@ -210,11 +213,7 @@ impl Manager {
     pub async fn close(&self) {
         let inner = &self.handle.inner;
         inner.terminate(ConnectionError::Closed);
-        let tasks = std::mem::take(&mut *lock(&inner.tasks));
-        for task in tasks {
-            // A task that panicked has nothing left to clean up.
-            let _ = task.await;
-        }
+        inner.tasks.wait().await;
     }
 
     /// Closes the connection after everything already sent by its streams
@@ -293,8 +292,8 @@ impl Inner {
     /// handlers see a peer that went away as a cancellation, as in gRPC; a
     /// client sees the connection error (multiplexing.md §3.1).
     fn stream_reason(&self, err: &ConnectionError) -> StreamErrorKind {
-        match (self.role, err) {
-            (Role::Server, ConnectionError::Eof) => StreamErrorKind::Canceled(Initiator::Remote),
+        match self.role {
+            Role::Server if peer_went_away(err) => StreamErrorKind::Canceled(Initiator::Remote),
             _ => StreamErrorKind::ConnectionLost(err.clone()),
         }
     }
@@ -447,6 +446,23 @@ impl Inner {
         {
             tracing::debug!(stream = id, error = %e, "refusal not sent");
         }
+    }
+}
+
+/// Whether `err` says the peer closed or dropped the transport; which of
+/// the reader (end of file) or the writer (broken pipe, reset) notices
+/// first is a race, and the answer must not depend on it.
+fn peer_went_away(err: &ConnectionError) -> bool {
+    match err {
+        ConnectionError::Eof => true,
+        ConnectionError::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
     }
 }
 

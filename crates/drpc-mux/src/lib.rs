@@ -31,6 +31,7 @@ mod mux;
 mod typed;
 
 pub use context::RequestContext;
-pub use drpc_wire::CodedError;
+pub use drpc_wire::{CodedError, UNIMPLEMENTED};
 pub use mux::{BoxFuture, Description, Handler, MethodDesc, MethodKind, Mux, ServerCall};
-pub use typed::{ServerReceiver, ServerSender};
+pub use drpc_stream::{Encoding, Prost, Raw};
+pub use typed::{RequestStream, ResponseSink, ServerReceiver, ServerSender};

@@ -1,6 +1,7 @@
 //! Typed halves of a server stream.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -15,6 +16,23 @@ pub(crate) fn stream_failure(err: drpc_stream::StreamError) -> CodedError {
         StreamErrorKind::Remote(e) => e,
         other => CodedError::new(0, other.to_string()),
     }
+}
+
+/// A source of request messages, as a streaming handler sees it.
+///
+/// Implemented by [`ServerReceiver`]; other transports (a gRPC adapter,
+/// a test) implement it too, so that one handler serves them all.
+pub trait RequestStream<T>: Send {
+    /// The next message; `Ok(None)` once the client closed its sending side.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<T>, CodedError>> + Send;
+}
+
+/// A sink of response messages, as a streaming handler sees it.
+///
+/// Implemented by [`ServerSender`]; other transports implement it too.
+pub trait ResponseSink<T>: Send {
+    /// Sends one message.
+    fn send(&mut self, msg: &T) -> impl Future<Output = Result<(), CodedError>> + Send;
 }
 
 /// Receives the client's messages of type `Req`.
@@ -89,5 +107,17 @@ impl<Resp, E: Encoding<Resp>> ServerSender<Resp, E> {
             .encode(msg, &mut self.buf)
             .map_err(|e| CodedError::new(0, e.to_string()))?;
         self.stream.send(&self.buf).await.map_err(stream_failure)
+    }
+}
+
+impl<Req: Send, E: Encoding<Req>> RequestStream<Req> for ServerReceiver<Req, E> {
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Req>, CodedError>> + Send {
+        ServerReceiver::recv(self)
+    }
+}
+
+impl<Resp: Sync, E: Encoding<Resp>> ResponseSink<Resp> for ServerSender<Resp, E> {
+    fn send(&mut self, msg: &Resp) -> impl Future<Output = Result<(), CodedError>> + Send {
+        ServerSender::send(self, msg)
     }
 }
