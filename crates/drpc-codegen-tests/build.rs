@@ -3,7 +3,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = "../drpc-codegen/tests/protos";
     drpc_codegen::configure().compile_protos(
-        &[format!("{protos}/echo.proto"), format!("{protos}/bare.proto")],
+        &[
+            format!("{protos}/echo.proto"),
+            format!("{protos}/bare.proto"),
+        ],
         &[protos],
     )?;
     Ok(())

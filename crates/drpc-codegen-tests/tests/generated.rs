@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drpc_codegen_tests::bare::{BARE_DRPC_METHODS, BareDrpcClient, BareDrpcServer, Beat, register_bare_drpc};
+use drpc_codegen_tests::bare::{
+    BARE_DRPC_METHODS, BareDrpcClient, BareDrpcServer, Beat, register_bare_drpc,
+};
 use drpc_codegen_tests::test::echo::v1::{
     ECHO_DRPC_METHODS, EchoDrpcClient, EchoDrpcServer, Msg, register_echo_drpc,
 };
@@ -38,11 +40,7 @@ impl EchoDrpcServer for EchoImpl {
             n += 1;
             text.push_str(&m.text);
         }
-        Ok(Msg {
-            text,
-            n,
-            opt: None,
-        })
+        Ok(Msg { text, n, opt: None })
     }
 
     async fn repeat(
@@ -179,11 +177,17 @@ async fn unimplemented_methods_answer_code_12_and_the_connection_survives() {
     bounded(async {
         let conn = connect();
         let client = EchoDrpcClient::new(conn.clone());
-        let err = client.missing(&msg("m", 0)).await.expect_err("unimplemented");
+        let err = client
+            .missing(&msg("m", 0))
+            .await
+            .expect_err("unimplemented");
         assert_eq!(err.code(), Some(12));
         assert_eq!(err.remote_message(), Some("Unimplemented"));
         // A keyword-named method gets a suffix and still works on the wire.
-        let err = client.type_rpc(&msg("t", 0)).await.expect_err("unimplemented");
+        let err = client
+            .type_rpc(&msg("t", 0))
+            .await
+            .expect_err("unimplemented");
         assert_eq!(err.code(), Some(12));
         assert_eq!(client.say(&msg("ok", 0)).await.expect("say").text, "ok");
     })
@@ -210,7 +214,10 @@ fn method_tables_in_declaration_order_with_go_paths() {
             ("/test.echo.v1.Echo/Repeat", MethodKind::ServerStreaming),
             ("/test.echo.v1.Echo/Chat", MethodKind::Bidi),
             ("/test.echo.v1.Echo/Missing", MethodKind::Unary),
-            ("/test.echo.v1.Echo/StreamingOutputCall", MethodKind::ServerStreaming),
+            (
+                "/test.echo.v1.Echo/StreamingOutputCall",
+                MethodKind::ServerStreaming
+            ),
             ("/test.echo.v1.Echo/Type", MethodKind::Unary),
         ]
     );

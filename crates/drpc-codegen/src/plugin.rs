@@ -23,7 +23,12 @@ pub fn generate(request: CodeGeneratorRequest) -> CodeGeneratorResponse {
         client: true,
         server: true,
     };
-    for param in request.parameter().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for param in request
+        .parameter()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         match param.split_once('=') {
             Some(("client", v)) => emit.client = v != "false",
             Some(("server", v)) => emit.server = v != "false",
@@ -36,7 +41,12 @@ pub fn generate(request: CodeGeneratorRequest) -> CodeGeneratorResponse {
     let requests: Vec<_> = request
         .proto_file
         .iter()
-        .filter(|f| request.file_to_generate.iter().any(|g| Some(g.as_str()) == f.name.as_deref()))
+        .filter(|f| {
+            request
+                .file_to_generate
+                .iter()
+                .any(|g| Some(g.as_str()) == f.name.as_deref())
+        })
         .map(|f| (Module::from_protobuf_package_name(f.package()), f.clone()))
         .collect();
     let mut config = prost_build::Config::new();

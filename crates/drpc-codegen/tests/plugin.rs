@@ -37,12 +37,18 @@ fn plugin_output_matches_the_build_api() -> anyhow::Result<()> {
     let by_builder = scratch("builder");
     drpc_codegen::configure()
         .out_dir(&by_builder)
-        .compile_protos(&[protos.join("echo.proto"), protos.join("bare.proto")], &[&protos])?;
+        .compile_protos(
+            &[protos.join("echo.proto"), protos.join("bare.proto")],
+            &[&protos],
+        )?;
 
     for file in ["test.echo.v1.rs", "_.rs"] {
         let plugin_code = read(&by_plugin, file);
         assert_eq!(plugin_code, read(&by_builder, file), "{file} differs");
-        assert!(plugin_code.contains("pub trait"), "{file} has a server trait");
+        assert!(
+            plugin_code.contains("pub trait"),
+            "{file} has a server trait"
+        );
     }
     let echo = read(&by_plugin, "test.echo.v1.rs");
     for expected in [
