@@ -6,9 +6,16 @@
 //! * `loom`: the loom model tests (part of `ci`).
 //! * `soak [--seconds N]`: the randomized stream soak test, for N seconds.
 //! * `bench`: runs the criterion benchmarks.
+//! * `interop`: builds `drpc-interop`, starts its server and runs every
+//!   client scenario against it, multiplexed and sequential (part of `ci`).
+//! * `interop-bench [--duration D]`: the benchmark shapes of the interop
+//!   contract (release build) next to the raw TCP baselines.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -25,6 +32,8 @@ fn main() -> Result<()> {
         "soak" => soak(rest),
         "loom" => loom(),
         "bench" => run(cargo().args(["bench", "--workspace"])),
+        "interop" => interop(),
+        "interop-bench" => interop_bench(rest),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             Ok(())
@@ -41,7 +50,9 @@ fn usage() -> &'static str {
      \x20 fuzz [--target NAME] [--seconds N] run fuzz targets (needs nightly + cargo-fuzz)\n\
      \x20 loom                               loom model tests (also part of ci)\n\
      \x20 soak [--seconds N]                 randomized stream soak test (default 60 s)\n\
-     \x20 bench                              run the criterion benchmarks"
+     \x20 bench                              run the criterion benchmarks\n\
+     \x20 interop                            drpc-interop server + every client scenario\n\
+     \x20 interop-bench [--duration D]       interop benchmark shapes and TCP baselines (release)"
 }
 
 fn workspace_root() -> PathBuf {
@@ -87,6 +98,7 @@ fn ci() -> Result<()> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
+    interop()?;
     loom()?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
@@ -107,7 +119,16 @@ fn seconds_option(args: &[String], default: u64) -> Result<u64> {
 fn soak(args: &[String]) -> Result<()> {
     let seconds = seconds_option(args, 60)?;
     run(cargo()
-        .args(["test", "-p", "drpc-manager", "--release", "--test", "soak", "--", "--nocapture"])
+        .args([
+            "test",
+            "-p",
+            "drpc-manager",
+            "--release",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ])
         .env("DRPC_SOAK_SECONDS", seconds.to_string()))
 }
 
@@ -158,6 +179,252 @@ fn fuzz(args: &[String]) -> Result<()> {
             .current_dir(workspace_root().join("fuzz"))
             .args(["+nightly", "fuzz", "run", &target, "--"])
             .arg(format!("-max_total_time={seconds}")))?;
+    }
+    Ok(())
+}
+
+/// The directory cargo builds into.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                workspace_root().join(p)
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The `drpc-interop` binary of a profile (`debug` or `release`).
+fn interop_binary(profile: &str) -> PathBuf {
+    target_dir()
+        .join(profile)
+        .join(format!("drpc-interop{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A server process that prints `listening on ADDR` once ready; killed
+/// when dropped, whatever happened meanwhile.
+struct Background {
+    child: Child,
+    addr: String,
+}
+
+impl Background {
+    /// Starts `bin args` and waits (at most 30 s) for its address.
+    fn start(bin: &Path, args: &[&str]) -> Result<Background> {
+        println!("xtask: starting {} {}", bin.display(), args.join(" "));
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        // From here on, the process is killed on every path out.
+        let mut server = Background {
+            child,
+            addr: String::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        // Reads the address, then keeps draining stdout so that the server
+        // never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match (line.strip_prefix("listening on "), tx.take()) {
+                    (Some(addr), Some(tx)) => {
+                        let _ = tx.send(addr.trim().to_owned());
+                    }
+                    (_, unsent) => {
+                        tx = unsent;
+                        println!("{line}");
+                    }
+                }
+            }
+        });
+        server.addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => bail!(
+                "`{} {}` exited or did not print `listening on ADDR` within 30 s",
+                bin.display(),
+                args.join(" ")
+            ),
+        };
+        println!("xtask: {} listening on {}", args[0], server.addr);
+        Ok(server)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `bin args`, prints its output, and says whether it succeeded.
+fn run_printed(bin: &Path, args: &[&str]) -> Result<bool> {
+    println!("xtask: running {} {}", bin.display(), args.join(" "));
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        println!(
+            "xtask: `{} {}` failed with {}",
+            bin.display(),
+            args.join(" "),
+            out.status
+        );
+    }
+    Ok(out.status.success())
+}
+
+/// Builds `drpc-interop` (debug), starts its server, and runs every
+/// client scenario against it, multiplexed then sequential. The server is
+/// killed whatever the outcome.
+fn interop() -> Result<()> {
+    run(cargo().args(["build", "-p", "drpc-interop"]))?;
+    let bin = interop_binary("debug");
+    let server = Background::start(&bin, &["serve", "--addr", "127.0.0.1:0"])?;
+    let mut failed = Vec::new();
+    for extra in [&[][..], &["--sequential"][..]] {
+        let mut args = vec!["client", "--addr", &server.addr, "--scenario", "all"];
+        args.extend_from_slice(extra);
+        if !run_printed(&bin, &args)? {
+            failed.push(args.join(" "));
+        }
+    }
+    drop(server);
+    if !failed.is_empty() {
+        bail!("xtask: interop scenarios failed: {}", failed.join("; "));
+    }
+    println!("xtask: interop passed");
+    Ok(())
+}
+
+/// The interop benchmark shapes: a label and the `bench` options.
+const INTEROP_BENCH_SHAPES: &[(&str, &[&str])] = &[
+    ("unary small", &["--kind", "unary", "--size", "small"]),
+    ("unary med", &["--kind", "unary", "--size", "med"]),
+    ("unary large", &["--kind", "unary", "--size", "large"]),
+    ("bidi small", &["--kind", "bidi", "--size", "small"]),
+    (
+        "outstream large",
+        &["--kind", "outstream", "--size", "large"],
+    ),
+    ("instream large", &["--kind", "instream", "--size", "large"]),
+    (
+        "outstream small",
+        &["--kind", "outstream", "--size", "small"],
+    ),
+    (
+        "unary small, 64 tasks on one connection",
+        &[
+            "--kind", "unary", "--size", "small", "--conc", "64", "--conns", "1",
+        ],
+    ),
+    (
+        "unary small, 64 tasks on 64 connections",
+        &[
+            "--kind", "unary", "--size", "small", "--conc", "64", "--conns", "64",
+        ],
+    ),
+    (
+        "unary small, 64 tasks on 64 sequential connections",
+        &[
+            "--kind",
+            "unary",
+            "--size",
+            "small",
+            "--conc",
+            "64",
+            "--conns",
+            "64",
+            "--sequential",
+        ],
+    ),
+];
+
+/// The raw TCP baselines: a label and the `tcp-bench` options.
+const TCP_BENCH_SHAPES: &[(&str, &[&str])] = &[
+    (
+        "tcp ping-pong small (baseline of unary/bidi small)",
+        &["--mode", "pingpong", "--size", "small"],
+    ),
+    (
+        "tcp ping-pong med (baseline of unary med)",
+        &["--mode", "pingpong", "--size", "med"],
+    ),
+    (
+        "tcp ping-pong large (baseline of unary large)",
+        &["--mode", "pingpong", "--size", "large"],
+    ),
+    (
+        "tcp one way small (baseline of outstream small)",
+        &["--mode", "oneway", "--size", "small"],
+    ),
+    (
+        "tcp one way large (baseline of in/outstream large)",
+        &["--mode", "oneway", "--size", "large"],
+    ),
+];
+
+/// Runs the interop benchmark shapes against a release `drpc-interop
+/// serve`, then the raw TCP baselines against `drpc-interop tcp-echo`, and
+/// prints every result line (each under a `# label` line).
+fn interop_bench(args: &[String]) -> Result<()> {
+    let duration = match args {
+        [] => "3s".to_owned(),
+        [flag, d] if flag == "--duration" => d.clone(),
+        other => bail!("unexpected arguments {other:?}; expected --duration D"),
+    };
+    run(cargo().args(["build", "-p", "drpc-interop", "--release"]))?;
+    let bin = interop_binary("release");
+    let server = Background::start(&bin, &["serve", "--addr", "127.0.0.1:0"])?;
+    let echo = Background::start(&bin, &["tcp-echo", "--addr", "127.0.0.1:0"])?;
+    let runs = INTEROP_BENCH_SHAPES
+        .iter()
+        .map(|(label, shape)| ("bench", server.addr.as_str(), *label, *shape))
+        .chain(
+            TCP_BENCH_SHAPES
+                .iter()
+                .map(|(label, shape)| ("tcp-bench", echo.addr.as_str(), *label, *shape)),
+        );
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    for (command, addr, label, shape) in runs {
+        let mut args = vec![command, "--addr", addr, "--duration", &duration];
+        args.extend_from_slice(shape);
+        println!("xtask: {label}: drpc-interop {}", args.join(" "));
+        let out = Command::new(&bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        println!("{line}");
+        if out.status.success() {
+            results.push((label, line));
+        } else {
+            failed.push(label);
+        }
+    }
+    drop((server, echo));
+    println!("\nxtask: interop-bench results ({duration} per shape)");
+    for (label, line) in &results {
+        println!("# {label}\n{line}");
+    }
+    if !failed.is_empty() {
+        bail!("xtask: benchmarks failed: {}", failed.join("; "));
     }
     Ok(())
 }

@@ -1,0 +1,300 @@
+//! `drpc-interop`: the interop and benchmark binary of the contract in
+//! `shared/interop/README.md`. See the library for the behaviour; this is
+//! only the command line.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use drpc_interop::bench::{BenchConfig, run_bench};
+use drpc_interop::scenarios::{ClientConfig, SCENARIOS, result_line, run_scenario};
+use drpc_interop::tcp::{Mode, echo_server, run_tcp_bench};
+use drpc_interop::{ServeOptions, parse_bytes, parse_duration, serve};
+
+/// How long in-flight RPCs may finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+const USAGE: &str = "usage: drpc-interop <command> [options]
+
+commands:
+  serve --addr HOST:PORT [--max-conns N] [--max-message-size BYTES] [-v]
+  client --addr HOST:PORT --scenario NAME|all [--sequential] [--max-message-size BYTES]
+  bench --addr HOST:PORT --kind unary|instream|outstream|bidi --size small|med|large
+        [--duration 3s] [--conc N] [--conns C] [--sequential] [--max-message-size BYTES]
+  tcp-echo --addr HOST:PORT
+  tcp-bench --addr HOST:PORT --mode pingpong|oneway --size small|med|large [--duration 3s]";
+
+/// Options as `--name value` pairs and `--flag`s.
+struct Args {
+    values: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+impl Args {
+    /// Splits `args`: the names in `flags` take no value, the others one.
+    fn parse(args: &[String], flags: &[&str]) -> Result<Args, String> {
+        let mut parsed = Args {
+            values: Vec::new(),
+            flags: Vec::new(),
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            if flags.contains(&arg.as_str()) {
+                parsed.flags.push(arg.clone());
+            } else if let Some((name, value)) =
+                arg.split_once('=').filter(|_| arg.starts_with("--"))
+            {
+                parsed.values.push((name.to_owned(), value.to_owned()));
+            } else if arg.starts_with('-') {
+                let value = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                parsed.values.push((arg.clone(), value.clone()));
+            } else {
+                return Err(format!("unexpected argument {arg:?}"));
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, String> {
+        self.get(name).ok_or_else(|| format!("{name} is required"))
+    }
+
+    fn parsed<T>(
+        &self,
+        name: &str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, String> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => parse(v).map_err(|e| format!("{name}: {e}")),
+        }
+    }
+
+    /// Fails on options not in `known`.
+    fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self
+            .values
+            .iter()
+            .find(|(n, _)| !known.contains(&n.as_str()))
+        {
+            Some((name, _)) => Err(format!("unknown option {name}")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn number(s: &str) -> Result<usize, String> {
+    s.parse().map_err(|_| format!("invalid number {s:?}"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "serve" => serve_command(rest).await,
+        "client" => client_command(rest).await,
+        "bench" => bench_command(rest).await,
+        "tcp-echo" => tcp_echo_command(rest).await,
+        "tcp-bench" => tcp_bench_command(rest).await,
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => Err(format!("unknown command {other:?}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drpc-interop: {e}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("listening on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("local address: {e}"))?;
+    println!("listening on {local}");
+    let _ = std::io::stdout().flush();
+    Ok(listener)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(args, &["-v", "--verbose"])?;
+    args.only(&["--addr", "--max-conns", "--max-message-size"])?;
+    let defaults = ServeOptions::default();
+    let opts = ServeOptions {
+        max_connections: args.parsed("--max-conns", defaults.max_connections, number)?,
+        max_message_size: args.parsed(
+            "--max-message-size",
+            defaults.max_message_size,
+            parse_bytes,
+        )?,
+        verbose: args.flag("-v") || args.flag("--verbose"),
+    };
+    let addr = args.required("--addr")?;
+    let server = serve(&opts);
+    let listener = bind(addr).await?;
+    let mut serving = tokio::spawn({
+        let server = server.clone();
+        async move { server.serve_tcp(listener).await }
+    });
+    tokio::select! {
+        r = &mut serving => {
+            return match r {
+                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Err(e)) => Err(format!("serving: {e}")),
+                Err(e) => Err(format!("serving: {e}")),
+            };
+        }
+        _ = shutdown_signal() => {}
+    }
+    eprintln!("drpc-interop: shutting down (grace {SHUTDOWN_GRACE:?})");
+    server.shutdown(SHUTDOWN_GRACE).await;
+    match serving.await {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(format!("serving: {e}")),
+        Err(e) => Err(format!("serving: {e}")),
+    }
+}
+
+async fn client_command(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(args, &["--sequential"])?;
+    args.only(&["--addr", "--scenario", "--max-message-size"])?;
+    let mut cfg = ClientConfig::new(args.required("--addr")?);
+    cfg.sequential = args.flag("--sequential");
+    cfg.max_message_size = args.parsed("--max-message-size", cfg.max_message_size, parse_bytes)?;
+    let scenario = args.required("--scenario")?;
+    let names: Vec<&str> = if scenario == "all" {
+        SCENARIOS.to_vec()
+    } else {
+        scenario.split(',').map(str::trim).collect()
+    };
+    if let Some(bad) = names.iter().find(|n| !SCENARIOS.contains(n)) {
+        return Err(format!(
+            "unknown scenario {bad:?} (known: all, {})",
+            SCENARIOS.join(", ")
+        ));
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for name in names {
+        let result = run_scenario(&cfg, name).await;
+        if result.is_ok() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+        println!("{}", result_line(name, &result));
+        let _ = std::io::stdout().flush();
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn bench_command(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(args, &["--sequential"])?;
+    args.only(&[
+        "--addr",
+        "--kind",
+        "--size",
+        "--duration",
+        "--conc",
+        "--conns",
+        "--max-message-size",
+    ])?;
+    let kind = args.required("--kind")?.parse()?;
+    let size = args.required("--size")?.parse()?;
+    let mut cfg = BenchConfig::new(args.required("--addr")?, kind, size);
+    cfg.duration = args.parsed("--duration", cfg.duration, parse_duration)?;
+    cfg.conc = args.parsed("--conc", cfg.conc, number)?;
+    cfg.conns = args.parsed("--conns", cfg.conns, number)?;
+    cfg.sequential = args.flag("--sequential");
+    cfg.max_message_size = args.parsed("--max-message-size", cfg.max_message_size, parse_bytes)?;
+    match run_bench(&cfg).await {
+        Ok(result) => {
+            println!("{result}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("drpc-interop bench: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn tcp_echo_command(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(args, &[])?;
+    args.only(&["--addr"])?;
+    let listener = bind(args.required("--addr")?).await?;
+    tokio::select! {
+        r = echo_server(listener) => r.map_err(|e| format!("accepting: {e}"))?,
+        _ = shutdown_signal() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tcp_bench_command(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(args, &[])?;
+    args.only(&["--addr", "--mode", "--size", "--duration"])?;
+    let mode: Mode = args.required("--mode")?.parse()?;
+    let size = args.required("--size")?.parse()?;
+    let duration = args.parsed("--duration", Duration::from_secs(3), parse_duration)?;
+    match run_tcp_bench(args.required("--addr")?, mode, size, duration).await {
+        Ok(result) => {
+            println!("{result}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("drpc-interop tcp-bench: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The client scenarios of the contract (`drpc-interop client`).
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use drpc_conn::{CallOptions, Conn, ConnOptions, Error};
+use drpc_stream::{Prost, StreamErrorKind};
+use drpc_wire::{DEFAULT_MAX_PACKET_SIZE, UNIMPLEMENTED};
+use tokio::task::JoinSet;
+
+use crate::pb::{In, Out};
+use crate::service::{BOOM_CODE, METHOD1, METHOD2, METHOD3, METHOD4};
+
+/// Every scenario, in the order of the contract (what `--scenario all`
+/// runs).
+pub const SCENARIOS: &[&str] = &[
+    "empty_unary",
+    "unary_sizes",
+    "status_code_and_message",
+    "custom_metadata",
+    "client_streaming",
+    "server_streaming",
+    "ping_pong",
+    "cancel_blocked",
+    "unknown_method",
+    "sequential_10000",
+    "concurrent_16",
+    "oversize_message",
+];
+
+/// How long one scenario may take before it fails as hung.
+pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where and how the client connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `HOST:PORT` of the server.
+    pub addr: String,
+    /// One stream at a time per connection (for the reference Go server).
+    pub sequential: bool,
+    /// The largest message sent to or accepted from the server.
+    pub max_message_size: usize,
+}
+
+impl ClientConfig {
+    /// Multiplexed, with the default 4 MiB message limit.
+    pub fn new(addr: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            addr: addr.into(),
+            sequential: false,
+            max_message_size: DEFAULT_MAX_PACKET_SIZE,
+        }
+    }
+
+    /// The connection options this configuration stands for.
+    pub fn conn_options(&self) -> ConnOptions {
+        let mut opts = if self.sequential {
+            ConnOptions::sequential()
+        } else {
+            ConnOptions::default()
+        };
+        opts.manager.stream.max_packet_size = self.max_message_size;
+        opts
+    }
+
+    /// Opens a new connection.
+    pub async fn connect(&self) -> Result<Conn, String> {
+        Conn::connect_tcp(self.addr.as_str(), self.conn_options())
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.addr))
+    }
+}
+
+/// The outcome of a run: one result per scenario, in order.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Each scenario's name and result (`Err` holds the reason).
+    pub results: Vec<(String, Result<(), String>)>,
+}
+
+impl Report {
+    /// How many scenarios passed.
+    pub fn passed(&self) -> usize {
+        self.results.iter().filter(|(_, r)| r.is_ok()).count()
+    }
+
+    /// How many scenarios failed.
+    pub fn failed(&self) -> usize {
+        self.results.len() - self.passed()
+    }
+
+    /// The closing line, `N passed, M failed`.
+    pub fn summary(&self) -> String {
+        format!("{} passed, {} failed", self.passed(), self.failed())
+    }
+}
+
+/// The line printed for one scenario: `PASS name` or `FAIL name: reason`.
+pub fn result_line(name: &str, result: &Result<(), String>) -> String {
+    match result {
+        Ok(()) => format!("PASS {name}"),
+        Err(reason) => format!("FAIL {name}: {reason}"),
+    }
+}
+
+impl fmt::Display for Report {
+    /// One line per scenario, then the summary line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, result) in &self.results {
+            writeln!(f, "{}", result_line(name, result))?;
+        }
+        write!(f, "{}", self.summary())
+    }
+}
+
+/// Runs `names` one after another.
+pub async fn run_scenarios(cfg: &ClientConfig, names: &[&str]) -> Report {
+    let mut report = Report::default();
+    for name in names {
+        let result = run_scenario(cfg, name).await;
+        report.results.push(((*name).to_owned(), result));
+    }
+    report
+}
+
+/// Runs one scenario on its own connection(s), failing it if it takes
+/// longer than [`SCENARIO_TIMEOUT`].
+pub async fn run_scenario(cfg: &ClientConfig, name: &str) -> Result<(), String> {
+    let run = async {
+        match name {
+            "empty_unary" => empty_unary(cfg).await,
+            "unary_sizes" => unary_sizes(cfg).await,
+            "status_code_and_message" => status_code_and_message(cfg).await,
+            "custom_metadata" => custom_metadata(cfg).await,
+            "client_streaming" => client_streaming(cfg).await,
+            "server_streaming" => server_streaming(cfg).await,
+            "ping_pong" => ping_pong(cfg).await,
+            "cancel_blocked" => cancel_blocked(cfg).await,
+            "unknown_method" => unknown_method(cfg).await,
+            "sequential_10000" => sequential_10000(cfg).await,
+            "concurrent_16" => concurrent_16(cfg).await,
+            "oversize_message" => oversize_message(cfg).await,
+            other => Err(format!(
+                "unknown scenario {other:?} (known: {})",
+                SCENARIOS.join(", ")
+            )),
+        }
+    };
+    within(SCENARIO_TIMEOUT, "the scenario", run).await?
+}
+
+/// `fut`'s output, or a failure naming `what` when it takes longer than
+/// `limit`.
+async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| format!("{what} did not finish within {limit:?}"))
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+fn failed(what: &str) -> impl FnOnce(Error) -> String + '_ {
+    move |e| format!("{what} failed: {e}")
+}
+
+/// A payload of `len` bytes whose content depends on the position, so that
+/// reordered or shifted bytes show.
+fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn unary(conn: &Conn, req: &In, opts: &CallOptions) -> Result<Out, Error> {
+    conn.unary(METHOD1, req, opts).await
+}
+
+/// A plain echo on `conn` succeeds.
+async fn echo_works(conn: &Conn, what: &str) -> Result<(), String> {
+    let req = In {
+        r#in: 7,
+        buf: Bytes::from_static(b"still there"),
+        opt: Some(3),
+    };
+    let out = unary(conn, &req, &CallOptions::new())
+        .await
+        .map_err(failed(what))?;
+    ensure(
+        out.out == 7 && out.buf == req.buf && out.opt == Some(3),
+        || format!("{what} returned {out:?}"),
+    )
+}
+
+async fn empty_unary(cfg: &ClientConfig) -> Result<(), String> {
+    let conn = cfg.connect().await?;
+    let out = unary(&conn, &In::default(), &CallOptions::new())
+        .await
+        .map_err(failed("Method1(In{})"))?;
+    ensure(out == Out::default(), || {
+        format!("expected Out{{}}, got {out:?}")
+    })
+}
+
+async fn unary_sizes(cfg: &ClientConfig) -> Result<(), String> {
+    let conn = cfg.connect().await?;
+    for size in [0, 2 << 10, 1 << 20, 3 << 20] {
+        let req = In {
+            r#in: size as i64,
+            buf: pattern(size),
+            opt: None,
+        };
+        let out = unary(&conn, &req, &CallOptions::new())
+            .await
+            .map_err(|e| format!("{size}-byte echo failed: {e}"))?;
+        ensure(out.out == size as i64, || {
+            format!("{size}-byte echo: out = {}, expected {size}", out.out)
+        })?;
+        ensure(out.buf == req.buf, || {
+            let first = out.buf.iter().zip(req.buf.iter()).position(|(a, b)| a != b);
+            format!(
+                "{size}-byte echo: got {} bytes back, first difference at {first:?}",
+                out.buf.len()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+async fn status_code_and_message(cfg: &ClientConfig) -> Result<(), String> {
+    let conn = cfg.connect().await?;
+    let req = In {
+        r#in: -1,
+        ..In::default()
+    };
+    match unary(&conn, &req, &CallOptions::new()).await {
+        Ok(out) => Err(format!("expected an error, got {out:?}")),
+        Err(e) => ensure(
+            e.code() == Some(BOOM_CODE) && e.remote_message() == Some("boom"),
+            || {
+                format!(
+                    "expected code {BOOM_CODE} and message \"boom\", got code {:?} and {:?} ({e})",
+                    e.code(),
+                    e.remote_message()
+                )
+            },
+        ),
+    }
+}
+
+async fn custom_metadata(cfg: &ClientConfig) -> Result<(), String> {
+    let conn = cfg.connect().await?;
+    // No deadline here: it would travel as one more metadata pair.
+    let opts = CallOptions::new()
+        .metadata("interop-key1", "value 1")
+        .metadata("interop-key2", "value=2");
+    let req = In {
+        r#in: -3,
+        ..In::default()
+    };
+    let out = unary(&conn, &req, &opts)
+        .await
+        .map_err(failed("Method1(in = -3)"))?;
+    let expected = "interop-key1=value 1\ninterop-key2=value=2\n";
+    ensure(out.buf == expected.as_bytes(), || {
+        format!(
+            "expected metadata {expected:?}, got {:?}",
+            String::from_utf8_lossy(&out.buf)
+        )
+    })
+}
+
+async fn client_streaming(cfg: &ClientConfig) -> Result<(), String> {
+    const N: i64 = 1000;
+    let conn = cfg.connect().await?;
+    let mut stream = conn
+        .stream::<In, Out>(METHOD2, &CallOptions::new())
+        .await
+        .map_err(failed("opening Method2"))?;
+    let mut last = Bytes::new();
+    for i in 0..N {
+        last = Bytes::from(format!("message {i}"));
+        let req = In {
+            r#in: i,
+            buf: last.clone(),
+            opt: None,
+        };
+        stream
+            .send(&req)
+            .await
+            .map_err(|e| format!("send {i} failed: {e}"))?;
+    }
+    let out = stream
+        .close_and_recv()
+        .await
+        .map_err(failed("close_and_recv"))?;
+    ensure(out.out == N, || format!("out = {}, expected {N}", out.out))?;
+    ensure(out.buf == last, || {
+        format!("last buffer {:?}, expected {last:?}", out.buf)
+    })
+}
+
+async fn server_streaming(cfg: &ClientConfig) -> Result<(), String> {
+    const N: i64 = 1000;
+    let conn = cfg.connect().await?;
+    let buf = Bytes::from_static(b"server streaming");
+    let req = In {
+        r#in: N,
+        buf: buf.clone(),
+        opt: None,
+    };
+    let mut stream = conn
+        .server_streaming::<In, Out, _>(Prost, METHOD3, &req, &CallOptions::new())
+        .await
+        .map_err(failed("opening Method3"))?;
+    for i in 0..N {
+        match stream.recv().await {
+            Ok(Some(out)) => ensure(out.out == 1 && out.buf == buf, || {
+                format!("message {i} is {out:?}")
+            })?,
+            Ok(None) => return Err(format!("stream ended after {i} messages, expected {N}")),
+            Err(e) => return Err(format!("receive {i} failed: {e}")),
+        }
+    }
+    match stream.recv().await {
+        Ok(None) => Ok(()),
+        Ok(Some(out)) => Err(format!("message {N} past the end: {out:?}")),
+        Err(e) => Err(format!("expected a clean end of stream, got {e}")),
+    }
+}
+
+async fn ping_pong(cfg: &ClientConfig) -> Result<(), String> {
+    const N: i64 = 1000;
+    let conn = cfg.connect().await?;
+    let mut stream = conn
+        .stream::<In, Out>(METHOD4, &CallOptions::new())
+        .await
+        .map_err(failed("opening Method4"))?;
+    for i in 0..N {
+        let req = In {
+            r#in: i,
+            buf: Bytes::from(format!("ping {i}")),
+            opt: Some(i),
+        };
+        stream
+            .send(&req)
+            .await
+            .map_err(|e| format!("send {i} failed: {e}"))?;
+        match stream.recv().await {
+            Ok(Some(out)) => ensure(
+                out.out == i && out.buf == req.buf && out.opt == Some(i),
+                || format!("pong {i} is {out:?}"),
+            )?,
+            Ok(None) => return Err(format!("stream ended after {i} pongs")),
+            Err(e) => return Err(format!("receive {i} failed: {e}")),
+        }
+    }
+    stream.close_send().map_err(failed("close_send"))?;
+    match stream.recv().await {
+        Ok(None) => Ok(()),
+        Ok(Some(out)) => Err(format!("unexpected message after close_send: {out:?}")),
+        Err(e) => Err(format!("expected a clean end of stream, got {e}")),
+    }
+}
+
+async fn cancel_blocked(cfg: &ClientConfig) -> Result<(), String> {
+    let conn = cfg.connect().await?;
+    let req = In {
+        r#in: -2,
+        ..In::default()
+    };
+    let opts = CallOptions::new().timeout(Duration::from_millis(100));
+    let start = Instant::now();
+    let result = within(
+        Duration::from_secs(5),
+        "the blocked call",
+        unary(&conn, &req, &opts),
+    )
+    .await?;
+    let elapsed = start.elapsed();
+    match result {
+        Ok(out) => return Err(format!("expected a cancellation, got {out:?}")),
+        Err(e) if is_cancellation(&e) => {}
+        Err(e) => return Err(format!("ended as {e:?} ({e}), not as a cancellation")),
+    }
+    ensure(elapsed < Duration::from_secs(1), || {
+        format!("the cancellation took {elapsed:?} (limit 1 s)")
+    })?;
+    within(
+        Duration::from_secs(5),
+        "the call after the cancellation",
+        echo_works(&conn, "the call after the cancellation"),
+    )
+    .await?
+}
+
+/// A local or remote cancellation or deadline: the client's own timer, a
+/// Cancel from the server, or the server's error for a call it cancelled
+/// (gRPC's Canceled, 1, or DeadlineExceeded, 4).
+fn is_cancellation(e: &Error) -> bool {
+    e.is_canceled() || e.is_deadline_exceeded() || matches!(e.code(), Some(1 | 4))
+}
+
+async fn unknown_method(cfg: &ClientConfig) -> Result<(), String> {
+    let conn = cfg.connect().await?;
+    let result: Result<Out, Error> = conn
+        .unary("/service.Service/Nope", &In::default(), &CallOptions::new())
+        .await;
+    match result {
+        Ok(out) => return Err(format!("expected an error, got {out:?}")),
+        Err(e) if e.code() == Some(UNIMPLEMENTED) => {}
+        Err(e) => {
+            return Err(format!(
+                "expected code {UNIMPLEMENTED} (Unimplemented), got code {:?}: {e}",
+                e.code()
+            ));
+        }
+    }
+    echo_works(&conn, "the call after the unknown method").await
+}
+
+async fn sequential_10000(cfg: &ClientConfig) -> Result<(), String> {
+    const N: i64 = 10_000;
+    let conn = cfg.connect().await?;
+    let opts = CallOptions::new();
+    for i in 0..N {
+        let req = In {
+            r#in: i,
+            ..In::default()
+        };
+        let out = unary(&conn, &req, &opts)
+            .await
+            .map_err(|e| format!("call {i} failed: {e}"))?;
+        ensure(out.out == i, || format!("call {i} returned {out:?}"))?;
+    }
+    Ok(())
+}
+
+async fn concurrent_16(cfg: &ClientConfig) -> Result<(), String> {
+    const N: i64 = 16;
+    let conn = cfg.connect().await?;
+    let mut calls = JoinSet::new();
+    for i in 0..N {
+        let conn = conn.clone();
+        calls.spawn(async move {
+            let req = In {
+                r#in: i,
+                buf: Bytes::from(format!("concurrent call {i}")),
+                opt: Some(-i),
+            };
+            let out = unary(&conn, &req, &CallOptions::new())
+                .await
+                .map_err(|e| format!("call {i} failed: {e}"))?;
+            ensure(
+                out.out == i && out.buf == req.buf && out.opt == Some(-i),
+                || format!("call {i} returned {out:?}"),
+            )
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("a call task failed: {e}")),
+        }
+    }
+    ensure(errors.is_empty(), || errors.join("; "))
+}
+
+async fn oversize_message(cfg: &ClientConfig) -> Result<(), String> {
+    const SIZE: usize = 5 << 20;
+    let conn = cfg.connect().await?;
+    let req = In {
+        r#in: 1,
+        buf: pattern(SIZE),
+        opt: None,
+    };
+    let result = within(
+        Duration::from_secs(5),
+        "the 5 MiB call",
+        unary(&conn, &req, &CallOptions::new()),
+    )
+    .await?;
+    match result {
+        Ok(out) => {
+            return Err(format!(
+                "a 5 MiB request succeeded (out = {}): is the server's limit raised above 4 MiB?",
+                out.out
+            ));
+        }
+        // Refused locally: nothing reached the server, and this
+        // connection goes on.
+        Err(e) if is_message_too_large(&e) => {
+            within(
+                Duration::from_secs(5),
+                "the call after the local refusal",
+                echo_works(
+                    &conn,
+                    "the call on the same connection after the local refusal",
+                ),
+            )
+            .await??;
+        }
+        // Refused by the server (it ends the connection), or any other
+        // clear error.
+        Err(_) => {}
+    }
+    drop(conn);
+    let fresh = cfg.connect().await?;
+    within(
+        Duration::from_secs(5),
+        "the call on a new connection",
+        echo_works(&fresh, "the call on a new connection"),
+    )
+    .await?
+}
+
+/// Whether the client refused to send a message over its own limit.
+pub fn is_message_too_large(e: &Error) -> bool {
+    matches!(e, Error::Stream(s) if matches!(s.kind(), StreamErrorKind::MessageTooLarge { .. }))
+}
