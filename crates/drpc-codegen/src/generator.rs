@@ -11,20 +11,38 @@ pub(crate) struct Emit {
     pub(crate) server: bool,
 }
 
-/// Writes DRPC clients and server traits next to prost's messages.
-#[derive(Debug)]
+/// Writes DRPC clients and server traits next to prost's messages, and
+/// optionally tonic's code plus an adapter serving the DRPC server trait
+/// over gRPC.
 pub(crate) struct DrpcServiceGenerator {
     pub(crate) emit: Emit,
+    /// tonic's own generator, when gRPC adapters are wanted.
+    pub(crate) grpc: Option<Box<dyn prost_build::ServiceGenerator>>,
+}
+
+impl std::fmt::Debug for DrpcServiceGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrpcServiceGenerator")
+            .field("emit", &self.emit)
+            .field("grpc", &self.grpc.is_some())
+            .finish()
+    }
 }
 
 impl prost_build::ServiceGenerator for DrpcServiceGenerator {
     fn generate(&mut self, service: Service, buf: &mut String) {
         let svc = ServiceNames::new(&service);
+        if let Some(tonic) = &mut self.grpc {
+            tonic.generate(service.clone(), buf);
+        }
         if self.emit.client {
             client(&service, &svc, buf);
         }
         if self.emit.server {
             server(&service, &svc, buf);
+            if self.grpc.is_some() {
+                grpc_adapter(&service, &svc, buf);
+            }
         }
     }
 }
@@ -390,6 +408,95 @@ fn server(service: &Service, svc: &ServiceNames, buf: &mut String) {
         full = svc.full_name,
         snake = svc.snake
     );
+}
+
+/// tonic's snake case for module names (`naive_snake_case`).
+fn tonic_snake(name: &str) -> String {
+    let mut out = String::new();
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c.to_ascii_lowercase());
+        if let Some(&next) = chars.peek() {
+            if next.is_ascii_uppercase() && !c.is_ascii_uppercase() {
+                out.push('_');
+            }
+        }
+    }
+    out
+}
+
+/// `SvcGrpcAdapter<S>`: tonic's server trait implemented on top of the
+/// DRPC server trait, so that one implementation serves both protocols.
+fn grpc_adapter(service: &Service, svc: &ServiceNames, buf: &mut String) {
+    let adapter = format!("{}GrpcAdapter", svc.rust);
+    let server_trait = format!("{}DrpcServer", svc.rust);
+    let module = format!("{}_server", tonic_snake(&service.name));
+    let _ = writeln!(
+        buf,
+        "/// Serves a [`{server_trait}`] implementation over gRPC:\n\
+         /// `{module}::{rust}Server::new({adapter}(server))` in a tonic router.\n\
+         #[derive(Debug)]\n\
+         pub struct {adapter}<S>(pub ::std::sync::Arc<S>);\n\n\
+         #[::tonic::async_trait]\n\
+         impl<S: {server_trait}> {module}::{rust} for {adapter}<S> {{",
+        rust = svc.rust
+    );
+    let result = |out: &str| {
+        format!("::core::result::Result<::tonic::Response<{out}>, ::tonic::Status>")
+    };
+    for method in &service.methods {
+        let tonic_name = &method.name;
+        let ident = method_ident(method);
+        let path = svc.path(method);
+        let (input, output) = (&method.input_type, &method.output_type);
+        let stream_type = format!("{}Stream", method.proto_name);
+        match (method.client_streaming, method.server_streaming) {
+            (false, false) => {
+                let _ = writeln!(
+                    buf,
+                    "    async fn {tonic_name}(&self, request: ::tonic::Request<{input}>) -> {ret} {{\n\
+                     \x20       let ctx = ::drpc_mux::grpc::context(\"{path}\", &request);\n\
+                     \x20       ::drpc_mux::grpc::reply(self.0.{ident}(ctx, request.into_inner()).await)\n    }}",
+                    ret = result(output)
+                );
+            }
+            (true, false) => {
+                let _ = writeln!(
+                    buf,
+                    "    async fn {tonic_name}(&self, request: ::tonic::Request<::tonic::Streaming<{input}>>) -> {ret} {{\n\
+                     \x20       let ctx = ::drpc_mux::grpc::context(\"{path}\", &request);\n\
+                     \x20       let requests = ::drpc_mux::grpc::GrpcRequests::new(request.into_inner());\n\
+                     \x20       ::drpc_mux::grpc::reply(self.0.{ident}(ctx, requests).await)\n    }}",
+                    ret = result(output)
+                );
+            }
+            (false, true) => {
+                let _ = writeln!(
+                    buf,
+                    "    type {stream_type} = ::drpc_mux::grpc::GrpcResponses<{output}>;\n\n\
+                     \x20   async fn {tonic_name}(&self, request: ::tonic::Request<{input}>) -> {ret} {{\n\
+                     \x20       let server = self.0.clone();\n\
+                     \x20       ::core::result::Result::Ok(::tonic::Response::new(::drpc_mux::grpc::spawn_responses(\"{path}\", request, move |ctx, request, responses| async move {{\n\
+                     \x20           server.{ident}(ctx, request, responses).await\n\
+                     \x20       }})))\n    }}",
+                    ret = result(&format!("Self::{stream_type}"))
+                );
+            }
+            (true, true) => {
+                let _ = writeln!(
+                    buf,
+                    "    type {stream_type} = ::drpc_mux::grpc::GrpcResponses<{output}>;\n\n\
+                     \x20   async fn {tonic_name}(&self, request: ::tonic::Request<::tonic::Streaming<{input}>>) -> {ret} {{\n\
+                     \x20       let server = self.0.clone();\n\
+                     \x20       ::core::result::Result::Ok(::tonic::Response::new(::drpc_mux::grpc::spawn_responses(\"{path}\", request, move |ctx, requests, responses| async move {{\n\
+                     \x20           server.{ident}(ctx, ::drpc_mux::grpc::GrpcRequests::new(requests), responses).await\n\
+                     \x20       }})))\n    }}",
+                    ret = result(&format!("Self::{stream_type}"))
+                );
+            }
+        }
+    }
+    buf.push_str("}\n\n");
 }
 
 #[cfg(test)]

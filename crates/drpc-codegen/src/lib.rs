@@ -77,8 +77,27 @@ pub fn configure() -> Builder {
             client: true,
             server: true,
         },
+        grpc: false,
         out_dir: None,
         prost: prost_build::Config::new(),
+    }
+}
+
+impl Builder {
+    #[cfg(feature = "grpc")]
+    fn grpc_generator(&self) -> Option<Box<dyn prost_build::ServiceGenerator>> {
+        self.grpc.then(|| {
+            tonic_prost_build::configure()
+                .build_client(self.emit.client)
+                .build_server(self.emit.server)
+                .service_generator()
+        })
+    }
+
+    #[cfg(not(feature = "grpc"))]
+    fn grpc_generator(&self) -> Option<Box<dyn prost_build::ServiceGenerator>> {
+        let _ = self.grpc;
+        None
     }
 }
 
@@ -87,6 +106,7 @@ pub fn configure() -> Builder {
 #[derive(Debug)]
 pub struct Builder {
     emit: Emit,
+    grpc: bool,
     out_dir: Option<PathBuf>,
     prost: prost_build::Config,
 }
@@ -101,6 +121,18 @@ impl Builder {
     /// Whether to generate server traits (default `true`).
     pub fn build_server(mut self, enable: bool) -> Self {
         self.emit.server = enable;
+        self
+    }
+
+    /// Also generate tonic's gRPC client and server code, and for each
+    /// service a `SvcGrpcAdapter` that serves the DRPC server trait over
+    /// gRPC: one implementation answering both protocols, the migration
+    /// path from gRPC (default `false`; needs the `grpc` feature; the
+    /// using crate depends on `tonic`, `tonic-prost` and `drpc-mux` with its
+    /// `grpc` feature).
+    #[cfg(feature = "grpc")]
+    pub fn grpc_adapter(mut self, enable: bool) -> Self {
+        self.grpc = enable;
         self
     }
 
@@ -134,8 +166,11 @@ impl Builder {
         if let Some(dir) = &self.out_dir {
             self.prost.out_dir(dir);
         }
-        self.prost
-            .service_generator(Box::new(DrpcServiceGenerator { emit: self.emit }));
+        let grpc = self.grpc_generator();
+        self.prost.service_generator(Box::new(DrpcServiceGenerator {
+            emit: self.emit,
+            grpc,
+        }));
         self.prost.compile_fds(fds)?;
         Ok(())
     }

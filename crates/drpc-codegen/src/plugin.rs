@@ -50,7 +50,7 @@ pub fn generate(request: CodeGeneratorRequest) -> CodeGeneratorResponse {
         .map(|f| (Module::from_protobuf_package_name(f.package()), f.clone()))
         .collect();
     let mut config = prost_build::Config::new();
-    config.service_generator(Box::new(DrpcServiceGenerator { emit }));
+    config.service_generator(Box::new(DrpcServiceGenerator { emit, grpc: None }));
     match config.generate(requests) {
         Ok(modules) => {
             let mut files: Vec<File> = modules

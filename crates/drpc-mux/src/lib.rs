@@ -27,6 +27,8 @@
 //! ```
 
 mod context;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 mod mux;
 mod typed;
 

@@ -1,0 +1,169 @@
+//! Serving one implementation over gRPC (tonic) as well as DRPC: the
+//! pieces the generated gRPC adapters use.
+//!
+//! The code generator (`drpc-codegen` with its `grpc` feature) emits, for
+//! each service, a `SvcGrpcAdapter` implementing tonic's server trait on
+//! top of the DRPC server trait. These helpers translate between the two:
+//! request metadata and the `grpc-timeout` deadline into a
+//! [`RequestContext`], tonic's request streams into [`RequestStream`],
+//! [`ResponseSink`] into tonic's response streams, and [`CodedError`]
+//! codes into gRPC status codes (the codes are gRPC's numbers by
+//! convention).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use drpc_wire::{CodedError, Metadata, parse_timeout};
+use futures_core::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{RequestContext, RequestStream, ResponseSink};
+
+/// How many responses a streaming handler may get ahead of the gRPC
+/// transport.
+const RESPONSE_BUFFER: usize = 16;
+
+/// The context of a gRPC call: its ASCII metadata and the deadline of its
+/// `grpc-timeout` header.
+pub fn context<T>(rpc: &str, request: &tonic::Request<T>) -> RequestContext {
+    context_with(rpc, request, CancellationToken::new())
+}
+
+fn context_with<T>(rpc: &str, request: &tonic::Request<T>, cancel: CancellationToken) -> RequestContext {
+    let headers = request.metadata().clone().into_headers();
+    let mut metadata = Metadata::new();
+    for (name, value) in &headers {
+        if let Ok(value) = value.to_str() {
+            metadata.insert(name.as_str().to_owned(), value.to_owned());
+        }
+    }
+    let deadline = metadata
+        .remove("grpc-timeout")
+        .and_then(|v| parse_timeout(&v))
+        .map(|t| Instant::now() + t);
+    RequestContext::new(rpc.to_owned(), 0, metadata, deadline, cancel)
+}
+
+/// A DRPC error as a gRPC status: codes 1 to 16 map to gRPC's codes, 0
+/// and anything else to Unknown.
+pub fn status(err: CodedError) -> tonic::Status {
+    let code = match err.code() {
+        c @ 1..=16 => tonic::Code::from(c as i32),
+        _ => tonic::Code::Unknown,
+    };
+    tonic::Status::new(code, err.message())
+}
+
+/// A gRPC status as a DRPC error with the same code.
+pub fn coded(status: tonic::Status) -> CodedError {
+    CodedError::new(status.code() as u64, status.message())
+}
+
+/// A unary handler's result as tonic's.
+pub fn reply<T>(result: Result<T, CodedError>) -> Result<tonic::Response<T>, tonic::Status> {
+    result.map(tonic::Response::new).map_err(status)
+}
+
+/// A tonic request stream as a [`RequestStream`].
+#[derive(Debug)]
+pub struct GrpcRequests<T>(tonic::Streaming<T>);
+
+impl<T> GrpcRequests<T> {
+    /// Wraps tonic's request stream.
+    pub fn new(streaming: tonic::Streaming<T>) -> Self {
+        GrpcRequests(streaming)
+    }
+}
+
+impl<T: Send + 'static> RequestStream<T> for GrpcRequests<T> {
+    fn recv(&mut self) -> impl Future<Output = Result<Option<T>, CodedError>> + Send {
+        async move { self.0.message().await.map_err(coded) }
+    }
+}
+
+/// Where a streaming handler's responses go on their way to tonic.
+#[derive(Debug)]
+pub struct GrpcSink<T>(mpsc::Sender<Result<T, tonic::Status>>);
+
+impl<T: Clone + Send + Sync + 'static> ResponseSink<T> for GrpcSink<T> {
+    fn send(&mut self, msg: &T) -> impl Future<Output = Result<(), CodedError>> + Send {
+        let msg = msg.clone();
+        async move {
+            self.0
+                .send(Ok(msg))
+                .await
+                .map_err(|_| CodedError::new(1, "context canceled"))
+        }
+    }
+}
+
+/// The responses of a streaming handler, as tonic's response stream.
+/// Dropping it (the client went away) cancels the handler.
+pub struct GrpcResponses<T> {
+    rx: mpsc::Receiver<Result<T, tonic::Status>>,
+    cancel: CancellationToken,
+}
+
+impl<T> fmt::Debug for GrpcResponses<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcResponses").finish_non_exhaustive()
+    }
+}
+
+impl<T> Stream for GrpcResponses<T> {
+    type Item = Result<T, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl<T> Drop for GrpcResponses<T> {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Runs a streaming handler in its own task, its responses flowing into
+/// the returned stream; its error, if any, ends the stream as a status.
+/// The handler gets the call's context and request (a message, or tonic's
+/// request stream); it is dropped when the returned stream is (the client
+/// went away) or when the call's deadline passes.
+pub fn spawn_responses<Req, T, F, Fut>(
+    rpc: &str,
+    request: tonic::Request<Req>,
+    handler: F,
+) -> GrpcResponses<T>
+where
+    T: Send + 'static,
+    F: FnOnce(RequestContext, Req, GrpcSink<T>) -> Fut,
+    Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
+{
+    let cancel = CancellationToken::new();
+    let ctx = context_with(rpc, &request, cancel.clone());
+    let deadline = ctx.deadline();
+    let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+    let running = handler(ctx, request.into_inner(), GrpcSink(tx.clone()));
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        let deadline_passed = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            r = running => r,
+            _ = token.cancelled() => return,
+            _ = deadline_passed => Err(CodedError::new(4, "context deadline exceeded")),
+        };
+        if let Err(e) = outcome {
+            let _ = tx.send(Err(status(e))).await;
+        }
+    });
+    GrpcResponses { rx, cancel }
+}
