@@ -416,10 +416,11 @@ fn tonic_snake(name: &str) -> String {
     let mut chars = name.chars().peekable();
     while let Some(c) = chars.next() {
         out.push(c.to_ascii_lowercase());
-        if let Some(&next) = chars.peek() {
-            if next.is_ascii_uppercase() && !c.is_ascii_uppercase() {
-                out.push('_');
-            }
+        if chars
+            .peek()
+            .is_some_and(|next| next.is_ascii_uppercase() && !c.is_ascii_uppercase())
+        {
+            out.push('_');
         }
     }
     out

@@ -80,8 +80,8 @@ impl<T> GrpcRequests<T> {
 }
 
 impl<T: Send + 'static> RequestStream<T> for GrpcRequests<T> {
-    fn recv(&mut self) -> impl Future<Output = Result<Option<T>, CodedError>> + Send {
-        async move { self.0.message().await.map_err(coded) }
+    async fn recv(&mut self) -> Result<Option<T>, CodedError> {
+        self.0.message().await.map_err(coded)
     }
 }
 
@@ -90,14 +90,11 @@ impl<T: Send + 'static> RequestStream<T> for GrpcRequests<T> {
 pub struct GrpcSink<T>(mpsc::Sender<Result<T, tonic::Status>>);
 
 impl<T: Clone + Send + Sync + 'static> ResponseSink<T> for GrpcSink<T> {
-    fn send(&mut self, msg: &T) -> impl Future<Output = Result<(), CodedError>> + Send {
-        let msg = msg.clone();
-        async move {
-            self.0
-                .send(Ok(msg))
-                .await
-                .map_err(|_| CodedError::new(1, "context canceled"))
-        }
+    async fn send(&mut self, msg: &T) -> Result<(), CodedError> {
+        self.0
+            .send(Ok(msg.clone()))
+            .await
+            .map_err(|_| CodedError::new(1, "context canceled"))
     }
 }
 
