@@ -182,8 +182,8 @@ impl Conn {
         let mut buf = Vec::new();
         encoding.encode(req, &mut buf).map_err(Error::Encode)?;
         let call = async {
-            let stream = self.manager.open_stream(rpc, &metadata).await?;
-            let result = unary_exchange(&stream, &buf).await;
+            let stream = self.manager.open_unary(rpc, &metadata, &buf).await?;
+            let result = unary_response(&stream).await;
             // A call racing its own cancellation reports the cancellation,
             // never a bare end of stream.
             let data = result.map_err(|e| stream.check_cancel(e))?;
@@ -253,9 +253,7 @@ impl Conn {
     }
 }
 
-async fn unary_exchange(stream: &Stream, request: &[u8]) -> Result<bytes::Bytes, StreamError> {
-    stream.send(request).await?;
-    stream.close_send()?;
+async fn unary_response(stream: &Stream) -> Result<bytes::Bytes, StreamError> {
     match stream.recv().await? {
         Some(data) => Ok(data),
         None => Err(StreamError::new(stream.id(), StreamErrorKind::Eof)),
@@ -377,7 +375,13 @@ where
     pub async fn close_and_recv(&mut self) -> Result<Resp, Error> {
         self.close_send()?;
         match self.recv().await {
-            Ok(Some(resp)) => Ok(resp),
+            Ok(Some(resp)) => {
+                // The call is complete: end it as a unary call does (Close,
+                // unless the server's CloseSend already ended the stream),
+                // so that dropping it afterwards cancels nothing.
+                self.stream.close()?;
+                Ok(resp)
+            }
             Ok(None) => Err(StreamError::new(self.id(), StreamErrorKind::Eof).into()),
             Err(e) => Err(e),
         }

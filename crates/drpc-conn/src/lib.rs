@@ -54,3 +54,4 @@ pub use drpc_stream::{Encoding, Prost, Raw};
 pub use drpc_wire::Metadata;
 pub use error::Error;
 pub use invoker::{Invoker, Responses};
+pub use tokio_util::sync::CancellationToken;

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use drpc_conn::{CallOptions, Conn, ConnOptions};
+use drpc_conn::{CallOptions, ClientSender, Conn, ConnOptions, Responses};
 use drpc_stream::Prost;
 use drpc_wire::DEFAULT_MAX_PACKET_SIZE;
 use prost::Message;
 use tokio::sync::Barrier;
 
-use crate::pb::{In, Out};
-use crate::service::{METHOD1, METHOD2, METHOD3, METHOD4};
+use crate::pb::{In, Out, ServiceDrpcClient};
 
 /// What one operation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,28 +322,27 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchResult, String> {
 enum Open {
     Unary,
     InStream(drpc_conn::ClientStream<In, Out, Prost>),
-    OutStream(drpc_conn::ClientStream<In, Out, Prost>),
-    Bidi(drpc_conn::ClientStream<In, Out, Prost>),
+    OutStream(Responses<Out, Prost>),
+    Bidi(ClientSender<In, Prost>, Responses<Out, Prost>),
 }
 
 async fn open(conn: &Conn, kind: Kind, request: &In) -> Result<Open, String> {
-    let opts = CallOptions::new();
     let failed = |e: drpc_conn::Error| format!("opening the {} stream: {e}", kind.name());
+    let client = ServiceDrpcClient::new(conn.clone());
     Ok(match kind {
         Kind::Unary => Open::Unary,
-        Kind::InStream => Open::InStream(conn.stream(METHOD2, &opts).await.map_err(failed)?),
+        Kind::InStream => Open::InStream(client.method2().await.map_err(failed)?),
         Kind::OutStream => {
             let req = In {
                 r#in: i64::MAX,
                 ..request.clone()
             };
-            Open::OutStream(
-                conn.server_streaming(Prost, METHOD3, &req, &opts)
-                    .await
-                    .map_err(failed)?,
-            )
+            Open::OutStream(client.method3(&req).await.map_err(failed)?)
         }
-        Kind::Bidi => Open::Bidi(conn.stream(METHOD4, &opts).await.map_err(failed)?),
+        Kind::Bidi => {
+            let (sender, responses) = client.method4().await.map_err(failed)?;
+            Open::Bidi(sender, responses)
+        }
     })
 }
 
@@ -357,6 +355,7 @@ async fn worker(
     duration: Duration,
     barrier: Arc<Barrier>,
 ) -> Result<Vec<u64>, String> {
+    let client = ServiceDrpcClient::new(conn.clone());
     let opened = open(&conn, kind, &request).await;
     barrier.wait().await;
     let mut open = opened?;
@@ -371,8 +370,8 @@ async fn worker(
         let n = latencies.len();
         match &mut open {
             Open::Unary => {
-                let out: Out = conn
-                    .unary(METHOD1, &*request, &unary_opts)
+                let out: Out = client
+                    .method1_with(&request, &unary_opts)
                     .await
                     .map_err(|e| format!("unary call {n} failed: {e}"))?;
                 if out.out != request.r#in {
@@ -383,17 +382,17 @@ async fn worker(
                 .send(&request)
                 .await
                 .map_err(|e| format!("send {n} failed: {e}"))?,
-            Open::OutStream(stream) => match stream.recv().await {
+            Open::OutStream(stream) => match stream.message().await {
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(format!("the server stream ended after {n} messages")),
                 Err(e) => return Err(format!("receive {n} failed: {e}")),
             },
-            Open::Bidi(stream) => {
-                stream
+            Open::Bidi(sender, responses) => {
+                sender
                     .send(&request)
                     .await
                     .map_err(|e| format!("send {n} failed: {e}"))?;
-                match stream.recv().await {
+                match responses.message().await {
                     Ok(Some(_)) => {}
                     Ok(None) => return Err(format!("the bidi stream ended after {n} messages")),
                     Err(e) => return Err(format!("receive {n} failed: {e}")),
@@ -417,11 +416,11 @@ async fn worker(
                 ));
             }
         }
-        Open::Bidi(mut stream) => {
-            stream
+        Open::Bidi(sender, mut responses) => {
+            sender
                 .close_send()
                 .map_err(|e| format!("closing the bidi stream: {e}"))?;
-            match stream.recv().await {
+            match responses.message().await {
                 Ok(None) => {}
                 Ok(Some(_)) => return Err("a message after close_send".into()),
                 Err(e) => return Err(format!("ending the bidi stream: {e}")),

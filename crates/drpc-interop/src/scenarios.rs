@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use drpc_conn::{CallOptions, Conn, ConnOptions, Error};
-use drpc_stream::{Prost, StreamErrorKind};
+use drpc_stream::StreamErrorKind;
 use drpc_wire::{DEFAULT_MAX_PACKET_SIZE, UNIMPLEMENTED};
 use tokio::task::JoinSet;
 
-use crate::pb::{In, Out};
-use crate::service::{BOOM_CODE, METHOD1, METHOD2, METHOD3, METHOD4};
+use crate::pb::{In, Out, ServiceDrpcClient};
+use crate::service::BOOM_CODE;
 
 /// Every scenario, in the order of the contract (what `--scenario all`
 /// runs).
@@ -177,7 +177,7 @@ fn pattern(len: usize) -> Bytes {
 }
 
 async fn unary(conn: &Conn, req: &In, opts: &CallOptions) -> Result<Out, Error> {
-    conn.unary(METHOD1, req, opts).await
+    ServiceDrpcClient::new(conn.clone()).method1_with(req, opts).await
 }
 
 /// A plain echo on `conn` succeeds.
@@ -277,8 +277,8 @@ async fn custom_metadata(cfg: &ClientConfig) -> Result<(), String> {
 async fn client_streaming(cfg: &ClientConfig) -> Result<(), String> {
     const N: i64 = 1000;
     let conn = cfg.connect().await?;
-    let mut stream = conn
-        .stream::<In, Out>(METHOD2, &CallOptions::new())
+    let mut stream = ServiceDrpcClient::new(conn)
+        .method2()
         .await
         .map_err(failed("opening Method2"))?;
     let mut last = Bytes::new();
@@ -313,12 +313,12 @@ async fn server_streaming(cfg: &ClientConfig) -> Result<(), String> {
         buf: buf.clone(),
         opt: None,
     };
-    let mut stream = conn
-        .server_streaming::<In, Out, _>(Prost, METHOD3, &req, &CallOptions::new())
+    let mut stream = ServiceDrpcClient::new(conn)
+        .method3(&req)
         .await
         .map_err(failed("opening Method3"))?;
     for i in 0..N {
-        match stream.recv().await {
+        match stream.message().await {
             Ok(Some(out)) => ensure(out.out == 1 && out.buf == buf, || {
                 format!("message {i} is {out:?}")
             })?,
@@ -326,7 +326,7 @@ async fn server_streaming(cfg: &ClientConfig) -> Result<(), String> {
             Err(e) => return Err(format!("receive {i} failed: {e}")),
         }
     }
-    match stream.recv().await {
+    match stream.message().await {
         Ok(None) => Ok(()),
         Ok(Some(out)) => Err(format!("message {N} past the end: {out:?}")),
         Err(e) => Err(format!("expected a clean end of stream, got {e}")),
@@ -336,8 +336,8 @@ async fn server_streaming(cfg: &ClientConfig) -> Result<(), String> {
 async fn ping_pong(cfg: &ClientConfig) -> Result<(), String> {
     const N: i64 = 1000;
     let conn = cfg.connect().await?;
-    let mut stream = conn
-        .stream::<In, Out>(METHOD4, &CallOptions::new())
+    let (mut sender, mut responses) = ServiceDrpcClient::new(conn)
+        .method4()
         .await
         .map_err(failed("opening Method4"))?;
     for i in 0..N {
@@ -346,11 +346,11 @@ async fn ping_pong(cfg: &ClientConfig) -> Result<(), String> {
             buf: Bytes::from(format!("ping {i}")),
             opt: Some(i),
         };
-        stream
+        sender
             .send(&req)
             .await
             .map_err(|e| format!("send {i} failed: {e}"))?;
-        match stream.recv().await {
+        match responses.message().await {
             Ok(Some(out)) => ensure(
                 out.out == i && out.buf == req.buf && out.opt == Some(i),
                 || format!("pong {i} is {out:?}"),
@@ -359,8 +359,8 @@ async fn ping_pong(cfg: &ClientConfig) -> Result<(), String> {
             Err(e) => return Err(format!("receive {i} failed: {e}")),
         }
     }
-    stream.close_send().map_err(failed("close_send"))?;
-    match stream.recv().await {
+    sender.close_send().map_err(failed("close_send"))?;
+    match responses.message().await {
         Ok(None) => Ok(()),
         Ok(Some(out)) => Err(format!("unexpected message after close_send: {out:?}")),
         Err(e) => Err(format!("expected a clean end of stream, got {e}")),

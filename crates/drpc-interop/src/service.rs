@@ -3,14 +3,15 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use drpc_mux::{
-    BoxFuture, CodedError, Handler, Mux, RequestContext, ServerCall, ServerReceiver, ServerSender,
+    BoxFuture, CodedError, Handler, Mux, RequestContext, RequestStream, ResponseSink, ServerCall,
 };
 use drpc_server::{DEFAULT_MAX_CONNECTIONS, Server, ServerOptions};
-use drpc_stream::Prost;
 use drpc_wire::DEFAULT_MAX_PACKET_SIZE;
 
-use crate::pb::{In, Out};
+use crate::pb::{In, Out, ServiceDrpcServer, register_service_drpc};
 
 /// The unary method.
 pub const METHOD1: &str = "/service.Service/Method1";
@@ -28,8 +29,8 @@ pub const BOOM_CODE: u64 = 42;
 /// Canceled); the server normally drops the handler first.
 const CANCELED_CODE: u64 = 1;
 
-/// The router of `service.Service`, with the behaviour table of the
-/// contract:
+/// The implementation of `service.Service` (the generated
+/// [`ServiceDrpcServer`] trait), with the behaviour table of the contract:
 ///
 /// * Method1 echoes `In` as `Out`; `in == -1` fails with code 42 and
 ///   `boom`; `in == -2` waits until the call is cancelled; `in == -3`
@@ -39,9 +40,11 @@ const CANCELED_CODE: u64 = 1;
 ///   number of messages received.
 /// * Method3 sends `in.in` copies of `Out{out: 1, buf: in.buf}`.
 /// * Method4 echoes every `In` until the client closes its sending side.
-pub fn service_mux() -> Mux {
-    let mut mux = Mux::new();
-    mux.unary(METHOD1, Prost, |ctx: RequestContext, req: In| async move {
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InteropService;
+
+impl ServiceDrpcServer for InteropService {
+    async fn method1(&self, ctx: RequestContext, req: In) -> Result<Out, CodedError> {
         match req.r#in {
             -1 => Err(CodedError::new(BOOM_CODE, "boom")),
             -2 => {
@@ -61,51 +64,61 @@ pub fn service_mux() -> Mux {
             }
             _ => Ok(echo(req)),
         }
-    });
-    mux.client_streaming(
-        METHOD2,
-        Prost,
-        |_ctx: RequestContext, mut rx: ServerReceiver<In, Prost>| async move {
-            let mut count = 0i64;
-            let mut last = In::default();
-            while let Some(req) = rx.recv().await? {
-                count += 1;
-                last = req;
-            }
-            Ok(Out {
-                out: count,
-                buf: last.buf,
-                opt: last.opt,
-            })
-        },
-    );
-    mux.server_streaming(
-        METHOD3,
-        Prost,
-        |_ctx: RequestContext, req: In, mut tx: ServerSender<Out, Prost>| async move {
-            let out = Out {
-                out: 1,
-                buf: req.buf,
-                opt: None,
-            };
-            for _ in 0..req.r#in.max(0) {
-                tx.send(&out).await?;
-            }
-            Ok(())
-        },
-    );
-    mux.bidi(
-        METHOD4,
-        Prost,
-        |_ctx: RequestContext,
-         mut rx: ServerReceiver<In, Prost>,
-         mut tx: ServerSender<Out, Prost>| async move {
-            while let Some(req) = rx.recv().await? {
-                tx.send(&echo(req)).await?;
-            }
-            Ok(())
-        },
-    );
+    }
+
+    async fn method2(
+        &self,
+        _ctx: RequestContext,
+        mut requests: impl RequestStream<In>,
+    ) -> Result<Out, CodedError> {
+        let mut count = 0i64;
+        let mut last = In::default();
+        while let Some(req) = requests.recv().await? {
+            count += 1;
+            last = req;
+        }
+        Ok(Out {
+            out: count,
+            buf: last.buf,
+            opt: last.opt,
+        })
+    }
+
+    async fn method3(
+        &self,
+        _ctx: RequestContext,
+        req: In,
+        mut responses: impl ResponseSink<Out>,
+    ) -> Result<(), CodedError> {
+        let out = Out {
+            out: 1,
+            buf: req.buf,
+            opt: None,
+        };
+        for _ in 0..req.r#in.max(0) {
+            responses.send(&out).await?;
+        }
+        Ok(())
+    }
+
+    async fn method4(
+        &self,
+        _ctx: RequestContext,
+        mut requests: impl RequestStream<In>,
+        mut responses: impl ResponseSink<Out>,
+    ) -> Result<(), CodedError> {
+        while let Some(req) = requests.recv().await? {
+            responses.send(&echo(req)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The router of `service.Service`: [`InteropService`] registered through
+/// the generated code.
+pub fn service_mux() -> Mux {
+    let mut mux = Mux::new();
+    register_service_drpc(&mut mux, Arc::new(InteropService));
     mux
 }
 

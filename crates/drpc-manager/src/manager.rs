@@ -46,8 +46,9 @@ pub struct Incoming {
 /// authority on the transport's health, and a writer that drains every
 /// stream's frames in batches. The handle is cheap to clone; the
 /// connection ends when [`Manager::close`] is called, when the transport
-/// or the peer fails, or when the last handle is dropped (after writing,
-/// for at most a second, what its streams had already sent).
+/// or the peer fails, or when the last handle and the last stream it
+/// opened are gone (after writing, for at most a second, what its streams
+/// had already sent).
 #[derive(Clone)]
 pub struct Manager {
     handle: Arc<Handle>,
@@ -172,27 +173,61 @@ impl Manager {
     /// In sequential mode this first waits until the previous stream has
     /// terminated. Errors before an id was allocated carry stream id 0.
     pub async fn open_stream(&self, rpc: &str, metadata: &Metadata) -> Result<Stream, StreamError> {
-        let inner = &self.handle.inner;
-        if let Some(err) = inner.term.get() {
+        let stream = self.new_client_stream(rpc).await?;
+        stream.write_invoke(rpc.as_bytes(), metadata)?;
+        Ok(stream)
+    }
+
+    /// Opens a stream for a unary call: Invoke, `message` and CloseSend are
+    /// appended together, so that they leave in one write when the
+    /// connection is idle. The response is then received on the stream.
+    pub async fn open_unary(
+        &self,
+        rpc: &str,
+        metadata: &Metadata,
+        message: &[u8],
+    ) -> Result<Stream, StreamError> {
+        let limit = self.handle.inner.opts.stream.max_packet_size;
+        if message.len() > limit {
+            // Refused before any id is spent or anything is written.
             return Err(StreamError::new(
                 0,
-                StreamErrorKind::ConnectionLost(err.clone()),
+                StreamErrorKind::MessageTooLarge {
+                    size: message.len(),
+                    limit,
+                },
             ));
+        }
+        let stream = self.new_client_stream(rpc).await?;
+        stream.write_unary(rpc.as_bytes(), metadata, message)?;
+        Ok(stream)
+    }
+
+    /// Allocates and registers a client stream (waiting for its turn in
+    /// sequential mode); nothing is written yet.
+    async fn new_client_stream(&self, rpc: &str) -> Result<Stream, StreamError> {
+        let inner = &self.handle.inner;
+        if let Some(err) = inner.term.get() {
+            return Err(StreamError::new(0, StreamErrorKind::ConnectionLost(err.clone())));
         }
         let permit = match &inner.sequential {
             Some(sem) => Some(inner.acquire_turn(sem.clone()).await?),
             None => None,
         };
         let id = inner.next_stream_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (stream, handle) = new_stream(
-            id,
-            StreamKind::Client,
-            inner.writer.clone(),
-            &inner.opts.stream,
-        );
-        inner.register(id, &handle, permit)?;
+        let (stream, handle) =
+            new_stream(id, StreamKind::Client, inner.writer.clone(), &inner.opts.stream);
+        if let Err(err) = inner.register(id, &handle, permit) {
+            // Never registered, nothing on the wire: end it silently so that
+            // dropping it sends nothing either.
+            handle.connection_lost(err.kind().clone());
+            return Err(err);
+        }
+        // An open stream keeps its connection open, even once every other
+        // handle on the connection is gone; the guard goes at termination.
+        let keep_open = self.handle.clone();
+        handle.on_terminate(move || drop(keep_open));
         tracing::debug!(parent: &inner.span, stream = id, rpc, "open stream");
-        stream.write_invoke(rpc.as_bytes(), metadata)?;
         Ok(stream)
     }
 

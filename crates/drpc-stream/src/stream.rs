@@ -242,29 +242,67 @@ impl Stream {
     /// (multiplexing.md §3.8). Used by the connection when opening a
     /// client stream.
     pub fn write_invoke(&self, rpc: &[u8], metadata: &Metadata) -> Result<(), StreamError> {
+        self.write_opening(rpc, metadata, None)
+    }
+
+    /// Writes a whole unary request in one step: InvokeMetadata (when
+    /// `metadata` is non-empty), Invoke, the Message and CloseSend, appended
+    /// together so that they leave in a single write when the connection
+    /// is idle. The message does not wait for writer room.
+    pub fn write_unary(
+        &self,
+        rpc: &[u8],
+        metadata: &Metadata,
+        message: &[u8],
+    ) -> Result<(), StreamError> {
+        self.write_opening(rpc, metadata, Some(message))
+    }
+
+    fn write_opening(
+        &self,
+        rpc: &[u8],
+        metadata: &Metadata,
+        message: Option<&[u8]>,
+    ) -> Result<(), StreamError> {
         let shared = &*self.shared;
+        if let Some(m) = message.filter(|m| m.len() > shared.max_message_size) {
+            return Err(shared.err(StreamErrorKind::MessageTooLarge {
+                size: m.len(),
+                limit: shared.max_message_size,
+            }));
+        }
+        let mut encoded = Vec::new();
+        encode_metadata(
+            &mut encoded,
+            metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let mut inner = lock(&shared.inner);
         let (md_id, invoke_id) = inner
             .core
             .begin_invoke(!metadata.is_empty())
             .map_err(|e| shared.err(e))?;
+        let unary = match message {
+            Some(m) => {
+                let id = inner.core.begin_message().map_err(|e| shared.err(e))?;
+                // Sending was open a moment ago under the same lock, so
+                // CloseSend is always granted here.
+                let close_id = inner.core.close_send();
+                Some((m, id, close_id))
+            }
+            None => None,
+        };
+        let split = shared.split_size;
         let result = shared.writer.append(|buf| {
             if let Some(md_id) = md_id {
-                let mut encoded = Vec::new();
-                encode_metadata(
-                    &mut encoded,
-                    metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                );
-                append_packet(
-                    buf,
-                    md_id,
-                    Kind::INVOKE_METADATA,
-                    false,
-                    &encoded,
-                    shared.split_size,
-                );
+                append_packet(buf, md_id, Kind::INVOKE_METADATA, false, &encoded, split);
             }
-            append_packet(buf, invoke_id, Kind::INVOKE, false, rpc, shared.split_size);
+            append_packet(buf, invoke_id, Kind::INVOKE, false, rpc, split);
+            if let Some((m, id, close_id)) = unary {
+                append_packet(buf, id, Kind::MESSAGE, false, m, split);
+                if let Some(close_id) = close_id {
+                    append_frame(buf, close_id, Kind::CLOSE_SEND, true, false, &[]);
+                }
+            }
         });
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
