@@ -181,8 +181,9 @@ impl Conn {
         let metadata = opts.wire_metadata()?;
         let mut buf = Vec::new();
         encoding.encode(req, &mut buf).map_err(Error::Encode)?;
+        let buf = bytes::Bytes::from(buf);
         let call = async {
-            let stream = self.manager.open_unary(rpc, &metadata, &buf).await?;
+            let stream = self.manager.open_unary(rpc, &metadata, buf).await?;
             let result = unary_response(&stream).await;
             // A call racing its own cancellation reports the cancellation,
             // never a bare end of stream.
@@ -250,6 +251,24 @@ impl Conn {
         stream.send(req).await?;
         stream.close_send()?;
         Ok(stream)
+    }
+}
+
+/// Encodes `msg` and sends it: small messages through the reused `buf`,
+/// large ones (by then in a buffer of their own) by reference, uncopied.
+async fn send_encoded<T, E: Encoding<T>>(
+    stream: &Stream,
+    encoding: &E,
+    buf: &mut Vec<u8>,
+    msg: &T,
+) -> Result<(), Error> {
+    buf.clear();
+    encoding.encode(msg, buf).map_err(Error::Encode)?;
+    if buf.len() >= drpc_stream::ZERO_COPY_MIN {
+        let owned = bytes::Bytes::from(std::mem::take(buf));
+        Ok(stream.send_bytes(owned).await?)
+    } else {
+        Ok(stream.send(buf).await?)
     }
 }
 
@@ -352,9 +371,7 @@ where
 
     /// Sends one request.
     pub async fn send(&mut self, msg: &Req) -> Result<(), Error> {
-        self.buf.clear();
-        self.encoding.encode(msg, &mut self.buf).map_err(Error::Encode)?;
-        Ok(self.stream.send(&self.buf).await?)
+        send_encoded(&self.stream, &*self.encoding, &mut self.buf, msg).await
     }
 
     /// Receives the next response; `Ok(None)` at the server's clean end.
@@ -454,9 +471,7 @@ impl<Resp, E> fmt::Debug for ClientReceiver<Resp, E> {
 impl<Req, E: Encoding<Req>> ClientSender<Req, E> {
     /// Sends one request.
     pub async fn send(&mut self, msg: &Req) -> Result<(), Error> {
-        self.buf.clear();
-        self.encoding.encode(msg, &mut self.buf).map_err(Error::Encode)?;
-        Ok(self.stream.send(&self.buf).await?)
+        send_encoded(&self.stream, &*self.encoding, &mut self.buf, msg).await
     }
 
     /// Closes the sending side (CloseSend).

@@ -5,6 +5,10 @@ use std::io;
 use drpc_stream::{ConnectionError, EncodingError, Initiator, StreamError, StreamErrorKind};
 use drpc_wire::WireError;
 
+/// gRPC's status numbers, which DRPC codes follow by convention.
+const CODE_CANCELED: u64 = 1;
+const CODE_DEADLINE_EXCEEDED: u64 = 4;
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,9 +55,11 @@ impl Error {
     }
 
     /// Whether the call was cancelled, by the caller (dropping the call,
-    /// an explicit cancel) or by the server.
+    /// an explicit cancel) or by the server (its Cancel, or an error with
+    /// gRPC's code 1, Canceled).
     pub fn is_canceled(&self) -> bool {
         matches!(self.stream_kind(), Some(StreamErrorKind::Canceled(_)))
+            || self.code() == Some(CODE_CANCELED)
     }
 
     /// Whether the server cancelled the call.
@@ -64,9 +70,12 @@ impl Error {
         )
     }
 
-    /// Whether the call's deadline passed.
+    /// Whether the call's deadline passed: noticed here, or by the server,
+    /// which then ends the call with gRPC's code 4 (DeadlineExceeded);
+    /// which of the two comes first is a race.
     pub fn is_deadline_exceeded(&self) -> bool {
         matches!(self.stream_kind(), Some(StreamErrorKind::DeadlineExceeded))
+            || self.code() == Some(CODE_DEADLINE_EXCEEDED)
     }
 
     /// Whether the connection ended (the call may or may not have run).

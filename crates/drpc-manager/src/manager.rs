@@ -6,9 +6,9 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use drpc_stream::{
-    ConnectionError, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle,
+    Batch, ConnectionError, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle,
     StreamKind, new_stream,
 };
 use drpc_wire::{
@@ -22,9 +22,6 @@ use tracing::Instrument;
 
 use crate::invoke::{Invoke, PendingInvokes};
 use crate::{ManagerOptions, Role};
-
-/// A write buffer larger than this is not kept for reuse once written.
-const MAX_RETAINED_WRITE_BUFFER: usize = 1 << 20;
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
@@ -185,7 +182,7 @@ impl Manager {
         &self,
         rpc: &str,
         metadata: &Metadata,
-        message: &[u8],
+        message: Bytes,
     ) -> Result<Stream, StreamError> {
         let limit = self.handle.inner.opts.stream.max_packet_size;
         if message.len() > limit {
@@ -199,7 +196,7 @@ impl Manager {
             ));
         }
         let stream = self.new_client_stream(rpc).await?;
-        stream.write_unary(rpc.as_bytes(), metadata, message)?;
+        stream.write_unary(rpc.as_bytes(), metadata, &message)?;
         Ok(stream)
     }
 
@@ -537,9 +534,9 @@ async fn run_reader<R: AsyncRead + Unpin>(
 }
 
 async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W) {
-    let mut batch = BytesMut::with_capacity(4096);
+    let mut batch = Batch::default();
     loop {
-        if poll_fn(|cx| inner.writer.poll_take(cx, &mut batch))
+        if poll_fn(|cx| inner.writer.poll_take_batch(cx, &mut batch))
             .await
             .is_err()
         {
@@ -549,19 +546,34 @@ async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W)
         let written = tokio::select! {
             biased;
             _ = inner.term_token.cancelled() => break,
-            r = async {
-                write_half.write_all(&batch).await?;
-                write_half.flush().await
-            } => r,
+            r = write_batch(&mut write_half, &mut batch) => r,
         };
         if let Err(e) = written {
             inner.terminate(ConnectionError::from_io(e));
             break;
         }
         inner.writer.batch_written();
-        batch.clear();
-        if batch.capacity() > MAX_RETAINED_WRITE_BUFFER {
-            batch = BytesMut::with_capacity(4096);
-        }
     }
+}
+
+/// Writes a whole batch: one vectored write per call for as many runs as
+/// the transport takes, so frame headers and large payloads shared by
+/// reference leave together without being copied into one buffer.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    write_half: &mut W,
+    batch: &mut Batch,
+) -> std::io::Result<()> {
+    const MAX_SLICES: usize = 64;
+    while !batch.is_empty() {
+        let written = {
+            let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+            let n = batch.io_slices(&mut slices);
+            write_half.write_vectored(&slices[..n]).await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        batch.advance(written);
+    }
+    write_half.flush().await
 }

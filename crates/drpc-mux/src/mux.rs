@@ -138,7 +138,10 @@ impl Mux {
                     let resp = f(call.ctx, req).await?;
                     let mut buf = Vec::new();
                     encoding.encode(&resp, &mut buf).map_err(encode_failure)?;
-                    call.stream.send(&buf).await.map_err(stream_failure)
+                    call.stream
+                        .send_bytes(buf.into())
+                        .await
+                        .map_err(stream_failure)
                 })
             }),
         )
@@ -200,7 +203,10 @@ impl Mux {
                     let resp = f(call.ctx, receiver).await?;
                     let mut buf = Vec::new();
                     encoding.encode(&resp, &mut buf).map_err(encode_failure)?;
-                    call.stream.send(&buf).await.map_err(stream_failure)
+                    call.stream
+                        .send_bytes(buf.into())
+                        .await
+                        .map_err(stream_failure)
                 })
             }),
         )

@@ -106,7 +106,14 @@ impl<Resp, E: Encoding<Resp>> ServerSender<Resp, E> {
         self.encoding
             .encode(msg, &mut self.buf)
             .map_err(|e| CodedError::new(0, e.to_string()))?;
-        self.stream.send(&self.buf).await.map_err(stream_failure)
+        let sent = if self.buf.len() >= drpc_stream::ZERO_COPY_MIN {
+            // Large: hand the buffer over and write it uncopied.
+            let owned = bytes::Bytes::from(std::mem::take(&mut self.buf));
+            self.stream.send_bytes(owned).await
+        } else {
+            self.stream.send(&self.buf).await
+        };
+        sent.map_err(stream_failure)
     }
 }
 

@@ -66,6 +66,6 @@ mod sync;
 pub use encoding::Prost;
 pub use encoding::{Encoding, EncodingError, Raw};
 pub use error::{ConnectionError, Initiator, StreamError, StreamErrorKind};
-pub use mux_writer::{DEFAULT_WRITER_HIGH_WATER, MuxWriter};
+pub use mux_writer::{Batch, DEFAULT_WRITER_HIGH_WATER, MuxWriter, ZERO_COPY_MIN};
 pub use queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
 pub use stream::{Stream, StreamHandle, StreamKind, StreamOptions, new_stream};

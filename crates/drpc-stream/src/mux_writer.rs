@@ -1,9 +1,12 @@
 //! The write buffer shared by every stream of a connection (Go's
 //! `drpcwire.MuxWriter`, multiplexing.md §3.10).
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::task::{Context, Poll, Waker};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
+use drpc_wire::{Id, Kind, append_frame_header, effective_split_size};
 
 use crate::ConnectionError;
 use crate::sync::{Mutex, lock};
@@ -12,7 +15,11 @@ use crate::sync::{Mutex, lock};
 /// wait for the writer task: 1 MiB, as the fork's bounded writer.
 pub const DEFAULT_WRITER_HIGH_WATER: usize = 1 << 20;
 
-/// Initial capacity of each of the two buffers.
+/// Payloads at least this large are queued by reference
+/// ([`MuxWriter::append_shared`]) rather than copied.
+pub const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// Initial capacity of the buffer small frames are encoded into.
 const INITIAL_CAPACITY: usize = 4096;
 
 /// Frames of all streams, appended whole under a short lock and drained by
@@ -21,12 +28,16 @@ const INITIAL_CAPACITY: usize = 4096;
 /// * [`MuxWriter::append`] encodes frames straight into the buffer; it never
 ///   does I/O and never waits. Frames of one call stay contiguous, so a
 ///   packet is never interleaved with another stream's frames.
-/// * The writer task takes everything buffered with [`MuxWriter::poll_take`]
-///   by swapping buffers (double buffering), so appends go on while it
+/// * [`MuxWriter::append_shared`] does the same for a large payload without
+///   copying it: its frame headers are encoded, its data is queued as
+///   [`Bytes`] slices, and the writer task hands all of it to one
+///   vectored write.
+/// * The writer task takes everything buffered with
+///   [`MuxWriter::poll_take_batch`] in one step, so appends go on while it
 ///   writes: whatever piles up meanwhile leaves in the next single write.
 /// * [`MuxWriter::stop`] is immediate: later appends fail, buffered bytes
-///   are discarded, and the task's next `poll_take` says so. It does not
-///   wait for the task; the task's own exit is the completion signal.
+///   are discarded, and the task's next `poll_take_batch` says so. It does
+///   not wait for the task; the task's own exit is the completion signal.
 /// * Backpressure: [`MuxWriter::poll_capacity`] is ready while fewer than
 ///   the high-water mark bytes wait. Message senders wait on it before
 ///   appending; control packets (CloseSend, Close, Error, Cancel) do not.
@@ -38,7 +49,12 @@ pub struct MuxWriter {
 
 #[derive(Debug)]
 struct State {
-    buf: BytesMut,
+    /// Frozen runs of bytes, in wire order, ahead of `tail`.
+    queue: VecDeque<Bytes>,
+    /// Small frames being encoded, after everything in `queue`.
+    tail: BytesMut,
+    /// Bytes in `queue` and `tail`.
+    buffered: usize,
     stopped: Option<ConnectionError>,
     drain_waker: Option<Waker>,
     capacity_wakers: Vec<Waker>,
@@ -47,13 +63,81 @@ struct State {
     idle_wakers: Vec<Waker>,
 }
 
+impl State {
+    /// Moves the encoded small frames behind the queue.
+    fn freeze_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let run = self.tail.split().freeze();
+            self.queue.push_back(run);
+        }
+    }
+}
+
+/// What the writer task takes in one step: runs of bytes in wire order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    segments: VecDeque<Bytes>,
+}
+
+impl Batch {
+    /// Whether nothing is left to write.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The number of bytes left to write.
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(Bytes::len).sum()
+    }
+
+    /// Fills `slices` with the next runs, for a vectored write; returns
+    /// how many it filled.
+    pub fn io_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, segment) in slices.iter_mut().zip(&self.segments) {
+            *slot = IoSlice::new(segment);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `written` bytes.
+    pub fn advance(&mut self, mut written: usize) {
+        while written > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                return;
+            };
+            if written < front.len() {
+                front.advance(written);
+                return;
+            }
+            written -= front.len();
+            self.segments.pop_front();
+        }
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.segments.clear();
+    }
+
+    /// Copies everything into one buffer.
+    pub fn copy_to(&self, out: &mut BytesMut) {
+        for segment in &self.segments {
+            out.extend_from_slice(segment);
+        }
+    }
+}
+
 impl MuxWriter {
     /// A writer whose senders wait while more than `high_water` bytes are
     /// buffered (0 means [`DEFAULT_WRITER_HIGH_WATER`]).
     pub fn new(high_water: usize) -> MuxWriter {
         MuxWriter {
             state: Mutex::new(State {
-                buf: BytesMut::with_capacity(INITIAL_CAPACITY),
+                queue: VecDeque::new(),
+                tail: BytesMut::with_capacity(INITIAL_CAPACITY),
+                buffered: 0,
                 stopped: None,
                 drain_waker: None,
                 capacity_wakers: Vec::new(),
@@ -77,8 +161,10 @@ impl MuxWriter {
             if let Some(err) = &state.stopped {
                 return Err(err.clone());
             }
-            let was_empty = state.buf.is_empty();
-            encode(&mut state.buf);
+            let was_empty = state.buffered == 0;
+            let before = state.tail.len();
+            encode(&mut state.tail);
+            state.buffered += state.tail.len() - before;
             if was_empty {
                 state.drain_waker.take()
             } else {
@@ -92,6 +178,58 @@ impl MuxWriter {
         Ok(())
     }
 
+    /// Appends a packet whose payload is queued by reference, not copied:
+    /// each frame's header is encoded, and the frame's share of `data` is a
+    /// slice of it. The frames stay contiguous, as with [`MuxWriter::append`].
+    /// `split_size` as in [`drpc_wire::split_frames`] (splittable kinds).
+    pub fn append_shared(
+        &self,
+        id: Id,
+        kind: Kind,
+        control: bool,
+        data: &Bytes,
+        split_size: usize,
+    ) -> Result<(), ConnectionError> {
+        let limit = if kind.is_splittable() {
+            effective_split_size(split_size)
+        } else {
+            usize::MAX
+        };
+        let waker = {
+            let mut state = lock(&self.state);
+            if let Some(err) = &state.stopped {
+                return Err(err.clone());
+            }
+            let was_empty = state.buffered == 0;
+            let mut offset: usize = 0;
+            loop {
+                let end = data.len().min(offset.saturating_add(limit));
+                let done = end == data.len();
+                let before = state.tail.len();
+                append_frame_header(&mut state.tail, id, kind, done, control, end - offset);
+                state.buffered += state.tail.len() - before;
+                state.freeze_tail();
+                if end > offset {
+                    state.queue.push_back(data.slice(offset..end));
+                    state.buffered += end - offset;
+                }
+                offset = end;
+                if done {
+                    break;
+                }
+            }
+            if was_empty {
+                state.drain_waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
     /// Ready when fewer than the high-water mark bytes are buffered, or with
     /// the stop reason once stopped.
     pub fn poll_capacity(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
@@ -99,7 +237,7 @@ impl MuxWriter {
         if let Some(err) = &state.stopped {
             return Poll::Ready(Err(err.clone()));
         }
-        if state.buf.len() < self.high_water {
+        if state.buffered < self.high_water {
             return Poll::Ready(Ok(()));
         }
         if !state
@@ -112,30 +250,45 @@ impl MuxWriter {
         Poll::Pending
     }
 
-    /// The writer task's side: once bytes are buffered, swaps them into
-    /// `spare` (which must be empty) and returns `Ready(Ok(()))`; returns
-    /// the stop reason once stopped, discarding what was buffered.
-    pub fn poll_take(
+    /// The writer task's side: once bytes are buffered, moves all of them
+    /// into `batch` (which must be empty) and returns `Ready(Ok(()))`;
+    /// returns the stop reason once stopped, discarding what was buffered.
+    pub fn poll_take_batch(
         &self,
         cx: &mut Context<'_>,
-        spare: &mut BytesMut,
+        batch: &mut Batch,
     ) -> Poll<Result<(), ConnectionError>> {
         let wakers = {
             let mut state = lock(&self.state);
             if let Some(err) = &state.stopped {
                 return Poll::Ready(Err(err.clone()));
             }
-            if state.buf.is_empty() {
+            if state.buffered == 0 {
                 state.drain_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            debug_assert!(spare.is_empty());
-            std::mem::swap(&mut state.buf, spare);
+            debug_assert!(batch.is_empty());
+            state.freeze_tail();
+            std::mem::swap(&mut state.queue, &mut batch.segments);
+            state.buffered = 0;
             state.writing = true;
             std::mem::take(&mut state.capacity_wakers)
         };
         wakers.into_iter().for_each(Waker::wake);
         Poll::Ready(Ok(()))
+    }
+
+    /// As [`MuxWriter::poll_take_batch`], copying the batch into `spare`
+    /// (which must be empty): for tests and simple drivers.
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        spare: &mut BytesMut,
+    ) -> Poll<Result<(), ConnectionError>> {
+        let mut batch = Batch::default();
+        let taken = self.poll_take_batch(cx, &mut batch);
+        batch.copy_to(spare);
+        taken
     }
 
     /// Stops the writer: later appends fail with `err`, buffered bytes are
@@ -148,7 +301,9 @@ impl MuxWriter {
                 return false;
             }
             state.stopped = Some(err);
-            state.buf = BytesMut::new();
+            state.queue = VecDeque::new();
+            state.tail = BytesMut::new();
+            state.buffered = 0;
             state.writing = false;
             let mut wakers = std::mem::take(&mut state.capacity_wakers);
             wakers.append(&mut state.idle_wakers);
@@ -159,12 +314,12 @@ impl MuxWriter {
     }
 
     /// The writer task's side: the batch taken by the last
-    /// [`MuxWriter::poll_take`] is now written to the transport.
+    /// [`MuxWriter::poll_take_batch`] is now written to the transport.
     pub fn batch_written(&self) {
         let wakers = {
             let mut state = lock(&self.state);
             state.writing = false;
-            if state.buf.is_empty() {
+            if state.buffered == 0 {
                 std::mem::take(&mut state.idle_wakers)
             } else {
                 Vec::new()
@@ -181,7 +336,7 @@ impl MuxWriter {
         if let Some(err) = &state.stopped {
             return Poll::Ready(Err(err.clone()));
         }
-        if state.buf.is_empty() && !state.writing {
+        if state.buffered == 0 && !state.writing {
             return Poll::Ready(Ok(()));
         }
         if !state.idle_wakers.iter().any(|w| w.will_wake(cx.waker())) {
@@ -197,7 +352,7 @@ impl MuxWriter {
 
     /// The number of bytes waiting for the writer task.
     pub fn buffered(&self) -> usize {
-        lock(&self.state).buf.len()
+        lock(&self.state).buffered
     }
 
     /// The high-water mark.
@@ -206,7 +361,6 @@ impl MuxWriter {
     }
 }
 
-// Under loom the mutex only works inside `loom::model` (see tests/loom.rs).
 #[cfg(all(test, not(drpc_loom)))]
 mod tests {
     use std::sync::Arc;

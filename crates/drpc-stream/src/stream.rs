@@ -125,6 +125,20 @@ impl Shared {
         w.fire();
     }
 
+    /// Appends a Message packet: large shared payloads by reference, the
+    /// rest copied into the write buffer.
+    fn append_message(&self, id: Id, data: Payload<'_>) -> Result<(), ConnectionError> {
+        match data {
+            Payload::Shared(bytes) if bytes.len() >= crate::ZERO_COPY_MIN => {
+                self.writer
+                    .append_shared(id, Kind::MESSAGE, false, bytes, self.split_size)
+            }
+            other => self.writer.append(|buf| {
+                append_packet(buf, id, Kind::MESSAGE, false, other.as_slice(), self.split_size)
+            }),
+        }
+    }
+
     /// Cancels with `reason`, sending Cancel unless already terminated.
     fn cancel(&self, reason: StreamErrorKind) {
         let mut inner = lock(&self.inner);
@@ -156,6 +170,26 @@ impl Shared {
     ) -> Result<(), ConnectionError> {
         self.writer
             .append(|buf| append_frame(buf, id, kind, true, control, data))
+    }
+}
+
+/// A message to send, borrowed or shared.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Shared(&'a Bytes),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Shared(b) => b,
+        }
     }
 }
 
@@ -253,7 +287,7 @@ impl Stream {
         &self,
         rpc: &[u8],
         metadata: &Metadata,
-        message: &[u8],
+        message: &Bytes,
     ) -> Result<(), StreamError> {
         self.write_opening(rpc, metadata, Some(message))
     }
@@ -262,7 +296,7 @@ impl Stream {
         &self,
         rpc: &[u8],
         metadata: &Metadata,
-        message: Option<&[u8]>,
+        message: Option<&Bytes>,
     ) -> Result<(), StreamError> {
         let shared = &*self.shared;
         if let Some(m) = message.filter(|m| m.len() > shared.max_message_size) {
@@ -292,18 +326,27 @@ impl Stream {
             None => None,
         };
         let split = shared.split_size;
-        let result = shared.writer.append(|buf| {
+        // A large message goes by reference, in its own append after the
+        // Invoke; a small one shares the Invoke's append (one write).
+        let inline = unary.filter(|(m, _, _)| m.len() < crate::ZERO_COPY_MIN);
+        let mut result = shared.writer.append(|buf| {
             if let Some(md_id) = md_id {
                 append_packet(buf, md_id, Kind::INVOKE_METADATA, false, &encoded, split);
             }
             append_packet(buf, invoke_id, Kind::INVOKE, false, rpc, split);
-            if let Some((m, id, close_id)) = unary {
+            if let Some((m, id, close_id)) = inline {
                 append_packet(buf, id, Kind::MESSAGE, false, m, split);
                 if let Some(close_id) = close_id {
                     append_frame(buf, close_id, Kind::CLOSE_SEND, true, false, &[]);
                 }
             }
         });
+        if let (Ok(()), Some((m, id, close_id)), None) = (&result, unary, inline) {
+            result = shared.append_message(id, Payload::Shared(m)).and_then(|()| match close_id {
+                Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
+                None => Ok(()),
+            });
+        }
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
         shared.release(inner, false, false);
@@ -316,6 +359,17 @@ impl Stream {
     /// with [`StreamErrorKind::MessageTooLarge`], since the peer would end
     /// the connection over it.
     pub async fn send(&self, data: &[u8]) -> Result<(), StreamError> {
+        self.send_payload(Payload::Borrowed(data)).await
+    }
+
+    /// As [`Stream::send`], taking the message by reference count: a large
+    /// message (at least [`ZERO_COPY_MIN`](crate::ZERO_COPY_MIN) bytes) is
+    /// written to the transport straight from `data`, without a copy.
+    pub async fn send_bytes(&self, data: Bytes) -> Result<(), StreamError> {
+        self.send_payload(Payload::Shared(&data)).await
+    }
+
+    async fn send_payload(&self, data: Payload<'_>) -> Result<(), StreamError> {
         let shared = &*self.shared;
         if data.len() > shared.max_message_size {
             return Err(shared.err(StreamErrorKind::MessageTooLarge {
@@ -339,9 +393,7 @@ impl Stream {
         .await;
         let mut inner = lock(&shared.inner);
         let id = inner.core.begin_message().map_err(|e| shared.err(e))?;
-        let result = shared
-            .writer
-            .append(|buf| append_packet(buf, id, Kind::MESSAGE, false, data, shared.split_size));
+        let result = shared.append_message(id, data);
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
         drop(inner);

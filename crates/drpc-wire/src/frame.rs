@@ -214,11 +214,26 @@ pub fn append_frame<B: BufMut + ?Sized>(
     control: bool,
     data: &[u8],
 ) {
+    append_frame_header(buf, id, kind, done, control, data.len());
+    buf.put_slice(data);
+}
+
+/// Appends only the header of a frame carrying `data_len` bytes; the
+/// caller sends the data right after it (a writer queuing the payload by
+/// reference).
+#[inline]
+pub fn append_frame_header<B: BufMut + ?Sized>(
+    buf: &mut B,
+    id: Id,
+    kind: Kind,
+    done: bool,
+    control: bool,
+    data_len: usize,
+) {
     buf.put_u8(header_byte(kind, done, control));
     append_varint(buf, id.stream);
     append_varint(buf, id.message);
-    append_varint(buf, data.len() as u64);
-    buf.put_slice(data);
+    append_varint(buf, data_len as u64);
 }
 
 #[cfg(test)]
