@@ -59,9 +59,13 @@ impl CallOptions {
         self
     }
 
-    /// The call fails with a deadline error `timeout` from now.
+    /// The call fails with a deadline error `timeout` from now (a timeout
+    /// too large to represent means no deadline).
     pub fn timeout(self, timeout: Duration) -> Self {
-        self.deadline(Instant::now() + timeout)
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.deadline(deadline),
+            None => self,
+        }
     }
 
     /// The call fails with a deadline error at `deadline`. The server
@@ -77,8 +81,13 @@ impl CallOptions {
         self
     }
 
-    /// The metadata that goes on the wire, with the remaining time.
+    /// The metadata that goes on the wire, with the remaining time; fails
+    /// at once, before anything is sent, when the call is already
+    /// cancelled or past its deadline.
     fn wire_metadata(&self) -> Result<Metadata, Error> {
+        if self.cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
+            return Err(StreamError::new(0, StreamErrorKind::Canceled(Initiator::Local)).into());
+        }
         let mut md = self.metadata.clone();
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -96,8 +105,9 @@ impl CallOptions {
 /// Cheap to clone, `Send + Sync`: any number of tasks can make calls on
 /// one connection at once, multiplexed (or one after another in sequential
 /// mode). Dropping an in-flight call's future, or a stream, cancels that
-/// call on the wire and nothing else. The connection closes when the last
-/// clone is dropped or on [`Conn::close`].
+/// call on the wire and nothing else. The connection closes on
+/// [`Conn::close`], or once the last clone and the last of its open calls
+/// are dropped.
 #[derive(Clone)]
 pub struct Conn {
     manager: Manager,

@@ -146,7 +146,7 @@ impl Server {
                 Ok(transport) => {
                     let server = self.clone();
                     inner.tracker.spawn(async move {
-                        let end = server.serve_connection(transport).await;
+                        let end = server.connection(transport).await;
                         tracing::debug!(reason = %end, "connection ended");
                         drop(permit);
                     });
@@ -169,6 +169,18 @@ impl Server {
     /// Serves one transport until its connection ends (the peer leaves, a
     /// protocol error, or shutdown); returns why it ended.
     pub async fn serve_connection<T>(&self, transport: T) -> ConnectionError
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        // Tracked, so that `shutdown` waits for (and after the grace
+        // period cancels) connections served directly as well.
+        self.inner
+            .tracker
+            .track_future(self.connection(transport))
+            .await
+    }
+
+    async fn connection<T>(&self, transport: T) -> ConnectionError
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -331,4 +343,7 @@ async fn serve_rpc(handler: Arc<dyn Handler>, incoming: Incoming, shutdown: Canc
     if let Err(e) = end {
         tracing::debug!(rpc = %rpc_name, error = %e, "could not end the stream");
     }
+    // The call is over, whichever way: work the handler handed off (and
+    // that watches its context) stops too, as a Go stream context does.
+    cancel.cancel();
 }
