@@ -47,24 +47,46 @@ struct Partial {
 enum PartialData {
     /// One frame's data, kept as is in case the packet is a single frame.
     Shared(Bytes),
-    /// Two or more frames' data, copied together.
+    /// Several frames' data, still where the frames left it; copied once,
+    /// into a buffer of the exact size, when the packet completes.
+    Chunks { chunks: Vec<Bytes>, len: usize },
+    /// Data of many small frames, copied together as they come.
     Owned(BytesMut),
 }
+
+/// Past this many frames a packet's data is copied as it comes rather
+/// than referenced, so that tiny frames cannot make the list grow long.
+const MAX_CHUNKS: usize = 128;
 
 impl PartialData {
     fn len(&self) -> usize {
         match self {
             PartialData::Shared(b) => b.len(),
+            PartialData::Chunks { len, .. } => *len,
             PartialData::Owned(b) => b.len(),
         }
     }
 
     fn append(&mut self, more: Bytes) {
+        if more.is_empty() {
+            return;
+        }
         match self {
             PartialData::Shared(first) if first.is_empty() => *first = more,
             PartialData::Shared(first) => {
-                let mut owned = BytesMut::with_capacity((first.len() + more.len()) * 2);
-                owned.extend_from_slice(first);
+                let len = first.len() + more.len();
+                let chunks = vec![std::mem::take(first), more];
+                *self = PartialData::Chunks { chunks, len };
+            }
+            PartialData::Chunks { chunks, len } if chunks.len() < MAX_CHUNKS => {
+                *len += more.len();
+                chunks.push(more);
+            }
+            PartialData::Chunks { chunks, len } => {
+                let mut owned = BytesMut::with_capacity((*len + more.len()) * 2);
+                for chunk in chunks.iter() {
+                    owned.extend_from_slice(chunk);
+                }
                 owned.extend_from_slice(&more);
                 *self = PartialData::Owned(owned);
             }
@@ -75,6 +97,13 @@ impl PartialData {
     fn into_bytes(self) -> Bytes {
         match self {
             PartialData::Shared(b) => b,
+            PartialData::Chunks { chunks, len } => {
+                let mut joined = BytesMut::with_capacity(len);
+                for chunk in &chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
             PartialData::Owned(b) => b.freeze(),
         }
     }

@@ -10,7 +10,10 @@ use crate::packet::append_packet;
 use crate::{Frame, FrameDecoder, Id, Kind, WireError};
 
 /// How much free space the reader keeps in its buffer before each read.
-const READ_RESERVE: usize = 16 * 1024;
+const READ_RESERVE: usize = 64 * 1024;
+
+/// How much it allocates at once while a large frame is being read.
+const READ_ALLOCATION: usize = 512 * 1024;
 
 /// The writer's default flush threshold: 4096 bytes, as Go's
 /// `WriterBufferSize` 0.
@@ -57,8 +60,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
+            if self.buf.is_empty() && self.buf.capacity() > READ_ALLOCATION {
+                // Idle again after large messages: give the memory back.
+                self.buf = BytesMut::with_capacity(READ_RESERVE);
+            }
             if self.buf.capacity() - self.buf.len() < READ_RESERVE {
-                self.buf.reserve(READ_RESERVE);
+                // Frames still in use pin the old allocation, so this copies
+                // the bytes of the frame being read into a new one; large
+                // allocations make that copy rare while messages are big.
+                let more = if self.buf.len() >= READ_RESERVE {
+                    READ_ALLOCATION
+                } else {
+                    READ_RESERVE
+                };
+                self.buf.reserve(more);
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
