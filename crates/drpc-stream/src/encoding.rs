@@ -37,6 +37,8 @@ pub struct Prost;
 #[cfg(feature = "prost")]
 impl<T: prost::Message + Default + 'static> Encoding<T> for Prost {
     fn encode(&self, msg: &T, buf: &mut Vec<u8>) -> Result<(), EncodingError> {
+        // One allocation of the right size instead of growing by doubling.
+        buf.reserve(msg.encoded_len());
         msg.encode(buf).map_err(EncodingError::new)
     }
 
