@@ -232,10 +232,14 @@ impl Manager {
     /// connection's error once it has ended.
     pub async fn accept(&self) -> Result<Incoming, ConnectionError> {
         let inner = &self.handle.inner;
+        let ended = || inner.term.get().cloned().unwrap_or(ConnectionError::Closed);
         let mut rx = inner.accept.lock().await;
         match rx.recv().await {
+            // Streams still queued when the connection ended are already
+            // over: the connection's end is the answer.
+            Some(_) if inner.term.get().is_some() => Err(ended()),
             Some(incoming) => Ok(incoming),
-            None => Err(inner.term.get().cloned().unwrap_or(ConnectionError::Closed)),
+            None => Err(ended()),
         }
     }
 
@@ -300,14 +304,8 @@ impl Inner {
             return;
         }
         tracing::debug!(parent: &self.span, error = %err, "connection terminated");
-        // Stop the writer first: from here on, appends fail and buffered
-        // bytes are dropped. Then stop the tasks, which drops both halves of
-        // the transport, closing it.
-        self.writer.stop(err.clone());
-        self.term_token.cancel();
-        if let Some(sem) = &self.sequential {
-            sem.close();
-        }
+        // End the streams first, so that an operation racing the end sees
+        // the stream's own result rather than the writer's raw error.
         let streams: Vec<StreamHandle> = {
             let mut registry = lock(&self.registry);
             registry.closed = Some(err.clone());
@@ -317,6 +315,14 @@ impl Inner {
         let reason = self.stream_reason(&err);
         for handle in streams {
             handle.connection_lost(reason.clone());
+        }
+        // Then stop the writer: appends fail and buffered bytes are
+        // dropped. Then stop the tasks, which drops both halves of the
+        // transport, closing it.
+        self.writer.stop(err.clone());
+        self.term_token.cancel();
+        if let Some(sem) = &self.sequential {
+            sem.close();
         }
     }
 
@@ -360,6 +366,12 @@ impl Inner {
                 ));
             }
             let limit = self.opts.max_concurrent_streams;
+            if registry.streams.len() >= limit {
+                // A stream that just ended may not have run its removal
+                // yet (it runs right after the stream's lock is released):
+                // it no longer counts.
+                registry.streams.retain(|_, (_, h)| !h.is_terminated());
+            }
             if registry.streams.len() >= limit {
                 return Err(StreamError::new(id, StreamErrorKind::Refused { limit }));
             }

@@ -90,8 +90,10 @@ struct Wakeups {
 
 impl Wakeups {
     fn fire(self) {
-        self.wakers.into_iter().for_each(Waker::wake);
+        // Hooks first: whoever a waker wakes must find the connection's
+        // bookkeeping (the registry) already updated.
         self.hooks.into_iter().for_each(|hook| hook());
+        self.wakers.into_iter().for_each(Waker::wake);
     }
 }
 
