@@ -2,12 +2,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = "../drpc-codegen/tests/protos";
-    drpc_codegen::configure().grpc_adapter(true).compile_protos(
-        &[
-            format!("{protos}/echo.proto"),
-            format!("{protos}/bare.proto"),
-        ],
-        &[protos],
-    )?;
+    drpc_codegen::configure()
+        .grpc_adapter(true)
+        .compile_protos(
+            &[
+                format!("{protos}/echo.proto"),
+                format!("{protos}/bare.proto"),
+            ],
+            &[protos],
+        )?;
     Ok(())
 }

@@ -442,9 +442,8 @@ fn grpc_adapter(service: &Service, svc: &ServiceNames, buf: &mut String) {
          impl<S: {server_trait}> {module}::{rust} for {adapter}<S> {{",
         rust = svc.rust
     );
-    let result = |out: &str| {
-        format!("::core::result::Result<::tonic::Response<{out}>, ::tonic::Status>")
-    };
+    let result =
+        |out: &str| format!("::core::result::Result<::tonic::Response<{out}>, ::tonic::Status>");
     for method in &service.methods {
         let tonic_name = &method.name;
         let ident = method_ident(method);

@@ -85,7 +85,11 @@ impl CallOptions {
     /// at once, before anything is sent, when the call is already
     /// cancelled or past its deadline.
     fn wire_metadata(&self) -> Result<Metadata, Error> {
-        if self.cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
             return Err(StreamError::new(0, StreamErrorKind::Canceled(Initiator::Local)).into());
         }
         let mut md = self.metadata.clone();
@@ -115,7 +119,9 @@ pub struct Conn {
 
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Conn").field("manager", &self.manager).finish()
+        f.debug_struct("Conn")
+            .field("manager", &self.manager)
+            .finish()
     }
 }
 
@@ -168,7 +174,12 @@ impl Conn {
     }
 
     /// Makes a unary call with protobuf messages.
-    pub async fn unary<Req, Resp>(&self, rpc: &str, req: &Req, opts: &CallOptions) -> Result<Resp, Error>
+    pub async fn unary<Req, Resp>(
+        &self,
+        rpc: &str,
+        req: &Req,
+        opts: &CallOptions,
+    ) -> Result<Resp, Error>
     where
         Prost: Encoding<Req> + Encoding<Resp>,
     {
@@ -292,7 +303,10 @@ async fn unary_response(stream: &Stream) -> Result<bytes::Bytes, StreamError> {
 /// Runs `call` under the deadline and cancellation token of `opts`. When
 /// either fires first, `call` is dropped, which cancels its stream on the
 /// wire.
-async fn bounded<T>(call: impl Future<Output = Result<T, Error>>, opts: &CallOptions) -> Result<T, Error> {
+async fn bounded<T>(
+    call: impl Future<Output = Result<T, Error>>,
+    opts: &CallOptions,
+) -> Result<T, Error> {
     let deadline = async {
         match opts.deadline {
             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -417,7 +431,8 @@ where
     /// Cancels the call: Cancel goes on the wire, later receives fail as
     /// cancelled.
     pub fn cancel(&self) {
-        self.stream.cancel(StreamErrorKind::Canceled(Initiator::Local));
+        self.stream
+            .cancel(StreamErrorKind::Canceled(Initiator::Local));
     }
 
     /// Ends the call with Close (after a server-streaming or unary-style
@@ -468,13 +483,17 @@ pub struct ClientReceiver<Resp, E> {
 
 impl<Req, E> fmt::Debug for ClientSender<Req, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientSender").field("stream", &self.stream.id()).finish()
+        f.debug_struct("ClientSender")
+            .field("stream", &self.stream.id())
+            .finish()
     }
 }
 
 impl<Resp, E> fmt::Debug for ClientReceiver<Resp, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientReceiver").field("stream", &self.stream.id()).finish()
+        f.debug_struct("ClientReceiver")
+            .field("stream", &self.stream.id())
+            .finish()
     }
 }
 

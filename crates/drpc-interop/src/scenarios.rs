@@ -177,7 +177,9 @@ fn pattern(len: usize) -> Bytes {
 }
 
 async fn unary(conn: &Conn, req: &In, opts: &CallOptions) -> Result<Out, Error> {
-    ServiceDrpcClient::new(conn.clone()).method1_with(req, opts).await
+    ServiceDrpcClient::new(conn.clone())
+        .method1_with(req, opts)
+        .await
 }
 
 /// A plain echo on `conn` succeeds.

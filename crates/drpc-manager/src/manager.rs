@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 use drpc_stream::{
-    Batch, ConnectionError, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle,
-    StreamKind, new_stream,
+    Batch, ConnectionError, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind,
+    StreamHandle, StreamKind, new_stream,
 };
 use drpc_wire::{
     CodedError, ConnectionIdOrder, Frame, FrameReader, Id, Kind, Metadata, ReadError, append_frame,
@@ -205,15 +205,22 @@ impl Manager {
     async fn new_client_stream(&self, rpc: &str) -> Result<Stream, StreamError> {
         let inner = &self.handle.inner;
         if let Some(err) = inner.term.get() {
-            return Err(StreamError::new(0, StreamErrorKind::ConnectionLost(err.clone())));
+            return Err(StreamError::new(
+                0,
+                StreamErrorKind::ConnectionLost(err.clone()),
+            ));
         }
         let permit = match &inner.sequential {
             Some(sem) => Some(inner.acquire_turn(sem.clone()).await?),
             None => None,
         };
         let id = inner.next_stream_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (stream, handle) =
-            new_stream(id, StreamKind::Client, inner.writer.clone(), &inner.opts.stream);
+        let (stream, handle) = new_stream(
+            id,
+            StreamKind::Client,
+            inner.writer.clone(),
+            &inner.opts.stream,
+        );
         if let Err(err) = inner.register(id, &handle, permit) {
             // Never registered, nothing on the wire: end it silently so that
             // dropping it sends nothing either.

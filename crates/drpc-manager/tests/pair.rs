@@ -543,7 +543,10 @@ async fn client_leaving_while_the_server_writes_cancels_the_server_stream() {
     bounded(async {
         for round in 0..20 {
             let (client, server) = pair(ManagerOptions::default());
-            let call = client.open_stream(RPC, &Default::default()).await.expect("open");
+            let call = client
+                .open_stream(RPC, &Default::default())
+                .await
+                .expect("open");
             call.send(b"go").await.expect("send");
             let incoming = server.accept().await.expect("accept");
             let writer = tokio::spawn(async move {

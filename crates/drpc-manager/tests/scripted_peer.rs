@@ -597,7 +597,9 @@ async fn client_stream_limit_refuses_open() {
         // The refused stream put nothing on the wire: only streams 1 and
         // the next one appear.
         assert!(
-            frames.iter().all(|f| f.id.stream == 1 || f.id.stream == next.id()),
+            frames
+                .iter()
+                .all(|f| f.id.stream == 1 || f.id.stream == next.id()),
             "refused stream wrote {frames:?}"
         );
     })

@@ -33,7 +33,11 @@ pub fn context<T>(rpc: &str, request: &tonic::Request<T>) -> RequestContext {
     context_with(rpc, request, CancellationToken::new())
 }
 
-fn context_with<T>(rpc: &str, request: &tonic::Request<T>, cancel: CancellationToken) -> RequestContext {
+fn context_with<T>(
+    rpc: &str,
+    request: &tonic::Request<T>,
+    cancel: CancellationToken,
+) -> RequestContext {
     let headers = request.metadata().clone().into_headers();
     let mut metadata = Metadata::new();
     for (name, value) in &headers {

@@ -33,7 +33,7 @@ mod mux;
 mod typed;
 
 pub use context::RequestContext;
+pub use drpc_stream::{Encoding, Prost, Raw};
 pub use drpc_wire::{CodedError, UNIMPLEMENTED};
 pub use mux::{BoxFuture, Description, Handler, MethodDesc, MethodKind, Mux, ServerCall};
-pub use drpc_stream::{Encoding, Prost, Raw};
 pub use typed::{RequestStream, ResponseSink, ServerReceiver, ServerSender};

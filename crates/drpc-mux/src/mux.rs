@@ -81,7 +81,9 @@ pub struct Mux {
 
 impl fmt::Debug for Mux {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Mux").field("routes", &self.routes()).finish()
+        f.debug_struct("Mux")
+            .field("routes", &self.routes())
+            .finish()
     }
 }
 
@@ -242,7 +244,10 @@ impl Mux {
 
 /// Receives and decodes the single request of a unary or server-streaming
 /// call. A client that closed without sending one gets Go's `EOF`.
-async fn recv_request<Req, E: Encoding<Req>>(stream: &Stream, encoding: &E) -> Result<Req, CodedError> {
+async fn recv_request<Req, E: Encoding<Req>>(
+    stream: &Stream,
+    encoding: &E,
+) -> Result<Req, CodedError> {
     match stream.recv().await.map_err(stream_failure)? {
         Some(data) => encoding.decode(data).map_err(encode_failure),
         None => Err(CodedError::new(0, "EOF")),

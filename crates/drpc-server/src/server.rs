@@ -231,7 +231,10 @@ impl Server {
         let inner = &self.inner;
         inner.stop_accepting.cancel();
         inner.tracker.close();
-        if tokio::time::timeout(grace, inner.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, inner.tracker.wait())
+            .await
+            .is_err()
+        {
             inner.cancel_rpcs.cancel();
             inner.tracker.wait().await;
         }
@@ -325,7 +328,10 @@ async fn serve_rpc(handler: Arc<dyn Handler>, incoming: Incoming, shutdown: Canc
         Outcome::Panicked => {
             tracing::error!(rpc = %rpc_name, "handler panicked");
             cancel.cancel();
-            stream.send_error(&CodedError::new(CODE_INTERNAL, "internal error: handler panicked"))
+            stream.send_error(&CodedError::new(
+                CODE_INTERNAL,
+                "internal error: handler panicked",
+            ))
         }
         Outcome::StreamEnded => {
             cancel.cancel();
@@ -333,7 +339,10 @@ async fn serve_rpc(handler: Arc<dyn Handler>, incoming: Incoming, shutdown: Canc
         }
         Outcome::DeadlineExceeded => {
             cancel.cancel();
-            stream.send_error(&CodedError::new(CODE_DEADLINE_EXCEEDED, "context deadline exceeded"))
+            stream.send_error(&CodedError::new(
+                CODE_DEADLINE_EXCEEDED,
+                "context deadline exceeded",
+            ))
         }
         Outcome::ShuttingDown => {
             cancel.cancel();

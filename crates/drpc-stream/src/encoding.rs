@@ -86,7 +86,8 @@ mod tests {
     #[test]
     fn raw_is_identity() {
         let mut buf = vec![1];
-        Raw.encode(&Bytes::from_static(b"ab"), &mut buf).expect("encodes");
+        Raw.encode(&Bytes::from_static(b"ab"), &mut buf)
+            .expect("encodes");
         assert_eq!(buf, b"\x01ab");
         assert_eq!(Raw.decode(Bytes::from_static(b"x")).expect("decodes"), "x");
     }

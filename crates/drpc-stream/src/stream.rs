@@ -131,12 +131,18 @@ impl Shared {
     /// rest copied into the write buffer.
     fn append_message(&self, id: Id, data: Payload<'_>) -> Result<(), ConnectionError> {
         match data {
-            Payload::Shared(bytes) if bytes.len() >= crate::ZERO_COPY_MIN => {
-                self.writer
-                    .append_shared(id, Kind::MESSAGE, false, bytes, self.split_size)
-            }
+            Payload::Shared(bytes) if bytes.len() >= crate::ZERO_COPY_MIN => self
+                .writer
+                .append_shared(id, Kind::MESSAGE, false, bytes, self.split_size),
             other => self.writer.append(|buf| {
-                append_packet(buf, id, Kind::MESSAGE, false, other.as_slice(), self.split_size)
+                append_packet(
+                    buf,
+                    id,
+                    Kind::MESSAGE,
+                    false,
+                    other.as_slice(),
+                    self.split_size,
+                )
             }),
         }
     }
@@ -344,10 +350,12 @@ impl Stream {
             }
         });
         if let (Ok(()), Some((m, id, close_id)), None) = (&result, unary, inline) {
-            result = shared.append_message(id, Payload::Shared(m)).and_then(|()| match close_id {
-                Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
-                None => Ok(()),
-            });
+            result = shared
+                .append_message(id, Payload::Shared(m))
+                .and_then(|()| match close_id {
+                    Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
+                    None => Ok(()),
+                });
         }
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
@@ -548,7 +556,8 @@ impl Drop for Stream {
             inner.core.abandon();
             self.shared.release(inner, false, false);
         } else {
-            self.shared.cancel(StreamErrorKind::Canceled(Initiator::Local));
+            self.shared
+                .cancel(StreamErrorKind::Canceled(Initiator::Local));
         }
     }
 }

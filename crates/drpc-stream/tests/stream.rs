@@ -1646,9 +1646,13 @@ async fn concurrent_receivers_are_all_woken_at_the_end() {
     let mut b = pin!(s.recv());
     assert!(poll_with(a.as_mut(), &wa).is_pending());
     assert!(poll_with(b.as_mut(), &wb).is_pending());
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m")).await.expect("message");
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m"))
+        .await
+        .expect("message");
     assert!(poll_with(b.as_mut(), &wb).is_ready());
-    h.handle_frame(whole(1, 2, Kind::CLOSE, b"")).await.expect("close");
+    h.handle_frame(whole(1, 2, Kind::CLOSE, b""))
+        .await
+        .expect("close");
     assert!(count_a.count() >= 1, "the first receiver was never woken");
     assert_matches!(poll_with(a.as_mut(), &wa), Poll::Ready(Ok(None)));
 }
@@ -1659,8 +1663,12 @@ async fn concurrent_receivers_are_all_woken_at_the_end() {
 async fn discarded_messages_after_remote_close_send_report_the_cancel() {
     let w = writer();
     let (s, h) = pair(1, StreamKind::Client, &w);
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1")).await.expect("message");
-    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b"")).await.expect("close send");
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1"))
+        .await
+        .expect("message");
+    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""))
+        .await
+        .expect("close send");
     h.cancel(StreamErrorKind::DeadlineExceeded);
     let err = s.recv().await.expect_err("not a clean end");
     assert_matches!(err.kind(), StreamErrorKind::DeadlineExceeded);

@@ -59,8 +59,8 @@ pub use decoder::FrameDecoder;
 pub use errcode::{CodedError, UNIMPLEMENTED, append_error, code_of};
 pub use error::WireError;
 pub use frame::{
-    Frame, FrameHead, Id, MAX_HEADER_LEN, MIN_FRAME_LEN, append_frame, append_frame_header, header_byte,
-    header_len,
+    Frame, FrameHead, Id, MAX_HEADER_LEN, MIN_FRAME_LEN, append_frame, append_frame_header,
+    header_byte, header_len,
 };
 pub use io::{DEFAULT_WRITER_BUFFER_SIZE, FrameReader, FrameWriter, ReadError};
 pub use kind::Kind;

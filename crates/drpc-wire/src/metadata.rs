@@ -223,16 +223,30 @@ mod timeout_tests {
         assert_eq!(encode_timeout(Duration::from_millis(100)), "100000u");
         assert_eq!(encode_timeout(Duration::from_millis(250)), "250000u");
         assert_eq!(encode_timeout(Duration::from_secs(3600)), "3600000m");
-        assert_eq!(encode_timeout(Duration::from_secs(86400 * 365)), "31536000S");
-        assert_eq!(encode_timeout(Duration::from_secs(86400 * 3650)), "5256000M");
+        assert_eq!(
+            encode_timeout(Duration::from_secs(86400 * 365)),
+            "31536000S"
+        );
+        assert_eq!(
+            encode_timeout(Duration::from_secs(86400 * 3650)),
+            "5256000M"
+        );
         assert_eq!(encode_timeout(Duration::from_nanos(1_500)), "1500n");
     }
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        for d in [Duration::ZERO, Duration::from_nanos(7), Duration::from_millis(1234), Duration::from_secs(5000)] {
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(7),
+            Duration::from_millis(1234),
+            Duration::from_secs(5000),
+        ] {
             let back = parse_timeout(&encode_timeout(d)).expect("parses");
-            assert!(back >= d && back - d < Duration::from_secs(60), "{d:?} -> {back:?}");
+            assert!(
+                back >= d && back - d < Duration::from_secs(60),
+                "{d:?} -> {back:?}"
+            );
         }
         for bad in ["", "m", "10", "10x", "123456789S", "-1S", "1.5S", "١S"] {
             assert_eq!(parse_timeout(bad), None, "{bad}");
