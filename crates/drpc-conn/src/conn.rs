@@ -307,48 +307,45 @@ async fn bounded<T>(
     call: impl Future<Output = Result<T, Error>>,
     opts: &CallOptions,
 ) -> Result<T, Error> {
-    let deadline = async {
-        match opts.deadline {
+    tokio::select! {
+        biased;
+        r = call => r,
+        reason = ended(opts.deadline, opts.cancel.clone()) => Err(StreamError::new(0, reason).into()),
+    }
+}
+
+/// Resolves when the deadline passes or the token is cancelled, with the
+/// stream error that says which; never, when there is neither.
+async fn ended(deadline: Option<Instant>, cancel: Option<CancellationToken>) -> StreamErrorKind {
+    let deadline_passed = async {
+        match deadline {
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }
     };
     let cancelled = async {
-        match &opts.cancel {
+        match &cancel {
             Some(token) => token.cancelled().await,
             None => std::future::pending().await,
         }
     };
     tokio::select! {
-        biased;
-        r = call => r,
-        _ = deadline => Err(StreamError::new(0, StreamErrorKind::DeadlineExceeded).into()),
-        _ = cancelled => Err(StreamError::new(0, StreamErrorKind::Canceled(Initiator::Local)).into()),
+        _ = deadline_passed => StreamErrorKind::DeadlineExceeded,
+        _ = cancelled => StreamErrorKind::Canceled(Initiator::Local),
     }
 }
 
+/// Cancels a stream when its deadline passes or its token is cancelled,
+/// unless it terminates first.
 fn spawn_watchdog(
     handle: StreamHandle,
     deadline: Option<Instant>,
     cancel: Option<CancellationToken>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let deadline_passed = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let cancelled = async {
-            match &cancel {
-                Some(token) => token.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = handle.terminated() => {}
-            _ = deadline_passed => handle.cancel(StreamErrorKind::DeadlineExceeded),
-            _ = cancelled => handle.cancel(StreamErrorKind::Canceled(Initiator::Local)),
+            reason = ended(deadline, cancel) => handle.cancel(reason),
         }
     })
 }

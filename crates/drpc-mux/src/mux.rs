@@ -138,12 +138,7 @@ impl Mux {
                 Box::pin(async move {
                     let req = recv_request(&call.stream, &encoding).await?;
                     let resp = f(call.ctx, req).await?;
-                    let mut buf = Vec::new();
-                    encoding.encode(&resp, &mut buf).map_err(encode_failure)?;
-                    call.stream
-                        .send_bytes(buf.into())
-                        .await
-                        .map_err(stream_failure)
+                    send_response(&call.stream, &encoding, resp).await
                 })
             }),
         )
@@ -203,12 +198,7 @@ impl Mux {
                 Box::pin(async move {
                     let receiver = ServerReceiver::new(call.stream.clone(), encoding.clone());
                     let resp = f(call.ctx, receiver).await?;
-                    let mut buf = Vec::new();
-                    encoding.encode(&resp, &mut buf).map_err(encode_failure)?;
-                    call.stream
-                        .send_bytes(buf.into())
-                        .await
-                        .map_err(stream_failure)
+                    send_response(&call.stream, &encoding, resp).await
                 })
             }),
         )
@@ -240,6 +230,19 @@ impl Mux {
             }),
         )
     }
+}
+
+/// Encodes and sends the single response of a unary or client-streaming
+/// call, by reference (its buffer is its own).
+async fn send_response<Resp, E: Encoding<Resp>>(
+    stream: &Stream,
+    encoding: &E,
+    resp: Resp,
+) -> Result<(), CodedError> {
+    let mut buf = Vec::new();
+    encoding.encode(&resp, &mut buf).map_err(encode_failure)?;
+    drop(resp);
+    stream.send_bytes(buf.into()).await.map_err(stream_failure)
 }
 
 /// Receives and decodes the single request of a unary or server-streaming
