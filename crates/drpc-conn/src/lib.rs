@@ -3,7 +3,7 @@
 //! A [`Conn`] makes unary and streaming calls over one transport, many at
 //! once (multiplexed) or, with [`ConnOptions::sequential`], one at a time
 //! for stock Go servers. Messages go through an
-//! [`Encoding`](drpc_stream::Encoding): protobuf via prost by default.
+//! [`Encoding`]: protobuf via prost by default.
 //!
 //! * **Metadata and deadlines** travel in [`CallOptions`]. The remaining
 //!   time reaches the server in the reserved metadata key `drpc-timeout`

@@ -2,7 +2,7 @@
 //!
 //! A [`Mux`] maps paths such as `/service.Service/Method1` to typed
 //! handlers of the four RPC shapes. Messages go through an
-//! [`Encoding`](drpc_stream::Encoding) ([`Prost`](drpc_stream::Prost) for
+//! [`Encoding`] ([`Prost`] for
 //! protobuf). The server (`drpc-server`) calls [`Handler::handle`] once per
 //! RPC and sends the final CloseSend, or the Error a handler returns with
 //! its code. Generated code implements [`Description`] to register a whole
