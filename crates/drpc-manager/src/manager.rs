@@ -555,6 +555,15 @@ async fn run_reader<R: AsyncRead + Unpin>(
 async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W) {
     let mut batch = Batch::default();
     loop {
+        if poll_fn(|cx| inner.writer.poll_ready_to_take(cx))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        // Woken by the first frame: let the tasks that are ready to run
+        // append theirs too, so that one write carries them all.
+        tokio::task::yield_now().await;
         if poll_fn(|cx| inner.writer.poll_take_batch(cx, &mut batch))
             .await
             .is_err()

@@ -250,6 +250,20 @@ impl MuxWriter {
         Poll::Pending
     }
 
+    /// The writer task's side: ready once bytes are buffered (or with the
+    /// stop reason), without taking them.
+    pub fn poll_ready_to_take(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        let mut state = lock(&self.state);
+        if let Some(err) = &state.stopped {
+            return Poll::Ready(Err(err.clone()));
+        }
+        if state.buffered == 0 {
+            state.drain_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// The writer task's side: once bytes are buffered, moves all of them
     /// into `batch` (which must be empty) and returns `Ready(Ok(()))`;
     /// returns the stop reason once stopped, discarding what was buffered.

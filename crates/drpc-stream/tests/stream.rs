@@ -1692,3 +1692,24 @@ async fn close_send_wakes_a_send_waiting_for_writer_room() {
         );
     }
 }
+
+/// The writer task's readiness check neither takes nor loses anything.
+#[tokio::test]
+async fn ready_to_take_leaves_the_bytes_in_place() {
+    let w = writer();
+    let (count, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(w.poll_ready_to_take(&mut cx).is_pending());
+    let (s, _h) = pair(1, StreamKind::Client, &w);
+    s.write_invoke(b"/a/b", &Metadata::new()).expect("invoke");
+    assert_eq!(count.count(), 1, "the first append wakes the waiting task");
+    assert_matches!(w.poll_ready_to_take(&mut cx), Poll::Ready(Ok(())));
+    assert_eq!(w.buffered(), 8, "nothing was taken");
+    let frames = take_frames(&w).await;
+    assert_eq!(frames[0].kind, Kind::INVOKE);
+    w.stop(ConnectionError::Closed);
+    assert_matches!(
+        w.poll_ready_to_take(&mut cx),
+        Poll::Ready(Err(ConnectionError::Closed))
+    );
+}
