@@ -47,27 +47,25 @@ struct Partial {
 enum PartialData {
     /// One frame's data, kept as is in case the packet is a single frame.
     Shared(Bytes),
-    /// Several frames' data, still where the frames left it; copied once,
-    /// into a buffer of the exact size, when the packet completes.
-    Chunks { chunks: Vec<Bytes>, len: usize },
-    /// Data of many small frames, copied together as they come.
+    /// Two or more frames' data, copied together as they come, so that the
+    /// read buffer they arrived in can be reused at once.
     Owned(BytesMut),
 }
 
-/// Past this many frames a packet's data is copied as it comes rather
-/// than referenced, so that tiny frames cannot make the list grow long.
-const MAX_CHUNKS: usize = 128;
+/// Frames at least this large announce a large packet: its buffer is sized
+/// for the largest packet allowed. Only the pages written are ever touched,
+/// and the data is copied exactly once, without regrowing.
+const LARGE_FRAME: usize = 16 * 1024;
 
 impl PartialData {
     fn len(&self) -> usize {
         match self {
             PartialData::Shared(b) => b.len(),
-            PartialData::Chunks { len, .. } => *len,
             PartialData::Owned(b) => b.len(),
         }
     }
 
-    fn append(&mut self, more: Bytes) {
+    fn append(&mut self, more: Bytes, max_packet_size: usize) {
         if more.is_empty() {
             return;
         }
@@ -75,18 +73,13 @@ impl PartialData {
             PartialData::Shared(first) if first.is_empty() => *first = more,
             PartialData::Shared(first) => {
                 let len = first.len() + more.len();
-                let chunks = vec![std::mem::take(first), more];
-                *self = PartialData::Chunks { chunks, len };
-            }
-            PartialData::Chunks { chunks, len } if chunks.len() < MAX_CHUNKS => {
-                *len += more.len();
-                chunks.push(more);
-            }
-            PartialData::Chunks { chunks, len } => {
-                let mut owned = BytesMut::with_capacity((*len + more.len()) * 2);
-                for chunk in chunks.iter() {
-                    owned.extend_from_slice(chunk);
-                }
+                let capacity = if first.len() >= LARGE_FRAME {
+                    max_packet_size.max(len)
+                } else {
+                    len * 2
+                };
+                let mut owned = BytesMut::with_capacity(capacity);
+                owned.extend_from_slice(first);
                 owned.extend_from_slice(&more);
                 *self = PartialData::Owned(owned);
             }
@@ -97,13 +90,6 @@ impl PartialData {
     fn into_bytes(self) -> Bytes {
         match self {
             PartialData::Shared(b) => b,
-            PartialData::Chunks { chunks, len } => {
-                let mut joined = BytesMut::with_capacity(len);
-                for chunk in &chunks {
-                    joined.extend_from_slice(chunk);
-                }
-                joined.freeze()
-            }
             PartialData::Owned(b) => b.freeze(),
         }
     }
@@ -187,7 +173,7 @@ impl PacketAssembler {
                 if len > self.max_packet_size as u64 {
                     return Err(WireError::DataOverflow { len });
                 }
-                partial.data.append(data);
+                partial.data.append(data, self.max_packet_size);
                 partial.control |= control;
             }
             None => {
