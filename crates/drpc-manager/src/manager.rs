@@ -561,9 +561,12 @@ async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W)
         {
             break;
         }
-        // Woken by the first frame: let the tasks that are ready to run
-        // append theirs too, so that one write carries them all.
-        tokio::task::yield_now().await;
+        // Woken by the first frame: when other streams are active, let the
+        // tasks that are ready to run append theirs too, so that one write
+        // carries them all. A lone stream goes straight out.
+        if inner.active_streams() > 1 {
+            tokio::task::yield_now().await;
+        }
         if poll_fn(|cx| inner.writer.poll_take_batch(cx, &mut batch))
             .await
             .is_err()
