@@ -184,17 +184,13 @@ impl Manager {
         metadata: &Metadata,
         message: Bytes,
     ) -> Result<Stream, StreamError> {
-        let limit = self.handle.inner.opts.stream.max_packet_size;
-        if message.len() > limit {
-            // Refused before any id is spent or anything is written.
-            return Err(StreamError::new(
-                0,
-                StreamErrorKind::MessageTooLarge {
-                    size: message.len(),
-                    limit,
-                },
-            ));
-        }
+        // Refused before any id is spent or anything is written.
+        self.handle
+            .inner
+            .opts
+            .stream
+            .check_message_size(message.len())
+            .map_err(|e| StreamError::new(0, e))?;
         let stream = self.new_client_stream(rpc).await?;
         stream.write_unary(rpc.as_bytes(), metadata, &message)?;
         Ok(stream)

@@ -114,7 +114,21 @@ impl Mux {
         routes
     }
 
-    fn insert(&mut self, rpc: &str, kind: MethodKind, route: Route) -> &mut Self {
+    /// Registers `handler` for `rpc`: it runs once per call, with its own
+    /// copy of `encoding`, and its future is boxed here, at the boundary.
+    fn route<E, H, Fut>(
+        &mut self,
+        rpc: &str,
+        kind: MethodKind,
+        encoding: E,
+        handler: H,
+    ) -> &mut Self
+    where
+        E: Clone + Send + Sync + 'static,
+        H: Fn(ServerCall, E) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
+    {
+        let route: Route = Arc::new(move |call| Box::pin(handler(call, encoding.clone())));
         self.routes.insert(rpc.to_owned(), (kind, route));
         self
     }
@@ -130,17 +144,18 @@ impl Mux {
         Fut: Future<Output = Result<Resp, CodedError>> + Send + 'static,
     {
         let f = Arc::new(f);
-        self.insert(
+        self.route(
             rpc,
             MethodKind::Unary,
-            Arc::new(move |call: ServerCall| {
-                let (f, encoding) = (f.clone(), encoding.clone());
-                Box::pin(async move {
+            encoding,
+            move |call: ServerCall, encoding: E| {
+                let f = f.clone();
+                async move {
                     let req = recv_request(&call.stream, &encoding).await?;
                     let resp = f(call.ctx, req).await?;
                     send_response(&call.stream, &encoding, resp).await
-                })
-            }),
+                }
+            },
         )
     }
 
@@ -160,17 +175,18 @@ impl Mux {
         Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
     {
         let f = Arc::new(f);
-        self.insert(
+        self.route(
             rpc,
             MethodKind::ServerStreaming,
-            Arc::new(move |call: ServerCall| {
-                let (f, encoding) = (f.clone(), encoding.clone());
-                Box::pin(async move {
+            encoding,
+            move |call: ServerCall, encoding: E| {
+                let f = f.clone();
+                async move {
                     let req = recv_request(&call.stream, &encoding).await?;
                     let sender = ServerSender::new(call.stream, encoding);
                     f(call.ctx, req, sender).await
-                })
-            }),
+                }
+            },
         )
     }
 
@@ -190,17 +206,18 @@ impl Mux {
         Fut: Future<Output = Result<Resp, CodedError>> + Send + 'static,
     {
         let f = Arc::new(f);
-        self.insert(
+        self.route(
             rpc,
             MethodKind::ClientStreaming,
-            Arc::new(move |call: ServerCall| {
-                let (f, encoding) = (f.clone(), encoding.clone());
-                Box::pin(async move {
+            encoding,
+            move |call: ServerCall, encoding: E| {
+                let f = f.clone();
+                async move {
                     let receiver = ServerReceiver::new(call.stream.clone(), encoding.clone());
                     let resp = f(call.ctx, receiver).await?;
                     send_response(&call.stream, &encoding, resp).await
-                })
-            }),
+                }
+            },
         )
     }
 
@@ -217,17 +234,18 @@ impl Mux {
         Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
     {
         let f = Arc::new(f);
-        self.insert(
+        self.route(
             rpc,
             MethodKind::Bidi,
-            Arc::new(move |call: ServerCall| {
-                let (f, encoding) = (f.clone(), encoding.clone());
-                Box::pin(async move {
+            encoding,
+            move |call: ServerCall, encoding: E| {
+                let f = f.clone();
+                async move {
                     let receiver = ServerReceiver::new(call.stream.clone(), encoding.clone());
                     let sender = ServerSender::new(call.stream, encoding);
                     f(call.ctx, receiver, sender).await
-                })
-            }),
+                }
+            },
         )
     }
 }

@@ -45,6 +45,22 @@ pub struct StreamOptions {
     pub recv_queue_bytes: usize,
 }
 
+impl StreamOptions {
+    /// Whether a message of `len` bytes may be sent: the peer ends the
+    /// connection over a packet above `max_packet_size`, so a larger one
+    /// is refused here, before anything is written.
+    pub fn check_message_size(&self, len: usize) -> Result<(), StreamErrorKind> {
+        check_message_size(len, self.max_packet_size)
+    }
+}
+
+fn check_message_size(len: usize, limit: usize) -> Result<(), StreamErrorKind> {
+    if len > limit {
+        return Err(StreamErrorKind::MessageTooLarge { size: len, limit });
+    }
+    Ok(())
+}
+
 impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
@@ -160,6 +176,10 @@ impl Shared {
             tracing::debug!(stream = self.id, error = %e, "cancel not sent");
         }
         self.release(inner, false, false);
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), StreamError> {
+        check_message_size(len, self.max_message_size).map_err(|e| self.err(e))
     }
 
     fn err(&self, kind: StreamErrorKind) -> StreamError {
@@ -307,11 +327,8 @@ impl Stream {
         message: Option<&Bytes>,
     ) -> Result<(), StreamError> {
         let shared = &*self.shared;
-        if let Some(m) = message.filter(|m| m.len() > shared.max_message_size) {
-            return Err(shared.err(StreamErrorKind::MessageTooLarge {
-                size: m.len(),
-                limit: shared.max_message_size,
-            }));
+        if let Some(m) = message {
+            shared.check_size(m.len())?;
         }
         let mut encoded = Vec::new();
         encode_metadata(
@@ -381,12 +398,7 @@ impl Stream {
 
     async fn send_payload(&self, data: Payload<'_>) -> Result<(), StreamError> {
         let shared = &*self.shared;
-        if data.len() > shared.max_message_size {
-            return Err(shared.err(StreamErrorKind::MessageTooLarge {
-                size: data.len(),
-                limit: shared.max_message_size,
-            }));
-        }
+        shared.check_size(data.len())?;
         poll_fn(|cx| {
             if shared.writer.poll_capacity(cx).is_ready() {
                 return Poll::Ready(());
