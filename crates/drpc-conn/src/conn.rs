@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use drpc_manager::{Manager, ManagerOptions, Role};
 use drpc_stream::{
-    ConnectionError, Encoding, Initiator, Prost, Stream, StreamError, StreamErrorKind, StreamHandle,
+    ConnectionError, Encoding, Initiator, MessageBuf, Prost, Stream, StreamError, StreamErrorKind,
+    StreamHandle,
 };
 use drpc_wire::{Metadata, TIMEOUT_METADATA_KEY, encode_timeout};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -200,9 +201,9 @@ impl Conn {
         E: Encoding<Req> + Encoding<Resp>,
     {
         let metadata = opts.wire_metadata()?;
-        let mut buf = Vec::new();
-        encoding.encode(req, &mut buf).map_err(Error::Encode)?;
-        let buf = bytes::Bytes::from(buf);
+        let mut buf = MessageBuf::new();
+        encoding.encode_to(req, &mut buf).map_err(Error::Encode)?;
+        let buf = buf.take_bytes();
         let call = async {
             let stream = self.manager.open_unary(rpc, &metadata, buf).await?;
             let result = unary_response(&stream).await;
@@ -250,7 +251,7 @@ impl Conn {
         Ok(ClientStream {
             stream: Arc::new(stream),
             encoding: Arc::new(encoding),
-            buf: Vec::new(),
+            buf: MessageBuf::new(),
             watchdog: watchdog.map(AbortOnDrop),
             _types: PhantomData,
         })
@@ -276,21 +277,16 @@ impl Conn {
 }
 
 /// Encodes `msg` and sends it: small messages through the reused `buf`,
-/// large ones (by then in a buffer of their own) by reference, uncopied.
+/// large ones, and the large buffers they share, by reference, uncopied.
 async fn send_encoded<T, E: Encoding<T>>(
     stream: &Stream,
     encoding: &E,
-    buf: &mut Vec<u8>,
+    buf: &mut MessageBuf,
     msg: &T,
 ) -> Result<(), Error> {
     buf.clear();
-    encoding.encode(msg, buf).map_err(Error::Encode)?;
-    if buf.len() >= drpc_stream::ZERO_COPY_MIN {
-        let owned = bytes::Bytes::from(std::mem::take(buf));
-        Ok(stream.send_bytes(owned).await?)
-    } else {
-        Ok(stream.send(buf).await?)
-    }
+    encoding.encode_to(msg, buf).map_err(Error::Encode)?;
+    Ok(stream.send_encoded(buf).await?)
 }
 
 async fn unary_response(stream: &Stream) -> Result<bytes::Bytes, StreamError> {
@@ -368,7 +364,7 @@ impl Drop for AbortOnDrop {
 pub struct ClientStream<Req, Resp, E> {
     stream: Arc<Stream>,
     encoding: Arc<E>,
-    buf: Vec<u8>,
+    buf: MessageBuf,
     watchdog: Option<AbortOnDrop>,
     _types: PhantomData<fn(Req) -> Resp>,
 }
@@ -465,7 +461,7 @@ where
 pub struct ClientSender<Req, E> {
     stream: Arc<Stream>,
     encoding: Arc<E>,
-    buf: Vec<u8>,
+    buf: MessageBuf,
     _watchdog: Option<Arc<AbortOnDrop>>,
     _req: PhantomData<fn(Req)>,
 }

@@ -519,7 +519,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
     accept: mpsc::Sender<Incoming>,
 ) {
     let max_packet_size = inner.opts.stream.max_packet_size;
-    let mut reader = FrameReader::new(read_half, max_packet_size);
+    let mut reader = FrameReader::coalescing(read_half, max_packet_size);
     let mut pending = PendingInvokes::new(inner.opts.max_concurrent_streams, max_packet_size);
     let mut order = inner.opts.sequential.then(ConnectionIdOrder::new);
     let result: Result<(), ConnectionError> = async {

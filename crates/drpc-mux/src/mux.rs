@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use drpc_stream::{Encoding, Stream};
+use drpc_stream::{Encoding, MessageBuf, Stream};
 use drpc_wire::{CodedError, UNIMPLEMENTED};
 
 use crate::RequestContext;
@@ -257,10 +257,12 @@ async fn send_response<Resp, E: Encoding<Resp>>(
     encoding: &E,
     resp: Resp,
 ) -> Result<(), CodedError> {
-    let mut buf = Vec::new();
-    encoding.encode(&resp, &mut buf).map_err(encode_failure)?;
+    let mut buf = MessageBuf::new();
+    encoding
+        .encode_to(&resp, &mut buf)
+        .map_err(encode_failure)?;
     drop(resp);
-    stream.send_bytes(buf.into()).await.map_err(stream_failure)
+    stream.send_encoded(&mut buf).await.map_err(stream_failure)
 }
 
 /// Receives and decodes the single request of a unary or server-streaming

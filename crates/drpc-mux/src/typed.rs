@@ -5,7 +5,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use drpc_stream::{Encoding, Stream, StreamErrorKind};
+use drpc_stream::{Encoding, MessageBuf, Stream, StreamErrorKind};
 use drpc_wire::CodedError;
 
 /// Turns a stream failure into the error a handler returns: the original
@@ -46,7 +46,7 @@ pub struct ServerReceiver<Req, E> {
 pub struct ServerSender<Resp, E> {
     stream: Arc<Stream>,
     encoding: E,
-    buf: Vec<u8>,
+    buf: MessageBuf,
     _resp: PhantomData<fn(Resp)>,
 }
 
@@ -95,7 +95,7 @@ impl<Resp, E: Encoding<Resp>> ServerSender<Resp, E> {
         ServerSender {
             stream,
             encoding,
-            buf: Vec::new(),
+            buf: MessageBuf::new(),
             _resp: PhantomData,
         }
     }
@@ -104,16 +104,12 @@ impl<Resp, E: Encoding<Resp>> ServerSender<Resp, E> {
     pub async fn send(&mut self, msg: &Resp) -> Result<(), CodedError> {
         self.buf.clear();
         self.encoding
-            .encode(msg, &mut self.buf)
+            .encode_to(msg, &mut self.buf)
             .map_err(|e| CodedError::new(0, e.to_string()))?;
-        let sent = if self.buf.len() >= drpc_stream::ZERO_COPY_MIN {
-            // Large: hand the buffer over and write it uncopied.
-            let owned = bytes::Bytes::from(std::mem::take(&mut self.buf));
-            self.stream.send_bytes(owned).await
-        } else {
-            self.stream.send(&self.buf).await
-        };
-        sent.map_err(stream_failure)
+        self.stream
+            .send_encoded(&mut self.buf)
+            .await
+            .map_err(stream_failure)
     }
 }
 

@@ -64,7 +64,7 @@ mod sync;
 
 #[cfg(feature = "prost")]
 pub use encoding::Prost;
-pub use encoding::{Encoding, EncodingError, Raw};
+pub use encoding::{Encoding, EncodingError, MessageBuf, Raw};
 pub use error::{ConnectionError, Initiator, StreamError, StreamErrorKind};
 pub use mux_writer::{Batch, DEFAULT_WRITER_HIGH_WATER, MuxWriter, ZERO_COPY_MIN};
 pub use queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};

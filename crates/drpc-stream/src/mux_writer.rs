@@ -190,30 +190,61 @@ impl MuxWriter {
         data: &Bytes,
         split_size: usize,
     ) -> Result<(), ConnectionError> {
+        self.append_parts(id, kind, control, std::slice::from_ref(data), split_size)
+    }
+
+    /// As [`MuxWriter::append_shared`], for a payload in several parts, in
+    /// order: pieces of at least [`ZERO_COPY_MIN`] bytes are queued by
+    /// reference, smaller ones copied next to the frame headers.
+    pub fn append_parts(
+        &self,
+        id: Id,
+        kind: Kind,
+        control: bool,
+        parts: &[Bytes],
+        split_size: usize,
+    ) -> Result<(), ConnectionError> {
         let limit = if kind.is_splittable() {
             effective_split_size(split_size)
         } else {
             usize::MAX
         };
+        let total: usize = parts.iter().map(Bytes::len).sum();
         let waker = {
             let mut state = lock(&self.state);
             if let Some(err) = &state.stopped {
                 return Err(err.clone());
             }
             let was_empty = state.buffered == 0;
-            let mut offset: usize = 0;
+            // Where the next data byte comes from: a part, and an offset in it.
+            let (mut part, mut at) = (0, 0);
+            let mut sent: usize = 0;
             loop {
-                let end = data.len().min(offset.saturating_add(limit));
-                let done = end == data.len();
+                let frame_len = (total - sent).min(limit);
+                let done = sent + frame_len == total;
                 let before = state.tail.len();
-                append_frame_header(&mut state.tail, id, kind, done, control, end - offset);
-                state.buffered += state.tail.len() - before;
-                state.freeze_tail();
-                if end > offset {
-                    state.queue.push_back(data.slice(offset..end));
-                    state.buffered += end - offset;
+                append_frame_header(&mut state.tail, id, kind, done, control, frame_len);
+                state.buffered += state.tail.len() - before + frame_len;
+                let mut left = frame_len;
+                while left > 0 {
+                    let Some(bytes) = parts.get(part) else {
+                        break;
+                    };
+                    let n = left.min(bytes.len() - at);
+                    if n >= ZERO_COPY_MIN {
+                        state.freeze_tail();
+                        state.queue.push_back(bytes.slice(at..at + n));
+                    } else {
+                        state.tail.extend_from_slice(&bytes[at..at + n]);
+                    }
+                    left -= n;
+                    at += n;
+                    if at == bytes.len() {
+                        part += 1;
+                        at = 0;
+                    }
                 }
-                offset = end;
+                sent += frame_len;
                 if done {
                     break;
                 }

@@ -15,7 +15,7 @@ use drpc_wire::{
 use crate::core::{Inbound, Recv, StreamCore};
 use crate::queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
 use crate::sync::{Mutex, MutexGuard, lock};
-use crate::{ConnectionError, Initiator, MuxWriter, StreamError, StreamErrorKind};
+use crate::{ConnectionError, Initiator, MessageBuf, MuxWriter, StreamError, StreamErrorKind};
 
 /// Which side of the RPC a stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,20 +146,13 @@ impl Shared {
     /// Appends a Message packet: large shared payloads by reference, the
     /// rest copied into the write buffer.
     fn append_message(&self, id: Id, data: Payload<'_>) -> Result<(), ConnectionError> {
-        match data {
-            Payload::Shared(bytes) if bytes.len() >= crate::ZERO_COPY_MIN => self
+        match data.contiguous() {
+            Some(bytes) if bytes.len() < crate::ZERO_COPY_MIN || data.is_borrowed() => self
                 .writer
-                .append_shared(id, Kind::MESSAGE, false, bytes, self.split_size),
-            other => self.writer.append(|buf| {
-                append_packet(
-                    buf,
-                    id,
-                    Kind::MESSAGE,
-                    false,
-                    other.as_slice(),
-                    self.split_size,
-                )
-            }),
+                .append(|buf| append_packet(buf, id, Kind::MESSAGE, false, bytes, self.split_size)),
+            _ => self
+                .writer
+                .append_parts(id, Kind::MESSAGE, false, data.parts(), self.split_size),
         }
     }
 
@@ -205,18 +198,36 @@ impl Shared {
 #[derive(Clone, Copy)]
 enum Payload<'a> {
     Borrowed(&'a [u8]),
-    Shared(&'a Bytes),
+    /// Parts of one message, in order, held by reference count.
+    Shared(&'a [Bytes]),
 }
 
 impl Payload<'_> {
     fn len(&self) -> usize {
-        self.as_slice().len()
+        match self {
+            Payload::Borrowed(b) => b.len(),
+            Payload::Shared(parts) => parts.iter().map(Bytes::len).sum(),
+        }
     }
 
-    fn as_slice(&self) -> &[u8] {
+    fn is_borrowed(&self) -> bool {
+        matches!(self, Payload::Borrowed(_))
+    }
+
+    /// The message as one slice, unless it is in several parts.
+    fn contiguous(&self) -> Option<&[u8]> {
         match self {
-            Payload::Borrowed(b) => b,
-            Payload::Shared(b) => b,
+            Payload::Borrowed(b) => Some(b),
+            Payload::Shared([]) => Some(&[]),
+            Payload::Shared([one]) => Some(one),
+            Payload::Shared(_) => None,
+        }
+    }
+
+    fn parts(&self) -> &[Bytes] {
+        match self {
+            Payload::Borrowed(_) => &[],
+            Payload::Shared(parts) => parts,
         }
     }
 }
@@ -368,7 +379,7 @@ impl Stream {
         });
         if let (Ok(()), Some((m, id, close_id)), None) = (&result, unary, inline) {
             result = shared
-                .append_message(id, Payload::Shared(m))
+                .append_message(id, Payload::Shared(std::slice::from_ref(m)))
                 .and_then(|()| match close_id {
                     Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
                     None => Ok(()),
@@ -393,7 +404,26 @@ impl Stream {
     /// message (at least [`ZERO_COPY_MIN`](crate::ZERO_COPY_MIN) bytes) is
     /// written to the transport straight from `data`, without a copy.
     pub async fn send_bytes(&self, data: Bytes) -> Result<(), StreamError> {
-        self.send_payload(Payload::Shared(&data)).await
+        self.send_payload(Payload::Shared(std::slice::from_ref(&data)))
+            .await
+    }
+
+    /// Sends the message encoded in `buf` and empties it: a small one is
+    /// copied, so `buf` keeps its allocation for the next; the parts of a
+    /// large one, and the buffers it shares, go to the transport by
+    /// reference, without a copy.
+    pub async fn send_encoded(&self, buf: &mut MessageBuf) -> Result<(), StreamError> {
+        let result = match buf.as_contiguous() {
+            Some(bytes) if bytes.len() < crate::ZERO_COPY_MIN => {
+                self.send_payload(Payload::Borrowed(bytes)).await
+            }
+            _ => {
+                let parts = buf.take_parts();
+                self.send_payload(Payload::Shared(&parts)).await
+            }
+        };
+        buf.clear();
+        result
     }
 
     async fn send_payload(&self, data: Payload<'_>) -> Result<(), StreamError> {

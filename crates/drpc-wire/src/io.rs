@@ -3,11 +3,12 @@
 
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::packet::append_packet;
-use crate::{Frame, FrameDecoder, Id, Kind, WireError};
+use crate::pool::POOL;
+use crate::{Frame, FrameDecoder, FrameHead, Id, Kind, WireError};
 
 /// How much free space the reader keeps in its buffer before each read.
 const READ_RESERVE: usize = 64 * 1024;
@@ -36,27 +37,132 @@ pub enum ReadError {
 /// handing each frame's data out as a [`Bytes`](bytes::Bytes) view of that
 /// buffer: no copy and no allocation per frame, one read call for as many
 /// frames as the transport has ready.
+///
+/// A reader made with [`FrameReader::coalescing`] also joins the frames of
+/// a large message into one frame, reading their data straight from the
+/// transport into a buffer of its own (see there).
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     decoder: FrameDecoder,
+    coalesce: bool,
+    merge: Option<Merge>,
+    /// The transport ended inside a frame after the complete frames of a
+    /// join were handed out: the next call reports it.
+    ended_in_frame: bool,
 }
 
+/// A large message's frames being joined into one.
+#[derive(Debug)]
+struct Merge {
+    id: Id,
+    kind: Kind,
+    /// Whether the last frame joined so far ends the packet.
+    done: bool,
+    /// The data of the frames joined so far, the last one possibly still
+    /// incomplete; a buffer from the pool.
+    data: Vec<u8>,
+    /// Data bytes of the last joined frame not read yet.
+    frame_left: usize,
+    /// The length of `data` made of complete frames.
+    complete: usize,
+}
+
+impl Merge {
+    /// Whether a frame with header `head` continues this packet and may
+    /// join it: the same id and kind, no control bit, and a total within
+    /// `max_packet_size`. A frame that would overflow is left alone, so that
+    /// the assembler sees it and reports the overflow exactly as it would
+    /// without coalescing.
+    fn accepts(&self, head: &FrameHead, max_packet_size: usize) -> bool {
+        !self.done
+            && head.id == self.id
+            && head.kind == self.kind
+            && !head.control
+            && (self.data.len() as u64).saturating_add(head.data_len) <= max_packet_size as u64
+    }
+
+    fn into_frame(self) -> Frame {
+        Frame {
+            id: self.id,
+            kind: self.kind,
+            done: self.done,
+            control: false,
+            data: POOL.into_bytes(self.data),
+        }
+    }
+}
+
+/// Message frames at least this large start a coalesced packet.
+pub const COALESCE_MIN: usize = 16 * 1024;
+
+/// The most a coalesced packet's buffer is given up front: enough for
+/// common large messages without regrowing, and only the pages written are
+/// ever touched.
+const COALESCE_INITIAL_CAPACITY: usize = 4 << 20;
+
+/// How much is read past a coalesced frame to learn the next frame's
+/// header: a little more than the longest header, so that what is copied
+/// out of the read buffer stays small.
+const HEADER_PROBE: usize = 64;
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// A reader refusing packets larger than `max_packet_size` bytes.
+    /// A reader refusing packets larger than `max_packet_size` bytes, that
+    /// returns frames exactly as they were on the wire.
     pub fn new(inner: R, max_packet_size: usize) -> FrameReader<R> {
         FrameReader {
             inner,
             buf: BytesMut::with_capacity(READ_RESERVE),
             decoder: FrameDecoder::new(max_packet_size),
+            coalesce: false,
+            merge: None,
+            ended_in_frame: false,
+        }
+    }
+
+    /// A reader like [`FrameReader::new`] that joins consecutive frames of
+    /// one large message.
+    ///
+    /// A Message frame of at least [`COALESCE_MIN`] data bytes that does not
+    /// end its packet starts a join: its data, and that of the frames that
+    /// follow it with the same id and kind and no control bit, is read from
+    /// the transport directly into one buffer, and returned as one frame
+    /// whose `done` is the last joined frame's. A joined frame never exceeds
+    /// the maximum packet size. The frames of a packet that interleave with
+    /// other frames are returned as they come.
+    ///
+    /// Assembling the joined frame gives the same packet, or the same
+    /// error, as assembling the frames it joins, but the packet's data is
+    /// copied once, by the kernel, instead of twice. The price is a small
+    /// extra read per frame, to learn the next frame's header without
+    /// reading its data into the shared buffer.
+    pub fn coalescing(inner: R, max_packet_size: usize) -> FrameReader<R> {
+        FrameReader {
+            coalesce: true,
+            ..FrameReader::new(inner, max_packet_size)
         }
     }
 
     /// Reads the next frame. `Ok(None)` means the transport ended cleanly
     /// between two frames.
+    ///
+    /// Cancel safe: dropping the future loses nothing; the next call goes
+    /// on where it stopped.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        if self.ended_in_frame {
+            return Err(eof_in_frame().into());
+        }
         loop {
+            if self.merge.is_some() {
+                if let Some(frame) = self.continue_merge().await? {
+                    return Ok(Some(frame));
+                }
+                continue;
+            }
+            if self.coalesce && self.start_merge()? {
+                continue;
+            }
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
@@ -79,12 +185,112 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "transport closed in the middle of a frame",
-                    )
-                    .into())
+                    Err(eof_in_frame().into())
                 };
+            }
+        }
+    }
+
+    /// Starts joining if the buffer begins with the header of a large
+    /// Message frame that does not end its packet.
+    fn start_merge(&mut self) -> Result<bool, ReadError> {
+        let Some(head) = FrameHead::parse(&self.buf)? else {
+            return Ok(false);
+        };
+        let max = self.decoder.max_packet_size();
+        if head.kind != Kind::MESSAGE
+            || head.done
+            || head.control
+            || head.data_len < COALESCE_MIN as u64
+            || head.data_len > max as u64
+        {
+            return Ok(false);
+        }
+        let frame_left = head.data_len as usize;
+        self.buf.advance(head.header_len);
+        let capacity = max.min(COALESCE_INITIAL_CAPACITY).max(frame_left);
+        self.merge = Some(Merge {
+            id: head.id,
+            kind: head.kind,
+            done: false,
+            data: POOL.take(frame_left, capacity),
+            frame_left,
+            complete: 0,
+        });
+        Ok(true)
+    }
+
+    /// One step of a join: returns the joined frame once it is complete.
+    async fn continue_merge(&mut self) -> Result<Option<Frame>, ReadError> {
+        let max = self.decoder.max_packet_size();
+        let Some(merge) = self.merge.as_mut() else {
+            return Ok(None);
+        };
+        if merge.frame_left > 0 {
+            // Whatever the read buffer already holds first, then straight
+            // from the transport.
+            let buffered = merge.frame_left.min(self.buf.len());
+            if buffered > 0 {
+                merge.data.extend_from_slice(&self.buf[..buffered]);
+                self.buf.advance(buffered);
+                merge.frame_left -= buffered;
+                if merge.frame_left == 0 {
+                    merge.complete = merge.data.len();
+                }
+                return Ok(None);
+            }
+            merge.data.reserve(merge.frame_left);
+            let limit = merge.frame_left;
+            let n = self
+                .inner
+                .read_buf(&mut (&mut merge.data).limit(limit))
+                .await?;
+            if n == 0 {
+                // Frames joined before this one were complete, and are
+                // handed out as they would have been unjoined.
+                self.ended_in_frame = true;
+                let Some(mut merge) = self.merge.take().filter(|m| m.complete > 0) else {
+                    return Err(eof_in_frame().into());
+                };
+                merge.data.truncate(merge.complete);
+                merge.done = false;
+                return Ok(Some(merge.into_frame()));
+            }
+            merge.frame_left -= n;
+            if merge.frame_left == 0 {
+                merge.complete = merge.data.len();
+            }
+            return Ok(None);
+        }
+        if merge.done {
+            return Ok(self.merge.take().map(Merge::into_frame));
+        }
+        match FrameHead::parse(&self.buf) {
+            // A malformed header ends the join; the next call reports it.
+            Err(_) => Ok(self.merge.take().map(Merge::into_frame)),
+            Ok(Some(head)) if merge.accepts(&head, max) => {
+                self.buf.advance(head.header_len);
+                merge.frame_left = head.data_len as usize;
+                merge.done = head.done;
+                Ok(None)
+            }
+            // Another packet's frame: the join ends here, not done.
+            Ok(Some(_)) => Ok(self.merge.take().map(Merge::into_frame)),
+            Ok(None) => {
+                if self.buf.capacity() - self.buf.len() < HEADER_PROBE {
+                    self.buf.reserve(READ_RESERVE);
+                }
+                let n = self
+                    .inner
+                    .read_buf(&mut (&mut self.buf).limit(HEADER_PROBE))
+                    .await?;
+                if n == 0 {
+                    // The transport ended after a frame that does not end
+                    // its packet: hand out what was joined; the next call
+                    // reports the end (clean, or inside a header).
+                    return Ok(self.merge.take().map(Merge::into_frame));
+                }
+                Ok(None)
             }
         }
     }
@@ -94,10 +300,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.inner
     }
 
-    /// Bytes read but not yet decoded.
+    /// Bytes read but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.merge.as_ref().map_or(0, |m| m.data.len())
     }
+}
+
+fn eof_in_frame() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "transport closed in the middle of a frame",
+    )
 }
 
 /// Collects encoded frames in a buffer and writes them to an

@@ -52,6 +52,7 @@ mod io;
 mod kind;
 mod metadata;
 mod packet;
+mod pool;
 mod varint;
 
 pub use assembler::{ConnectionIdOrder, DEFAULT_MAX_PACKET_SIZE, PacketAssembler};
@@ -62,7 +63,7 @@ pub use frame::{
     Frame, FrameHead, Id, MAX_HEADER_LEN, MIN_FRAME_LEN, append_frame, append_frame_header,
     header_byte, header_len,
 };
-pub use io::{DEFAULT_WRITER_BUFFER_SIZE, FrameReader, FrameWriter, ReadError};
+pub use io::{COALESCE_MIN, DEFAULT_WRITER_BUFFER_SIZE, FrameReader, FrameWriter, ReadError};
 pub use kind::Kind;
 pub use metadata::{
     Metadata, MetadataError, TIMEOUT_METADATA_KEY, decode_metadata, encode_metadata,
@@ -72,4 +73,5 @@ pub use packet::{
     DEFAULT_SPLIT_SIZE, Packet, SplitFrames, append_packet, effective_split_size,
     packet_encoded_len, split_frames,
 };
+pub use pool::POOL_MAX_BYTES;
 pub use varint::{MAX_VARINT_LEN, append_varint, read_varint, varint_len};
