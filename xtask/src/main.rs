@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-const FUZZ_TARGETS: &[&str] = &["frame_parser", "metadata"];
+const FUZZ_TARGETS: &[&str] = &["frame_parser", "metadata", "coalescing_reader"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

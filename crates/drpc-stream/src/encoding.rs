@@ -241,4 +241,112 @@ mod tests {
         assert_eq!(buf, b"\x01ab");
         assert_eq!(Raw.decode(Bytes::from_static(b"x")).expect("decodes"), "x");
     }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WithBytes {
+        #[prost(int64, tag = "1")]
+        r#in: i64,
+        #[prost(bytes = "bytes", tag = "2")]
+        buf: Bytes,
+        #[prost(bytes = "vec", tag = "3")]
+        vec: Vec<u8>,
+        #[prost(string, tag = "4")]
+        name: String,
+    }
+
+    fn prost_bytes(msg: &WithBytes) -> Vec<u8> {
+        let mut v = Vec::new();
+        prost::Message::encode(msg, &mut v).expect("encodes");
+        v
+    }
+
+    #[test]
+    fn a_large_bytes_field_is_shared_not_copied() {
+        let big = Bytes::from(vec![0x5a; 100_000]);
+        let msg = WithBytes {
+            r#in: 1,
+            buf: big.clone(),
+            vec: vec![1, 2, 3],
+            name: "n".into(),
+        };
+        let mut buf = MessageBuf::new();
+        Prost.encode_to(&msg, &mut buf).expect("encodes");
+        assert_eq!(buf.len(), prost::Message::encoded_len(&msg));
+        assert!(buf.as_contiguous().is_none());
+        let parts = buf.take_parts();
+        assert!(buf.is_empty());
+        assert_eq!(parts.len(), 3, "head, shared field, tail: {parts:?}");
+        assert_eq!(parts[1].as_ptr(), big.as_ptr(), "the field's own memory");
+        let joined: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(joined, prost_bytes(&msg), "the same bytes as prost's");
+        let back: WithBytes = Prost.decode(joined.into()).expect("decodes");
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn small_messages_stay_contiguous_and_reuse_the_buffer() {
+        let msg = WithBytes {
+            r#in: 300,
+            buf: Bytes::from(vec![1; ZERO_COPY_MIN - 1]),
+            vec: Vec::new(),
+            name: String::new(),
+        };
+        let mut buf = MessageBuf::new();
+        Prost.encode_to(&msg, &mut buf).expect("encodes");
+        assert_eq!(buf.as_contiguous(), Some(prost_bytes(&msg).as_slice()));
+        let first = buf.as_contiguous().map(<[u8]>::as_ptr);
+        buf.clear();
+        Prost.encode_to(&msg, &mut buf).expect("encodes");
+        assert_eq!(
+            buf.as_contiguous().map(<[u8]>::as_ptr),
+            first,
+            "no new allocation"
+        );
+        assert_eq!(buf.take_bytes(), prost_bytes(&msg));
+    }
+
+    #[test]
+    fn a_large_vec_field_is_copied_once_into_its_own_part() {
+        let msg = WithBytes {
+            r#in: 0,
+            buf: Bytes::new(),
+            vec: vec![3; 50_000],
+            name: "x".into(),
+        };
+        let mut buf = MessageBuf::new();
+        Prost.encode_to(&msg, &mut buf).expect("encodes");
+        assert_eq!(buf.take_bytes(), prost_bytes(&msg));
+    }
+
+    #[test]
+    fn the_default_encode_to_copies_through_encode() {
+        struct Upper;
+        impl Encoding<String> for Upper {
+            fn encode(&self, msg: &String, buf: &mut Vec<u8>) -> Result<(), EncodingError> {
+                buf.extend_from_slice(msg.to_uppercase().as_bytes());
+                Ok(())
+            }
+            fn decode(&self, data: Bytes) -> Result<String, EncodingError> {
+                String::from_utf8(data.to_vec()).map_err(EncodingError::new)
+            }
+        }
+        let mut buf = MessageBuf::new();
+        Upper
+            .encode_to(&"abc".to_owned(), &mut buf)
+            .expect("encodes");
+        assert_eq!(buf.as_contiguous(), Some(&b"ABC"[..]));
+    }
+
+    #[test]
+    fn raw_shares_large_messages() {
+        let big = Bytes::from(vec![4; ZERO_COPY_MIN]);
+        let mut buf = MessageBuf::new();
+        Raw.encode_to(&big, &mut buf).expect("encodes");
+        let parts = buf.take_parts();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].as_ptr(), big.as_ptr());
+        Raw.encode_to(&Bytes::from_static(b"hi"), &mut buf)
+            .expect("encodes");
+        assert_eq!(buf.as_contiguous(), Some(&b"hi"[..]));
+    }
 }

@@ -578,4 +578,82 @@ mod tests {
         w.batch_written();
         assert!(matches!(idle(&w, &wk), Poll::Ready(Ok(()))));
     }
+
+    /// Decodes `wire` into frames and assembles them into one packet.
+    fn one_packet(wire: &[u8]) -> (usize, drpc_wire::Packet) {
+        let mut buf = BytesMut::from(wire);
+        let decoder = drpc_wire::FrameDecoder::new(4 << 20);
+        let mut assembler = drpc_wire::PacketAssembler::new(4 << 20);
+        let mut frames = 0;
+        loop {
+            let frame = decoder
+                .decode(&mut buf)
+                .expect("valid frames")
+                .expect("a whole frame");
+            frames += 1;
+            if let Some(packet) = assembler.push(frame).expect("assembles") {
+                assert!(buf.is_empty(), "one packet only");
+                return (frames, packet);
+            }
+        }
+    }
+
+    #[test]
+    fn parts_are_framed_like_their_concatenation_and_large_ones_are_not_copied() {
+        let big = Bytes::from(vec![0xab; 40_000]);
+        let layouts: Vec<Vec<Bytes>> = vec![
+            vec![],
+            vec![Bytes::from_static(b"head")],
+            vec![Bytes::from_static(b"head"), big.clone()],
+            vec![
+                Bytes::from_static(b"\x0a\x05"),
+                big.clone(),
+                Bytes::from(vec![7; 100]),
+                Bytes::from(vec![9; 20_000]),
+                Bytes::new(),
+            ],
+            vec![big.clone(), big.clone()],
+        ];
+        for parts in &layouts {
+            let whole: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            for split in [0, 1, 7, 16_384, 30_000, 1 << 20] {
+                let w = MuxWriter::new(0);
+                w.append_parts(Id::new(3, 2), Kind::MESSAGE, false, parts, split)
+                    .expect("append");
+                let buffered = w.buffered();
+                let mut batch = Batch::default();
+                let (_, wk) = waker();
+                assert!(matches!(
+                    w.poll_take_batch(&mut Context::from_waker(&wk), &mut batch),
+                    Poll::Ready(Ok(()))
+                ));
+                assert_eq!(batch.len(), buffered, "the accounting matches the bytes");
+                let mut wire = BytesMut::new();
+                batch.copy_to(&mut wire);
+                let mut expected = BytesMut::new();
+                drpc_wire::append_packet(
+                    &mut expected,
+                    Id::new(3, 2),
+                    Kind::MESSAGE,
+                    false,
+                    &whole,
+                    split,
+                );
+                assert_eq!(wire, expected, "split {split}, {} parts", parts.len());
+                let (_, packet) = one_packet(&wire);
+                assert_eq!(packet.data, whole);
+                // A frame's share of the large part, when it is large
+                // itself, is the part's own memory.
+                if parts.contains(&big) && split == 0 {
+                    assert!(
+                        batch
+                            .segments
+                            .iter()
+                            .any(|s| s.len() >= ZERO_COPY_MIN && s.as_ptr() == big.as_ptr()),
+                        "the large part is queued by reference"
+                    );
+                }
+            }
+        }
+    }
 }

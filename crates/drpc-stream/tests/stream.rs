@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use drpc_stream::{
-    ConnectionError, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle,
-    StreamKind, StreamOptions, new_stream,
+    ConnectionError, Initiator, MessageBuf, MuxWriter, Stream, StreamError, StreamErrorKind,
+    StreamHandle, StreamKind, StreamOptions, new_stream,
 };
 use drpc_wire::{
     CodedError, Frame, FrameDecoder, Id, Kind, Metadata, append_packet, decode_metadata,
@@ -310,6 +310,41 @@ async fn both_close_send_still_sends_the_last_close_send() {
             whole(1, 2, Kind::CLOSE_SEND, b"")
         ]
     );
+}
+
+#[tokio::test]
+async fn send_encoded_sends_small_and_shared_messages_and_empties_the_buffer() {
+    use bytes::BufMut;
+    let w = writer();
+    let opts = StreamOptions {
+        max_packet_size: 50_000,
+        ..StreamOptions::default()
+    };
+    let (s, _h) = pair_with(5, StreamKind::Client, &w, opts);
+    let mut buf = MessageBuf::new();
+    buf.put_slice(b"small");
+    s.send_encoded(&mut buf).await.expect("small");
+    assert!(buf.is_empty());
+    let big = Bytes::from(vec![0x42; 40_000]);
+    buf.put_slice(b"head");
+    buf.put(big.clone());
+    buf.put_slice(b"tail");
+    s.send_encoded(&mut buf).await.expect("shared");
+    assert!(buf.is_empty());
+    // Over the maximum: refused locally, the buffer emptied all the same.
+    buf.put(Bytes::from(vec![1; 50_001]));
+    let err = s.send_encoded(&mut buf).await.expect_err("too large");
+    assert_matches!(err.kind(), StreamErrorKind::MessageTooLarge { .. });
+    assert!(buf.is_empty());
+    let mut expected = b"head".to_vec();
+    expected.extend_from_slice(&big);
+    expected.extend_from_slice(b"tail");
+    let frames = take_frames(&w).await;
+    assert_eq!(frames[0], whole(5, 1, Kind::MESSAGE, b"small"));
+    let data: Vec<u8> = frames[1..].iter().flat_map(|f| f.data.to_vec()).collect();
+    assert_eq!(data, expected);
+    assert!(frames[1..].iter().all(|f| f.id == Id::new(5, 2)));
+    assert!(frames.last().is_some_and(|f| f.done));
 }
 
 #[tokio::test]

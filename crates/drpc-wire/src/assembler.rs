@@ -53,9 +53,14 @@ enum PartialData {
 }
 
 /// Frames at least this large announce a large packet: its buffer is sized
-/// for the largest packet allowed. Only the pages written are ever touched,
-/// and the data is copied exactly once, without regrowing.
+/// for the largest packet allowed, up to [`LARGE_PACKET_CAPACITY`]. Only the
+/// pages written are ever touched, and the data of packets up to that size
+/// is copied exactly once, without regrowing.
 const LARGE_FRAME: usize = 16 * 1024;
+
+/// The most a large packet's buffer is given up front (a limit raised far
+/// above the default must not reserve that much for every large packet).
+const LARGE_PACKET_CAPACITY: usize = 4 << 20;
 
 impl PartialData {
     fn len(&self) -> usize {
@@ -74,7 +79,7 @@ impl PartialData {
             PartialData::Shared(first) => {
                 let len = first.len() + more.len();
                 let capacity = if first.len() >= LARGE_FRAME {
-                    max_packet_size.max(len)
+                    max_packet_size.min(LARGE_PACKET_CAPACITY).max(len)
                 } else {
                     len * 2
                 };

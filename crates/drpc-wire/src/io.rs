@@ -46,7 +46,9 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     decoder: FrameDecoder,
-    coalesce: bool,
+    /// Joins start at Message frames of at least this many data bytes;
+    /// `usize::MAX` when the reader does not coalesce.
+    coalesce_min: usize,
     merge: Option<Merge>,
     /// The transport ended inside a frame after the complete frames of a
     /// join were handed out: the next call reports it.
@@ -89,7 +91,7 @@ impl Merge {
             kind: self.kind,
             done: self.done,
             control: false,
-            data: POOL.into_bytes(self.data),
+            data: POOL.lend(self.data),
         }
     }
 }
@@ -115,7 +117,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(READ_RESERVE),
             decoder: FrameDecoder::new(max_packet_size),
-            coalesce: false,
+            coalesce_min: usize::MAX,
             merge: None,
             ended_in_frame: false,
         }
@@ -139,9 +141,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// reading its data into the shared buffer.
     pub fn coalescing(inner: R, max_packet_size: usize) -> FrameReader<R> {
         FrameReader {
-            coalesce: true,
+            coalesce_min: COALESCE_MIN,
             ..FrameReader::new(inner, max_packet_size)
         }
+    }
+
+    /// Sets the smallest frame that starts a join ([`COALESCE_MIN`] by
+    /// default): joining small frames saves little copying and costs a
+    /// read per frame. Has no effect on a reader made with
+    /// [`FrameReader::new`].
+    pub fn coalesce_min(mut self, min_data_len: usize) -> FrameReader<R> {
+        if self.coalesce_min != usize::MAX {
+            self.coalesce_min = min_data_len;
+        }
+        self
     }
 
     /// Reads the next frame. `Ok(None)` means the transport ended cleanly
@@ -160,7 +173,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 continue;
             }
-            if self.coalesce && self.start_merge()? {
+            if self.coalesce_min != usize::MAX && self.start_merge()? {
                 continue;
             }
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
@@ -201,7 +214,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if head.kind != Kind::MESSAGE
             || head.done
             || head.control
-            || head.data_len < COALESCE_MIN as u64
+            || head.data_len < self.coalesce_min as u64
             || head.data_len > max as u64
         {
             return Ok(false);

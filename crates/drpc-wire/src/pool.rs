@@ -61,7 +61,7 @@ impl BufferPool {
 
     /// Hands `buf`'s bytes out as [`Bytes`] that give the buffer back when
     /// the last clone is dropped.
-    pub(crate) fn into_bytes(&'static self, buf: Vec<u8>) -> Bytes {
+    pub(crate) fn lend(&'static self, buf: Vec<u8>) -> Bytes {
         Bytes::from_owner(Recycled { buf, pool: self })
     }
 
@@ -118,7 +118,7 @@ mod tests {
         assert!(buf.capacity() >= 4096);
         let addr = buf.as_ptr();
         buf.extend_from_slice(&[7; 100]);
-        let bytes = pool.into_bytes(buf);
+        let bytes = pool.lend(buf);
         let view = bytes.slice(10..20);
         drop(bytes);
         assert_eq!(pool.held().0, 0, "a view is still alive");
@@ -135,18 +135,18 @@ mod tests {
     fn the_pool_keeps_no_more_than_its_bounds() {
         let pool = pool(3 * 4096, 8192);
         for _ in 0..10 {
-            drop(pool.into_bytes(Vec::with_capacity(4096)));
+            drop(pool.lend(Vec::with_capacity(4096)));
         }
         assert_eq!(pool.held(), (3, 3 * 4096));
         let pool2 = self::pool(1 << 20, 8192);
-        drop(pool2.into_bytes(Vec::with_capacity(8193)));
+        drop(pool2.lend(Vec::with_capacity(8193)));
         assert_eq!(pool2.held().0, 0, "too large a buffer is freed");
     }
 
     #[test]
     fn a_taken_buffer_has_the_room_asked_for() {
         let pool = pool(1 << 20, 1 << 20);
-        drop(pool.into_bytes(Vec::with_capacity(64)));
+        drop(pool.lend(Vec::with_capacity(64)));
         let buf = pool.take(10_000, 0);
         assert!(buf.capacity() >= 10_000);
     }

@@ -248,6 +248,7 @@ proptest! {
         truncate in prop_oneof![Just(None), (0usize..100).prop_map(Some)],
         order in any::<bool>(),
         drop_pending in any::<bool>(),
+        min in prop_oneof![Just(COALESCE_MIN), 0usize..64],
     ) {
         let mut bytes = encode(&frames);
         if let Some(cut) = truncate {
@@ -262,7 +263,10 @@ proptest! {
         };
         let (plain, plain_end) = read_all(FrameReader::new(transport(false), max), false);
         let (joined, joined_end) =
-            read_all(FrameReader::coalescing(transport(drop_pending), max), drop_pending);
+            read_all(
+                FrameReader::coalescing(transport(drop_pending), max).coalesce_min(min),
+                drop_pending,
+            );
 
         prop_assert_eq!(&joined_end, &plain_end);
         prop_assert!(joined.len() <= plain.len());
