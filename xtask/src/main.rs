@@ -8,8 +8,10 @@
 //! * `bench`: runs the criterion benchmarks.
 //! * `interop`: builds `drpc-interop`, starts its server and runs every
 //!   client scenario against it, multiplexed and sequential (part of `ci`).
-//! * `interop-bench [--duration D]`: the benchmark shapes of the interop
-//!   contract (release build) next to the raw TCP baselines.
+//! * `interop-bench [--duration D] [--rounds N]`: the benchmark shapes of
+//!   the interop contract (release build) next to the raw TCP baselines,
+//!   N times over, with the issue's target ratios per round and their
+//!   medians.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -52,7 +54,8 @@ fn usage() -> &'static str {
      \x20 soak [--seconds N]                 randomized stream soak test (default 60 s)\n\
      \x20 bench                              run the criterion benchmarks\n\
      \x20 interop                            drpc-interop server + every client scenario\n\
-     \x20 interop-bench [--duration D]       interop benchmark shapes and TCP baselines (release)"
+     \x20 interop-bench [--duration D] [--rounds N]\n\
+     \x20                                    interop benchmark shapes, TCP baselines, target ratios"
 }
 
 fn workspace_root() -> PathBuf {
@@ -379,52 +382,150 @@ const TCP_BENCH_SHAPES: &[(&str, &[&str])] = &[
 
 /// Runs the interop benchmark shapes against a release `drpc-interop
 /// serve`, then the raw TCP baselines against `drpc-interop tcp-echo`, and
-/// prints every result line (each under a `# label` line).
+/// prints every result line (each under a `# label` line). With
+/// `--rounds N`, the whole list runs N times, and the issue's three targets
+/// are computed per round (each from figures of that round) with their
+/// medians, because a shared machine drifts between runs.
 fn interop_bench(args: &[String]) -> Result<()> {
-    let duration = match args {
-        [] => "3s".to_owned(),
-        [flag, d] if flag == "--duration" => d.clone(),
-        other => bail!("unexpected arguments {other:?}; expected --duration D"),
-    };
+    let mut duration = "3s".to_owned();
+    let mut rounds: usize = 1;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--duration" => duration = it.next().context("--duration needs a value")?.clone(),
+            "--rounds" => {
+                rounds = it
+                    .next()
+                    .context("--rounds needs a value")?
+                    .parse()
+                    .context("--rounds")?;
+            }
+            other => bail!("unexpected argument {other:?}; expected --duration D, --rounds N"),
+        }
+    }
     run(cargo().args(["build", "-p", "drpc-interop", "--release"]))?;
     let bin = interop_binary("release");
     let server = Background::start(&bin, &["serve", "--addr", "127.0.0.1:0"])?;
     let echo = Background::start(&bin, &["tcp-echo", "--addr", "127.0.0.1:0"])?;
-    let runs = INTEROP_BENCH_SHAPES
-        .iter()
-        .map(|(label, shape)| ("bench", server.addr.as_str(), *label, *shape))
-        .chain(
-            TCP_BENCH_SHAPES
-                .iter()
-                .map(|(label, shape)| ("tcp-bench", echo.addr.as_str(), *label, *shape)),
-        );
-    let mut results = Vec::new();
+    let mut all_rounds = Vec::new();
     let mut failed = Vec::new();
-    for (command, addr, label, shape) in runs {
-        let mut args = vec![command, "--addr", addr, "--duration", &duration];
-        args.extend_from_slice(shape);
-        println!("xtask: {label}: drpc-interop {}", args.join(" "));
-        let out = Command::new(&bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        println!("{line}");
-        if out.status.success() {
-            results.push((label, line));
-        } else {
-            failed.push(label);
+    for round in 1..=rounds.max(1) {
+        let runs = INTEROP_BENCH_SHAPES
+            .iter()
+            .map(|(label, shape)| ("bench", server.addr.as_str(), *label, *shape))
+            .chain(
+                TCP_BENCH_SHAPES
+                    .iter()
+                    .map(|(label, shape)| ("tcp-bench", echo.addr.as_str(), *label, *shape)),
+            );
+        let mut results = Vec::new();
+        for (command, addr, label, shape) in runs {
+            let mut args = vec![command, "--addr", addr, "--duration", &duration];
+            args.extend_from_slice(shape);
+            println!(
+                "xtask: round {round}: {label}: drpc-interop {}",
+                args.join(" ")
+            );
+            let out = Command::new(&bin)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            println!("{line}");
+            if out.status.success() {
+                results.push((label, line));
+            } else {
+                failed.push(label);
+            }
         }
+        println!("\nxtask: interop-bench results, round {round} ({duration} per shape)");
+        for (label, line) in &results {
+            println!("# {label}\n{line}");
+        }
+        all_rounds.push(results);
     }
     drop((server, echo));
-    println!("\nxtask: interop-bench results ({duration} per shape)");
-    for (label, line) in &results {
-        println!("# {label}\n{line}");
-    }
+    print_targets(&all_rounds);
     if !failed.is_empty() {
         bail!("xtask: benchmarks failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// One field of a `bench` result line (`key=value`).
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The issue's targets, per round and as medians over the rounds.
+fn print_targets(rounds: &[Vec<(&str, String)>]) {
+    let lookup = |round: &[(&str, String)], label: &str, key: &str| {
+        round
+            .iter()
+            .find(|(l, _)| *l == label)
+            .and_then(|(_, line)| field(line, key))
+    };
+    let ratios: [(&str, &str, &str, &str, &str); 6] = [
+        (
+            "unary small p50 / TCP ping-pong p50 (target <= 1.15)",
+            "unary small",
+            "p50_us",
+            "tcp ping-pong small (baseline of unary/bidi small)",
+            "p50_us",
+        ),
+        (
+            "unary small mean / TCP ping-pong mean (target <= 1.15)",
+            "unary small",
+            "mean_us",
+            "tcp ping-pong small (baseline of unary/bidi small)",
+            "mean_us",
+        ),
+        (
+            "client stream large / TCP one way (target >= 0.80)",
+            "instream large",
+            "mb_per_s",
+            "tcp one way large (baseline of in/outstream large)",
+            "mb_per_s",
+        ),
+        (
+            "server stream large / TCP one way (target >= 0.80)",
+            "outstream large",
+            "mb_per_s",
+            "tcp one way large (baseline of in/outstream large)",
+            "mb_per_s",
+        ),
+        (
+            "64 tasks, one connection / 64 sequential connections (target >= 2)",
+            "unary small, 64 tasks on one connection",
+            "ops_per_s",
+            "unary small, 64 tasks on 64 sequential connections",
+            "ops_per_s",
+        ),
+        (
+            "64 tasks, one connection / 64 multiplexed connections",
+            "unary small, 64 tasks on one connection",
+            "ops_per_s",
+            "unary small, 64 tasks on 64 connections",
+            "ops_per_s",
+        ),
+    ];
+    println!("\nxtask: targets (ratio per round; median)");
+    for (name, a, a_key, b, b_key) in ratios {
+        let mut values: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| Some(lookup(r, a, a_key)? / lookup(r, b, b_key)?))
+            .collect();
+        let per_round: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        values.sort_by(f64::total_cmp);
+        let median = match values.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => values[n / 2],
+            n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        };
+        println!("{name}: {} ; median {median:.2}", per_round.join(" "));
+    }
 }

@@ -20,6 +20,12 @@
 //!   writer's lock (lock order: stream, then writer; the writer never takes
 //!   a stream lock). Message sends wait only while the writer holds more
 //!   than its high-water mark; control packets never wait.
+//! * **Large messages are not copied on the way out.** An [`Encoding`]
+//!   writes into a [`MessageBuf`]; with [`Prost`], a `bytes::Bytes` field of
+//!   at least [`ZERO_COPY_MIN`] bytes stays a reference to the caller's
+//!   memory, and [`Stream::send_encoded`] queues it in the [`MuxWriter`] by
+//!   reference too, so it goes from the message to the socket in one
+//!   vectored write.
 //! * **Receive queue and backpressure.** Each stream queues received
 //!   messages, bounded in messages and bytes, and hands them out as the
 //!   [`bytes::Bytes`] they arrived in (no copy). When a queue is full the

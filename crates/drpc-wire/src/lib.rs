@@ -17,6 +17,12 @@
 //! * [`CodedError`], [`code_of`]: the Error payload and error codes;
 //!   [`encode_metadata`], [`decode_metadata`]: the InvokeMetadata payload.
 //!
+//! [`FrameReader::coalescing`] (what a connection uses) joins the frames of a
+//! large message as it reads them, straight from the transport into one
+//! buffer, recycled through a small process-wide pool once the message is
+//! dropped: the kernel's copy is the only one, and no fresh pages are
+//! faulted in per message.
+//!
 //! Nothing here panics on input from the network: malformed bytes give a
 //! [`WireError`], which is always fatal for the connection that sent them.
 //!
