@@ -2,7 +2,9 @@
 //!
 //! A [`Manager`] owns one transport (anything `AsyncRead + AsyncWrite`). A
 //! client opens streams with [`Manager::open_stream`]; a server takes the
-//! streams its peer opens with [`Manager::accept`]. The design is
+//! streams its peer opens with [`Manager::accept`], or has them handed to a
+//! callback on the reader task ([`Manager::with_acceptor`], what
+//! `drpc-server` uses: one task switch less per RPC). The design is
 //! CockroachDB's stream multiplexing (multiplexing.md); with
 //! [`ManagerOptions::sequential`] a client also talks to the original,
 //! one-stream-at-a-time Go implementation.
@@ -12,13 +14,14 @@
 //! **Two tasks per connection.**
 //!
 //! * The *reader* is the only reader of the transport and the single
-//!   authority on its health. It decodes frames ([`drpc_wire::FrameReader`],
-//!   no copy per frame), looks the stream id up in the registry and hands
+//!   authority on its health. It decodes frames
+//!   ([`drpc_wire::FrameReader::coalescing`]: no copy per frame, and the
+//!   frames of a large message read straight into one buffer), looks the stream id up in the registry and hands
 //!   the frame to that stream, which assembles its own packets (frames of
 //!   different streams interleave). On a server, Invoke and InvokeMetadata
 //!   frames of unregistered ids are assembled per id until the Invoke is
 //!   complete; the reader then registers the stream and passes it to the
-//!   accept loop. Frames of unknown or finished streams are dropped.
+//!   accept loop or the acceptor callback. Frames of unknown or finished streams are dropped.
 //! * The *writer* drains the connection's [`drpc_stream::MuxWriter`]:
 //!   streams append whole frames to one shared buffer under a short lock
 //!   and the writer swaps the buffer out and writes it in one call, so

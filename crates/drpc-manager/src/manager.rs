@@ -37,6 +37,14 @@ pub struct Incoming {
     pub metadata: Metadata,
 }
 
+/// Where the reader hands the streams the peer opens.
+enum Acceptor {
+    /// A bounded queue drained by [`Manager::accept`].
+    Queue(mpsc::Sender<Incoming>),
+    /// A callback run on the reader task ([`Manager::with_acceptor`]).
+    Callback(Box<dyn FnMut(Incoming) + Send>),
+}
+
 /// One DRPC connection over a transport.
 ///
 /// Creating a manager spawns two tokio tasks: a reader, the single
@@ -88,7 +96,9 @@ struct Inner {
     next_stream_id: AtomicU64,
     next_serial: AtomicU64,
     sequential: Option<Arc<Semaphore>>,
-    accept: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
+    /// Streams waiting for [`Manager::accept`]; `None` when a callback
+    /// takes them ([`Manager::with_acceptor`]).
+    accept: Option<tokio::sync::Mutex<mpsc::Receiver<Incoming>>>,
     tasks: TaskTracker,
     span: tracing::Span,
 }
@@ -123,8 +133,43 @@ impl Manager {
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (read_half, write_half) = tokio::io::split(transport);
         let (accept_tx, accept_rx) = mpsc::channel(opts.accept_backlog.max(1));
+        Manager::start(
+            transport,
+            role,
+            opts,
+            Acceptor::Queue(accept_tx),
+            Some(accept_rx),
+        )
+    }
+
+    /// Starts a server-side connection that hands each stream the peer
+    /// opens to `on_incoming`, called on the connection's reader task as
+    /// soon as the stream's Invoke is complete, instead of queueing it for
+    /// [`Manager::accept`]. It must not block: it is meant to spawn the
+    /// task that serves the stream (or to refuse it), which saves a task
+    /// switch per RPC over an accept loop. [`Manager::accept`] on such a
+    /// manager waits for the connection to end and returns its error.
+    pub fn with_acceptor<T, F>(transport: T, opts: ManagerOptions, on_incoming: F) -> Manager
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+        F: FnMut(Incoming) + Send + 'static,
+    {
+        let acceptor = Acceptor::Callback(Box::new(on_incoming));
+        Manager::start(transport, Role::Server, opts, acceptor, None)
+    }
+
+    fn start<T>(
+        transport: T,
+        role: Role,
+        opts: ManagerOptions,
+        acceptor: Acceptor,
+        accept_rx: Option<mpsc::Receiver<Incoming>>,
+    ) -> Manager
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(transport);
         let conn = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("drpc_conn", conn, role = ?role);
         let inner = Arc::new(Inner {
@@ -136,14 +181,14 @@ impl Manager {
             next_stream_id: AtomicU64::new(0),
             next_serial: AtomicU64::new(0),
             sequential: opts.sequential.then(|| Arc::new(Semaphore::new(1))),
-            accept: tokio::sync::Mutex::new(accept_rx),
+            accept: accept_rx.map(tokio::sync::Mutex::new),
             tasks: TaskTracker::new(),
             span: span.clone(),
             opts,
         });
         inner
             .tasks
-            .spawn(run_reader(inner.clone(), read_half, accept_tx).instrument(span.clone()));
+            .spawn(run_reader(inner.clone(), read_half, acceptor).instrument(span.clone()));
         inner
             .tasks
             .spawn(run_writer(inner.clone(), write_half).instrument(span));
@@ -236,7 +281,10 @@ impl Manager {
     pub async fn accept(&self) -> Result<Incoming, ConnectionError> {
         let inner = &self.handle.inner;
         let ended = || inner.term.get().cloned().unwrap_or(ConnectionError::Closed);
-        let mut rx = inner.accept.lock().await;
+        let Some(accept) = &inner.accept else {
+            return Err(self.closed().await);
+        };
+        let mut rx = accept.lock().await;
         match rx.recv().await {
             // Streams still queued when the connection ended are already
             // over: the connection's end is the answer.
@@ -405,7 +453,7 @@ impl Inner {
         self: &Arc<Self>,
         frame: Frame,
         pending: &mut PendingInvokes,
-        accept: &mpsc::Sender<Incoming>,
+        accept: &mut Acceptor,
     ) -> Result<(), ConnectionError> {
         let id = frame.id.stream;
         if let Some(handle) = self.lookup(id) {
@@ -433,11 +481,7 @@ impl Inner {
 
     /// Registers the stream an Invoke opens and hands it to the accept
     /// loop, or refuses it when the connection is at its stream limit.
-    async fn start_server_stream(
-        self: &Arc<Self>,
-        invoke: Invoke,
-        accept: &mpsc::Sender<Incoming>,
-    ) {
+    async fn start_server_stream(self: &Arc<Self>, invoke: Invoke, accept: &mut Acceptor) {
         let Invoke {
             stream: id,
             rpc,
@@ -470,12 +514,15 @@ impl Inner {
             rpc,
             metadata,
         };
-        tokio::select! {
-            biased;
-            _ = self.term_token.cancelled() => {}
-            // If nobody accepts any more, the stream is dropped, which
-            // cancels it.
-            _ = accept.send(incoming) => {}
+        match accept {
+            Acceptor::Queue(queue) => tokio::select! {
+                biased;
+                _ = self.term_token.cancelled() => {}
+                // If nobody accepts any more, the stream is dropped, which
+                // cancels it.
+                _ = queue.send(incoming) => {}
+            },
+            Acceptor::Callback(on_incoming) => on_incoming(incoming),
         }
     }
 
@@ -513,11 +560,7 @@ fn peer_went_away(err: &ConnectionError) -> bool {
     }
 }
 
-async fn run_reader<R: AsyncRead + Unpin>(
-    inner: Arc<Inner>,
-    read_half: R,
-    accept: mpsc::Sender<Incoming>,
-) {
+async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut accept: Acceptor) {
     let max_packet_size = inner.opts.stream.max_packet_size;
     let mut reader = FrameReader::coalescing(read_half, max_packet_size);
     let mut pending = PendingInvokes::new(inner.opts.max_concurrent_streams, max_packet_size);
@@ -539,7 +582,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
             if let Some(order) = &mut order {
                 order.check(frame.id, frame.done)?;
             }
-            inner.route(frame, &mut pending, &accept).await?;
+            inner.route(frame, &mut pending, &mut accept).await?;
         }
     }
     .await;

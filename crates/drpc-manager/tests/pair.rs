@@ -571,3 +571,53 @@ async fn client_leaving_while_the_server_writes_cancels_the_server_stream() {
     })
     .await
 }
+
+/// A server made with `with_acceptor` hands each stream to its callback on
+/// the reader task, with its rpc and metadata; `accept` then only reports
+/// the connection's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acceptor_callback_serves_every_stream() {
+    bounded(async {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let client = Manager::new(a, drpc_manager::Role::Client, ManagerOptions::default());
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = Manager::with_acceptor(b, ManagerOptions::default(), move |incoming| {
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let drpc_manager::Incoming {
+                    stream,
+                    rpc,
+                    metadata,
+                } = incoming;
+                let request = stream.recv().await.expect("recv").expect("a request");
+                stream.send(&request).await.expect("send");
+                stream.close().expect("close");
+                let _ = seen.send((rpc, metadata.get("k").cloned()));
+            });
+        });
+        let mut md = drpc_wire::Metadata::new();
+        md.insert("k".into(), "v".into());
+        for i in 0..20u8 {
+            let call = client
+                .open_unary(RPC, &md, bytes::Bytes::from(vec![i; 10 + usize::from(i)]))
+                .await
+                .expect("open");
+            let echoed = step("response", call.recv()).await.expect("recv");
+            assert_eq!(echoed.as_deref(), Some(&vec![i; 10 + usize::from(i)][..]));
+            let (rpc, value) = step("served", seen_rx.recv()).await.expect("served");
+            assert_eq!(rpc, RPC);
+            assert_eq!(value.as_deref(), Some("v"));
+        }
+        let accept = tokio::spawn({
+            let server = server.clone();
+            async move { server.accept().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!accept.is_finished(), "accept waits for the end");
+        client.close().await;
+        let ended = step("accept", accept).await.expect("task");
+        assert!(ended.is_err());
+        server.close().await;
+    })
+    .await;
+}

@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drpc_manager::{Incoming, Manager, ManagerOptions, Role};
+use drpc_manager::{Incoming, Manager, ManagerOptions};
 use drpc_mux::{Handler, RequestContext, ServerCall};
 use drpc_stream::ConnectionError;
 use drpc_wire::{CodedError, TIMEOUT_METADATA_KEY, parse_timeout};
@@ -185,38 +185,29 @@ impl Server {
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
         let inner = &self.inner;
-        let manager = Manager::new(transport, Role::Server, inner.opts.manager.clone());
         let rpcs = TaskTracker::new();
-        let end = loop {
-            let incoming = tokio::select! {
-                biased;
-                _ = inner.stop_accepting.cancelled() => break None,
-                r = manager.accept() => r,
-            };
-            match incoming {
-                Ok(incoming) => {
-                    let (handler, cancel) = (inner.handler.clone(), inner.cancel_rpcs.clone());
-                    rpcs.spawn(serve_rpc(handler, incoming, cancel));
+        // Each stream is served by a task spawned right on the connection's
+        // reader task; once shutdown has begun, new streams are refused.
+        let on_incoming = {
+            let (rpcs, handler) = (rpcs.clone(), inner.handler.clone());
+            let (stop, cancel) = (inner.stop_accepting.clone(), inner.cancel_rpcs.clone());
+            move |incoming: Incoming| {
+                if stop.is_cancelled() {
+                    refuse(incoming);
+                } else {
+                    rpcs.spawn(serve_rpc(handler.clone(), incoming, cancel.clone()));
                 }
-                Err(e) => break Some(e),
             }
         };
+        let manager = Manager::with_acceptor(transport, inner.opts.manager.clone(), on_incoming);
+        let end = tokio::select! {
+            biased;
+            _ = inner.stop_accepting.cancelled() => None,
+            e = manager.closed() => Some(e),
+        };
         // Handlers end by themselves: by returning, when their stream ends,
-        // or when the grace period is over (`cancel_rpcs`). Meanwhile RPCs
-        // that still arrive are refused, so that the connection's reader
-        // never waits on an accept loop that is gone.
+        // or when the grace period is over (`cancel_rpcs`).
         rpcs.close();
-        if end.is_none() {
-            loop {
-                tokio::select! {
-                    _ = rpcs.wait() => break,
-                    r = manager.accept() => match r {
-                        Ok(incoming) => refuse(incoming),
-                        Err(_) => break,
-                    },
-                }
-            }
-        }
         rpcs.wait().await;
         manager.close_gracefully(FLUSH_ON_CLOSE).await;
         end.or_else(|| manager.termination())
