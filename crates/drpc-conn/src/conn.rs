@@ -303,6 +303,9 @@ async fn bounded<T>(
     call: impl Future<Output = Result<T, Error>>,
     opts: &CallOptions,
 ) -> Result<T, Error> {
+    if opts.deadline.is_none() && opts.cancel.is_none() {
+        return call.await;
+    }
     tokio::select! {
         biased;
         r = call => r,

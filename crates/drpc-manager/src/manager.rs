@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -16,7 +17,7 @@ use drpc_wire::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -454,12 +455,13 @@ impl Inner {
         frame: Frame,
         pending: &mut PendingInvokes,
         accept: &mut Acceptor,
+        ended: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Result<(), ConnectionError> {
         let id = frame.id.stream;
         if let Some(handle) = self.lookup(id) {
             return tokio::select! {
                 biased;
-                _ = self.term_token.cancelled() => Ok(()),
+                _ = ended => Ok(()),
                 r = handle.handle_frame(frame) => r,
             };
         }
@@ -565,11 +567,14 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
     let mut reader = FrameReader::coalescing(read_half, max_packet_size);
     let mut pending = PendingInvokes::new(inner.opts.max_concurrent_streams, max_packet_size);
     let mut order = inner.opts.sequential.then(ConnectionIdOrder::new);
+    // One registration with the token for the connection's life, rather
+    // than one per frame.
+    let mut ended = pin!(inner.term_token.cancelled());
     let result: Result<(), ConnectionError> = async {
         loop {
             let read = tokio::select! {
                 biased;
-                _ = inner.term_token.cancelled() => return Ok(()),
+                _ = ended.as_mut() => return Ok(()),
                 r = reader.read_frame() => r,
             };
             let frame = match read {
@@ -582,7 +587,9 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
             if let Some(order) = &mut order {
                 order.check(frame.id, frame.done)?;
             }
-            inner.route(frame, &mut pending, &mut accept).await?;
+            inner
+                .route(frame, &mut pending, &mut accept, ended.as_mut())
+                .await?;
         }
     }
     .await;
@@ -593,6 +600,7 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
 
 async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W) {
     let mut batch = Batch::default();
+    let mut ended = pin!(inner.term_token.cancelled());
     loop {
         if poll_fn(|cx| inner.writer.poll_ready_to_take(cx))
             .await
@@ -615,7 +623,7 @@ async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W)
         }
         let written = tokio::select! {
             biased;
-            _ = inner.term_token.cancelled() => break,
+            _ = ended.as_mut() => break,
             r = write_batch(&mut write_half, &mut batch) => r,
         };
         if let Err(e) = written {
