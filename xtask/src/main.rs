@@ -313,34 +313,81 @@ fn interop() -> Result<()> {
     Ok(())
 }
 
-/// The interop benchmark shapes: a label and the `bench` options.
-const INTEROP_BENCH_SHAPES: &[(&str, &[&str])] = &[
-    ("unary small", &["--kind", "unary", "--size", "small"]),
-    ("unary med", &["--kind", "unary", "--size", "med"]),
-    ("unary large", &["--kind", "unary", "--size", "large"]),
-    ("bidi small", &["--kind", "bidi", "--size", "small"]),
+/// What runs a benchmark shape: `drpc-interop bench` against the DRPC
+/// server, or `drpc-interop tcp-bench` against the raw TCP echo server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runner {
+    Drpc,
+    Tcp,
+}
+
+/// The benchmark shapes of the interop contract and their raw TCP
+/// baselines, in the order they run: each baseline right before the shapes
+/// it is the baseline of, so that a ratio compares runs made under the
+/// same conditions on a machine whose speed drifts.
+const INTEROP_BENCH_SHAPES: &[(Runner, &str, &[&str])] = &[
     (
+        Runner::Tcp,
+        "tcp ping-pong small (baseline of unary/bidi small)",
+        &["--mode", "pingpong", "--size", "small"],
+    ),
+    (
+        Runner::Drpc,
+        "unary small",
+        &["--kind", "unary", "--size", "small"],
+    ),
+    (
+        Runner::Drpc,
+        "bidi small",
+        &["--kind", "bidi", "--size", "small"],
+    ),
+    (
+        Runner::Tcp,
+        "tcp ping-pong med (baseline of unary med)",
+        &["--mode", "pingpong", "--size", "med"],
+    ),
+    (
+        Runner::Drpc,
+        "unary med",
+        &["--kind", "unary", "--size", "med"],
+    ),
+    (
+        Runner::Tcp,
+        "tcp ping-pong large (baseline of unary large)",
+        &["--mode", "pingpong", "--size", "large"],
+    ),
+    (
+        Runner::Drpc,
+        "unary large",
+        &["--kind", "unary", "--size", "large"],
+    ),
+    (
+        Runner::Tcp,
+        "tcp one way large (baseline of in/outstream large)",
+        &["--mode", "oneway", "--size", "large"],
+    ),
+    (
+        Runner::Drpc,
         "outstream large",
         &["--kind", "outstream", "--size", "large"],
     ),
-    ("instream large", &["--kind", "instream", "--size", "large"]),
     (
+        Runner::Drpc,
+        "instream large",
+        &["--kind", "instream", "--size", "large"],
+    ),
+    (
+        Runner::Tcp,
+        "tcp one way small (baseline of outstream small)",
+        &["--mode", "oneway", "--size", "small"],
+    ),
+    (
+        Runner::Drpc,
         "outstream small",
         &["--kind", "outstream", "--size", "small"],
     ),
     (
-        "unary small, 64 tasks on one connection",
-        &[
-            "--kind", "unary", "--size", "small", "--conc", "64", "--conns", "1",
-        ],
-    ),
-    (
-        "unary small, 64 tasks on 64 connections",
-        &[
-            "--kind", "unary", "--size", "small", "--conc", "64", "--conns", "64",
-        ],
-    ),
-    (
+        Runner::Drpc,
         "unary small, 64 tasks on 64 sequential connections",
         &[
             "--kind",
@@ -354,29 +401,19 @@ const INTEROP_BENCH_SHAPES: &[(&str, &[&str])] = &[
             "--sequential",
         ],
     ),
-];
-
-/// The raw TCP baselines: a label and the `tcp-bench` options.
-const TCP_BENCH_SHAPES: &[(&str, &[&str])] = &[
     (
-        "tcp ping-pong small (baseline of unary/bidi small)",
-        &["--mode", "pingpong", "--size", "small"],
+        Runner::Drpc,
+        "unary small, 64 tasks on one connection",
+        &[
+            "--kind", "unary", "--size", "small", "--conc", "64", "--conns", "1",
+        ],
     ),
     (
-        "tcp ping-pong med (baseline of unary med)",
-        &["--mode", "pingpong", "--size", "med"],
-    ),
-    (
-        "tcp ping-pong large (baseline of unary large)",
-        &["--mode", "pingpong", "--size", "large"],
-    ),
-    (
-        "tcp one way small (baseline of outstream small)",
-        &["--mode", "oneway", "--size", "small"],
-    ),
-    (
-        "tcp one way large (baseline of in/outstream large)",
-        &["--mode", "oneway", "--size", "large"],
+        Runner::Drpc,
+        "unary small, 64 tasks on 64 connections",
+        &[
+            "--kind", "unary", "--size", "small", "--conc", "64", "--conns", "64",
+        ],
     ),
 ];
 
@@ -409,15 +446,15 @@ fn interop_bench(args: &[String]) -> Result<()> {
     let echo = Background::start(&bin, &["tcp-echo", "--addr", "127.0.0.1:0"])?;
     let mut all_rounds = Vec::new();
     let mut failed = Vec::new();
+    // Let the machine settle after the build before the first figure.
+    std::thread::sleep(Duration::from_secs(3));
     for round in 1..=rounds.max(1) {
         let runs = INTEROP_BENCH_SHAPES
             .iter()
-            .map(|(label, shape)| ("bench", server.addr.as_str(), *label, *shape))
-            .chain(
-                TCP_BENCH_SHAPES
-                    .iter()
-                    .map(|(label, shape)| ("tcp-bench", echo.addr.as_str(), *label, *shape)),
-            );
+            .map(|(runner, label, shape)| match runner {
+                Runner::Drpc => ("bench", server.addr.as_str(), *label, *shape),
+                Runner::Tcp => ("tcp-bench", echo.addr.as_str(), *label, *shape),
+            });
         let mut results = Vec::new();
         for (command, addr, label, shape) in runs {
             let mut args = vec![command, "--addr", addr, "--duration", &duration];
