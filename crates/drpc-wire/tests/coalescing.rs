@@ -7,115 +7,17 @@
 //! pending, the packets and the first error the assemblers report are those
 //! of the frames as written.
 
+mod support {
+    pub(crate) mod coalesce;
+}
+
 use std::collections::HashMap;
-use std::future::Future;
-use std::io;
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use drpc_wire::{
-    COALESCE_MIN, ConnectionIdOrder, Frame, FrameReader, Id, Kind, Packet, PacketAssembler,
-    ReadError, WireError, split_frames,
-};
+use drpc_wire::{COALESCE_MIN, Frame, FrameReader, Id, Kind, WireError, split_frames};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use tokio::io::{AsyncRead, ReadBuf};
-
-/// A transport handing out its bytes in chunks of the given sizes (cycled),
-/// pending before every other chunk when `stutter` is set, then EOF.
-struct Chunked {
-    data: Bytes,
-    chunks: Vec<usize>,
-    next: usize,
-    stutter: bool,
-    pending: bool,
-}
-
-impl AsyncRead for Chunked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.stutter {
-            self.pending = !self.pending;
-            if self.pending {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-        }
-        let step = self.chunks[self.next % self.chunks.len()];
-        self.next += 1;
-        let n = step.min(buf.remaining()).min(self.data.len());
-        let chunk = self.data.split_to(n);
-        buf.put_slice(&chunk);
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// How reading ended.
-#[derive(Debug, PartialEq)]
-enum End {
-    Clean,
-    Protocol(WireError),
-    Eof,
-}
-
-/// Reads every frame; with `drop_pending`, a fresh `read_frame` future is
-/// made after every pending poll, the old one dropped.
-fn read_all(mut reader: FrameReader<Chunked>, drop_pending: bool) -> (Vec<Frame>, End) {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut frames = Vec::new();
-    loop {
-        let result = if drop_pending {
-            loop {
-                let fut = pin!(reader.read_frame());
-                if let Poll::Ready(r) = fut.poll(&mut cx) {
-                    break r;
-                }
-            }
-        } else {
-            let mut fut = pin!(reader.read_frame());
-            loop {
-                if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
-                    break r;
-                }
-            }
-        };
-        match result {
-            Ok(Some(frame)) => frames.push(frame),
-            Ok(None) => return (frames, End::Clean),
-            Err(ReadError::Protocol(e)) => return (frames, End::Protocol(e)),
-            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return (frames, End::Eof);
-            }
-            Err(e) => panic!("unexpected read error {e:?}"),
-        }
-    }
-}
-
-/// Packets and the first error of per-stream assembly, and of the
-/// connection-wide id rule when `order` is set.
-fn assemble(frames: &[Frame], max: usize, order: bool) -> (Vec<Packet>, Option<WireError>) {
-    let mut ids = ConnectionIdOrder::new();
-    let mut assemblers: HashMap<u64, PacketAssembler> = HashMap::new();
-    let mut packets = Vec::new();
-    for frame in frames {
-        if order && let Err(e) = ids.check(frame.id, frame.done) {
-            return (packets, Some(e));
-        }
-        let assembler = assemblers
-            .entry(frame.id.stream)
-            .or_insert_with(|| PacketAssembler::for_stream(frame.id.stream, max));
-        match assembler.push(frame.clone()) {
-            Ok(Some(packet)) => packets.push(packet),
-            Ok(None) => {}
-            Err(e) => return (packets, Some(e)),
-        }
-    }
-    (packets, None)
-}
+use support::coalesce::{Chunked, End, assemble, compare, read_all};
 
 fn encode(frames: &[Frame]) -> Bytes {
     let mut out = BytesMut::new();
@@ -254,43 +156,14 @@ proptest! {
         if let Some(cut) = truncate {
             bytes.truncate(bytes.len().saturating_sub(cut));
         }
-        let transport = |stutter| Chunked {
-            data: bytes.clone(),
-            chunks: chunks.clone(),
-            next: 0,
-            stutter,
-            pending: false,
-        };
-        let (plain, plain_end) = read_all(FrameReader::new(transport(false), max), false);
-        let (joined, joined_end) =
-            read_all(
-                FrameReader::coalescing(transport(drop_pending), max).coalesce_min(min),
-                drop_pending,
-            );
-
-        prop_assert_eq!(&joined_end, &plain_end);
-        prop_assert!(joined.len() <= plain.len());
-        for frame in &joined {
-            prop_assert!(frame.data.len() <= max);
-        }
-        let (plain_packets, plain_err) = assemble(&plain, max, order);
-        let (joined_packets, joined_err) = assemble(&joined, max, order);
-        // The same error, at the same point: only the length a
-        // DataOverflow reports may be larger, as a joined frame can carry
-        // the packet past the limit by more than the frame that first
-        // crossed it.
-        match (joined_err, plain_err) {
-            (
-                Some(WireError::DataOverflow { len: joined_len }),
-                Some(WireError::DataOverflow { len: plain_len }),
-            ) => {
-                prop_assert!(joined_len >= plain_len);
-                prop_assert!(plain_len > max as u64);
-            }
-            (joined_err, plain_err) => prop_assert_eq!(joined_err, plain_err),
-        }
-        prop_assert_eq!(joined_packets, plain_packets);
+        let outcome = compare(&bytes, &chunks, max, min, order, drop_pending);
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
     }
+}
+
+/// A transport handing out `data` in chunks of the given sizes (cycled).
+fn chunked(data: Bytes, chunks: Vec<usize>) -> Chunked {
+    Chunked::new(data, chunks, false)
 }
 
 #[test]
@@ -306,16 +179,7 @@ fn a_large_message_arrives_as_one_frame_and_the_next_frame_follows() {
         control: false,
         data: Bytes::from_static(b"rpc"),
     });
-    let reader = FrameReader::coalescing(
-        Chunked {
-            data: encode(&frames),
-            chunks: vec![1000, 70_000, 3],
-            next: 0,
-            stutter: false,
-            pending: false,
-        },
-        4 << 20,
-    );
+    let reader = FrameReader::coalescing(chunked(encode(&frames), vec![1000, 70_000, 3]), 4 << 20);
     let (got, end) = read_all(reader, false);
     assert_eq!(end, End::Clean);
     assert_eq!(got.len(), 2);
@@ -337,16 +201,7 @@ fn interleaved_frames_are_joined_only_while_consecutive() {
     let mut wire = a_frames.drain(..2).collect::<Vec<_>>();
     wire.extend(b_frames);
     wire.extend(a_frames);
-    let reader = FrameReader::coalescing(
-        Chunked {
-            data: encode(&wire),
-            chunks: vec![usize::MAX],
-            next: 0,
-            stutter: false,
-            pending: false,
-        },
-        4 << 20,
-    );
+    let reader = FrameReader::coalescing(chunked(encode(&wire), vec![usize::MAX]), 4 << 20);
     let (got, end) = read_all(reader, false);
     assert_eq!(end, End::Clean);
     let shape: Vec<(u64, usize, bool)> = got
@@ -368,16 +223,7 @@ fn a_join_stops_short_of_the_limit_so_the_assembler_reports_the_overflow() {
     let data = pattern(1, 100_000);
     let frames: Vec<Frame> =
         split_frames(Id::new(1, 1), Kind::MESSAGE, false, data.clone(), 30_000).collect();
-    let reader = FrameReader::coalescing(
-        Chunked {
-            data: encode(&frames),
-            chunks: vec![usize::MAX],
-            next: 0,
-            stutter: false,
-            pending: false,
-        },
-        70_000,
-    );
+    let reader = FrameReader::coalescing(chunked(encode(&frames), vec![usize::MAX]), 70_000);
     let (got, end) = read_all(reader, false);
     assert_eq!(end, End::Clean);
     assert_eq!(
@@ -397,13 +243,7 @@ fn the_end_of_the_transport_after_an_unfinished_join_hands_it_out_first() {
             .collect();
     let mut bytes = BytesMut::from(&encode(&frames)[..]);
     let clean = bytes.clone().freeze();
-    let chunked = |data| Chunked {
-        data,
-        chunks: vec![7, 50_000],
-        next: 0,
-        stutter: false,
-        pending: false,
-    };
+    let chunked = |data| chunked(data, vec![7, 50_000]);
     let (got, end) = read_all(FrameReader::coalescing(chunked(clean), 1 << 20), false);
     assert_eq!(end, End::Clean);
     assert_eq!(got.len(), 1);
