@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::Poll;
 
 use bytes::Bytes;
 use drpc_stream::{
@@ -42,8 +43,35 @@ pub struct Incoming {
 enum Acceptor {
     /// A bounded queue drained by [`Manager::accept`].
     Queue(mpsc::Sender<Incoming>),
-    /// A callback run on the reader task ([`Manager::with_acceptor`]).
-    Callback(Box<dyn FnMut(Incoming) + Send>),
+    /// A callback run on the reader task ([`Manager::with_acceptor`]), with
+    /// the streams opened by the frames read so far, not yet handed to it.
+    Callback(Box<dyn FnMut(Incoming) + Send>, Vec<Incoming>),
+}
+
+impl Acceptor {
+    /// Hands the callback the streams opened since the last call.
+    ///
+    /// The reader calls this only when it is about to wait (for the
+    /// transport, or for room in a stream's queue), so that a stream's
+    /// first messages, which usually arrive in the same read as its
+    /// Invoke, are queued before its handler first runs: a unary handler
+    /// then finds its request at once.
+    fn flush(&mut self) {
+        if let Acceptor::Callback(on_incoming, ready) = self {
+            ready.drain(..).for_each(on_incoming);
+        }
+    }
+}
+
+/// Polls `fut` once; `None` if it is not ready.
+async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *fut).poll(cx) {
+            Poll::Ready(out) => Some(out),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// One DRPC connection over a transport.
@@ -145,18 +173,21 @@ impl Manager {
     }
 
     /// Starts a server-side connection that hands each stream the peer
-    /// opens to `on_incoming`, called on the connection's reader task as
-    /// soon as the stream's Invoke is complete, instead of queueing it for
-    /// [`Manager::accept`]. It must not block: it is meant to spawn the
-    /// task that serves the stream (or to refuse it), which saves a task
-    /// switch per RPC over an accept loop. [`Manager::accept`] on such a
-    /// manager waits for the connection to end and returns its error.
+    /// opens to `on_incoming` instead of queueing it for
+    /// [`Manager::accept`]. The callback runs on the connection's reader
+    /// task, once the frames that arrived with the stream's Invoke (in the
+    /// same read) have been routed, and in any case before the reader waits
+    /// for room in a stream's queue: a unary handler started from it finds
+    /// its request already there. It must not block: it is meant to start
+    /// the work that serves the stream (or to refuse it), which saves a
+    /// task switch per RPC over an accept loop. [`Manager::accept`] on such
+    /// a manager waits for the connection to end and returns its error.
     pub fn with_acceptor<T, F>(transport: T, opts: ManagerOptions, on_incoming: F) -> Manager
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
         F: FnMut(Incoming) + Send + 'static,
     {
-        let acceptor = Acceptor::Callback(Box::new(on_incoming));
+        let acceptor = Acceptor::Callback(Box::new(on_incoming), Vec::new());
         Manager::start(transport, Role::Server, opts, acceptor, None)
     }
 
@@ -459,10 +490,17 @@ impl Inner {
     ) -> Result<(), ConnectionError> {
         let id = frame.id.stream;
         if let Some(handle) = self.lookup(id) {
+            let mut handled = pin!(handle.handle_frame(frame));
+            if let Some(result) = poll_once(&mut handled).await {
+                return result;
+            }
+            // The stream's queue is full: its handler may not have started
+            // yet, and must, to make room.
+            accept.flush();
             return tokio::select! {
                 biased;
                 _ = ended => Ok(()),
-                r = handle.handle_frame(frame) => r,
+                r = handled => r,
             };
         }
         match frame.kind {
@@ -524,7 +562,7 @@ impl Inner {
                 // cancels it.
                 _ = queue.send(incoming) => {}
             },
-            Acceptor::Callback(on_incoming) => on_incoming(incoming),
+            Acceptor::Callback(_, ready) => ready.push(incoming),
         }
     }
 
@@ -572,10 +610,22 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
     let mut ended = pin!(inner.term_token.cancelled());
     let result: Result<(), ConnectionError> = async {
         loop {
-            let read = tokio::select! {
-                biased;
-                _ = ended.as_mut() => return Ok(()),
-                r = reader.read_frame() => r,
+            if inner.term_token.is_cancelled() {
+                return Ok(());
+            }
+            let mut next = pin!(reader.read_frame());
+            let read = match poll_once(&mut next).await {
+                Some(read) => read,
+                None => {
+                    // Everything read so far is routed: start the streams
+                    // it opened, then wait for more.
+                    accept.flush();
+                    tokio::select! {
+                        biased;
+                        _ = ended.as_mut() => return Ok(()),
+                        r = next => r,
+                    }
+                }
             };
             let frame = match read {
                 Ok(Some(frame)) => frame,

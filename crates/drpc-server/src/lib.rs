@@ -1,13 +1,19 @@
-//! Serves DRPC (Go's `drpcserver`): accepts transports and runs a task per
-//! RPC.
+//! Serves DRPC (Go's `drpcserver`): accepts transports and runs each RPC,
+//! in a task of its own whenever it has to wait.
 //!
 //! A [`Server`] wraps a [`Handler`](drpc_mux::Handler), normally a
 //! [`Mux`](drpc_mux::Mux). For each connection it runs a multiplexing
-//! [`Manager`](drpc_manager::Manager); for each RPC, a task that calls the
-//! handler and ends the stream with CloseSend, or with an Error carrying
-//! the handler's code. Stock sequential Go clients and multiplexing
-//! clients are served on the same listener without any setting.
+//! [`Manager`](drpc_manager::Manager); for each RPC, it calls the handler
+//! and ends the stream with CloseSend, or with an Error carrying the
+//! handler's code. Stock sequential Go clients and multiplexing clients are
+//! served on the same listener without any setting.
 //!
+//! * An RPC first runs on its connection's reader task, with the request
+//!   that came with it already queued; one that has to wait moves to a task
+//!   of its own. Most unary calls so cost no task and no hand-over between
+//!   threads ([`ServerOptions::inline_first_poll`], on by default; a first
+//!   step longer than [`INLINE_STEP_LIMIT`] turns it off for that
+//!   connection).
 //! * A handler that panics fails only its RPC (code 13, `internal error`);
 //!   the server goes on.
 //! * A call the client cancels, whose deadline passes (the client's
@@ -37,4 +43,4 @@
 
 mod server;
 
-pub use server::{DEFAULT_MAX_CONNECTIONS, Server, ServerOptions};
+pub use server::{DEFAULT_MAX_CONNECTIONS, INLINE_STEP_LIMIT, Server, ServerOptions};

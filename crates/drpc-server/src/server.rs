@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use drpc_manager::{Incoming, Manager, ManagerOptions};
@@ -42,13 +43,31 @@ pub struct ServerOptions {
     /// The most connections served at once (default 10 000); further
     /// connections wait in the listener's backlog.
     pub max_connections: usize,
+    /// Whether an RPC is first run on its connection's reader task, and
+    /// moved to a task of its own only if it does not finish in that first
+    /// step (default `true`).
+    ///
+    /// Most unary handlers finish without waiting on anything: run in
+    /// place, they cost no task, no wake-up and no hand-over to another
+    /// thread, which on a busy connection is most of the server's cost. A
+    /// handler that works synchronously for long holds up the connection's
+    /// other streams meanwhile, so the first such step (over
+    /// [`INLINE_STEP_LIMIT`]) turns this off for the rest of that
+    /// connection. Set `false` to give every RPC its own task from the
+    /// start.
+    pub inline_first_poll: bool,
 }
+
+/// How long an RPC's first step on the reader task may take before the
+/// connection gives every later RPC its own task from the start.
+pub const INLINE_STEP_LIMIT: Duration = Duration::from_millis(1);
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             manager: ManagerOptions::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            inline_first_poll: true,
         }
     }
 }
@@ -191,11 +210,31 @@ impl Server {
         let on_incoming = {
             let (rpcs, handler) = (rpcs.clone(), inner.handler.clone());
             let (stop, cancel) = (inner.stop_accepting.clone(), inner.cancel_rpcs.clone());
+            let mut inline = inner.opts.inline_first_poll;
             move |incoming: Incoming| {
                 if stop.is_cancelled() {
                     refuse(incoming);
+                    return;
+                }
+                let rpc = rpcs.track_future(serve_rpc(handler.clone(), incoming, cancel.clone()));
+                if inline {
+                    let mut rpc = Box::pin(rpc);
+                    let started = std::time::Instant::now();
+                    // Polled with a no-op waker: if it is not done, the task
+                    // it moves to polls it again at once, and that poll
+                    // registers the task's own waker wherever it waits.
+                    let done = rpc
+                        .as_mut()
+                        .poll(&mut Context::from_waker(Waker::noop()))
+                        .is_ready();
+                    if started.elapsed() > INLINE_STEP_LIMIT {
+                        inline = false;
+                    }
+                    if !done {
+                        tokio::spawn(rpc);
+                    }
                 } else {
-                    rpcs.spawn(serve_rpc(handler.clone(), incoming, cancel.clone()));
+                    tokio::spawn(rpc);
                 }
             }
         };

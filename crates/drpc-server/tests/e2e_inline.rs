@@ -1,0 +1,170 @@
+//! An RPC's first step runs on its connection's reader task
+//! ([`ServerOptions::inline_first_poll`]): what that must and must not
+//! change.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{TEST_LIMIT, within};
+use drpc_conn::{CallOptions, Conn, ConnOptions};
+use drpc_manager::ManagerOptions;
+use drpc_mux::{Mux, RequestContext, ServerReceiver};
+use drpc_server::{INLINE_STEP_LIMIT, Server, ServerOptions};
+use drpc_stream::{Raw, StreamOptions};
+
+const WHO: &str = "/inline.Test/Who";
+const SPIN: &str = "/inline.Test/Spin";
+const SUM: &str = "/inline.Test/Sum";
+
+/// A service whose handlers report which tokio task they ran on.
+fn service(seen: Arc<Mutex<Vec<tokio::task::Id>>>) -> Mux {
+    let mut mux = Mux::new();
+    {
+        let seen = seen.clone();
+        mux.unary(WHO, Raw, move |_: RequestContext, req: Bytes| {
+            seen.lock().expect("lock").push(tokio::task::id());
+            async move { Ok(req) }
+        });
+    }
+    mux.unary(SPIN, Raw, move |_: RequestContext, req: Bytes| async move {
+        // Synchronous work, longer than an inline step may take.
+        std::thread::sleep(INLINE_STEP_LIMIT * 3);
+        Ok(req)
+    });
+    mux.client_streaming(
+        SUM,
+        Raw,
+        |_: RequestContext, mut reqs: ServerReceiver<Bytes, Raw>| async move {
+            let mut total = 0u64;
+            while let Some(req) = reqs.recv().await? {
+                total += req.len() as u64;
+            }
+            Ok(Bytes::from(total.to_string()))
+        },
+    );
+    mux
+}
+
+/// A client and a server over one in-memory connection.
+fn connect(opts: ServerOptions, seen: Arc<Mutex<Vec<tokio::task::Id>>>) -> Conn {
+    let (client, server_io) = tokio::io::duplex(64 * 1024);
+    let server = Server::with_options(service(seen), opts);
+    tokio::spawn(async move { server.serve_connection(server_io).await });
+    Conn::new(client, ConnOptions::default())
+}
+
+async fn who(conn: &Conn, n: usize) {
+    for i in 0..n {
+        let req = Bytes::from(format!("call {i}"));
+        let got: Bytes = conn
+            .unary_with(&Raw, WHO, &req, &CallOptions::new())
+            .await
+            .expect("call");
+        assert_eq!(got, req);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_handlers_run_on_the_reader_task_unless_turned_off() {
+    within(TEST_LIMIT, "inline", async {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        who(&connect(ServerOptions::default(), seen.clone()), 5).await;
+        let ids = std::mem::take(&mut *seen.lock().expect("lock"));
+        assert_eq!(ids.len(), 5);
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "every call ran on the connection's reader task: {ids:?}"
+        );
+
+        let opts = ServerOptions {
+            inline_first_poll: false,
+            ..ServerOptions::default()
+        };
+        who(&connect(opts, seen.clone()), 5).await;
+        let ids = std::mem::take(&mut *seen.lock().expect("lock"));
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 5, "a task per call: {ids:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_step_gives_later_calls_their_own_tasks() {
+    within(TEST_LIMIT, "slow step", async {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let conn = connect(ServerOptions::default(), seen.clone());
+        who(&conn, 2).await;
+        let _: Bytes = conn
+            .unary_with(&Raw, SPIN, &Bytes::from_static(b"x"), &CallOptions::new())
+            .await
+            .expect("spin");
+        who(&conn, 3).await;
+        let ids = std::mem::take(&mut *seen.lock().expect("lock"));
+        assert_eq!(ids[0], ids[1], "inline before the slow step");
+        let later: std::collections::HashSet<_> = ids[2..].iter().collect();
+        assert_eq!(later.len(), 3, "a task per call after it: {ids:?}");
+        assert!(!later.contains(&ids[0]));
+    })
+    .await;
+}
+
+/// More messages right behind the Invoke than the stream's queue holds:
+/// the reader must start the handler before it waits for queue room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_queue_does_not_stall_the_reader() {
+    within(TEST_LIMIT, "burst", async {
+        let (client, server_io) = tokio::io::duplex(1 << 20);
+        let small_queue = ManagerOptions {
+            stream: StreamOptions {
+                recv_queue_messages: 4,
+                ..StreamOptions::default()
+            },
+            ..ManagerOptions::default()
+        };
+        let server = Server::with_options(
+            service(Arc::default()),
+            ServerOptions {
+                manager: small_queue,
+                ..ServerOptions::default()
+            },
+        );
+        tokio::spawn(async move { server.serve_connection(server_io).await });
+        let conn = Conn::new(client, ConnOptions::default());
+        let mut call = conn
+            .stream_with::<Bytes, Bytes, _>(Raw, SUM, &CallOptions::new())
+            .await
+            .expect("open");
+        for _ in 0..100 {
+            call.send(&Bytes::from_static(b"abc")).await.expect("send");
+        }
+        let total = call.close_and_recv().await.expect("sum");
+        assert_eq!(total, "300");
+        // The connection still serves.
+        who(&conn, 1).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_inline_calls_on_one_connection() {
+    within(TEST_LIMIT, "concurrent", async {
+        let conn = connect(ServerOptions::default(), Arc::default());
+        let calls = (0..200).map(|i| {
+            let conn = conn.clone();
+            async move {
+                let req = Bytes::from(vec![i as u8; i % 50]);
+                let got: Bytes = conn
+                    .unary_with(&Raw, WHO, &req, &CallOptions::new())
+                    .await
+                    .expect("call");
+                assert_eq!(got, req);
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    })
+    .await;
+}
