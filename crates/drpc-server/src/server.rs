@@ -223,10 +223,18 @@ impl Server {
                     // Polled with a no-op waker: if it is not done, the task
                     // it moves to polls it again at once, and that poll
                     // registers the task's own waker wherever it waits.
-                    let done = rpc
-                        .as_mut()
-                        .poll(&mut Context::from_waker(Waker::noop()))
-                        .is_ready();
+                    let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        rpc.as_mut()
+                            .poll(&mut Context::from_waker(Waker::noop()))
+                            .is_ready()
+                    }));
+                    // Handler panics are caught inside; one here is ours,
+                    // and ends only this RPC (its stream is dropped, which
+                    // cancels it), never the connection's reader.
+                    let done = step.unwrap_or_else(|_| {
+                        tracing::error!("an RPC's first step panicked");
+                        true
+                    });
                     if started.elapsed() > INLINE_STEP_LIMIT {
                         inline = false;
                     }
@@ -328,11 +336,17 @@ async fn serve_rpc(handler: Arc<dyn Handler>, incoming: Incoming, shutdown: Canc
         cancel.clone(),
     );
     let rpc_name = ctx.rpc().to_owned();
-    let call = AssertUnwindSafe(handler.handle(ServerCall {
-        stream: stream.clone(),
-        ctx,
-    }))
-    .catch_unwind();
+    // A panic in the handler, in what `handle` does before returning its
+    // future as in the future itself, fails this RPC only: the first step
+    // may run on the connection's reader task.
+    let call = async {
+        let call = ServerCall {
+            stream: stream.clone(),
+            ctx,
+        };
+        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(call)))?;
+        AssertUnwindSafe(fut).catch_unwind().await
+    };
     let deadline_passed = async {
         match deadline {
             Some(at) => tokio::time::sleep_until(at).await,

@@ -168,3 +168,42 @@ async fn many_concurrent_inline_calls_on_one_connection() {
     })
     .await;
 }
+
+/// A handler whose `handle` panics before returning its future.
+struct PanicsAtOnce(Mux);
+
+impl drpc_mux::Handler for PanicsAtOnce {
+    fn handle(
+        &self,
+        call: drpc_mux::ServerCall,
+    ) -> drpc_mux::BoxFuture<Result<(), drpc_wire::CodedError>> {
+        if call.ctx.rpc() == "/inline.Test/PanicAtOnce" {
+            panic!("handle panicked before returning a future");
+        }
+        self.0.handle(call)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panicking_in_its_first_step_fails_only_its_call() {
+    within(TEST_LIMIT, "panic", async {
+        let (client, server_io) = tokio::io::duplex(64 * 1024);
+        let server = Server::new(PanicsAtOnce(service(Arc::default())));
+        tokio::spawn(async move { server.serve_connection(server_io).await });
+        let conn = Conn::new(client, ConnOptions::default());
+        for _ in 0..3 {
+            let err = conn
+                .unary_with::<Bytes, Bytes, _>(
+                    &Raw,
+                    "/inline.Test/PanicAtOnce",
+                    &Bytes::from_static(b"x"),
+                    &CallOptions::new(),
+                )
+                .await
+                .expect_err("the call fails");
+            assert_eq!(err.code(), Some(13), "{err}");
+            who(&conn, 1).await;
+        }
+    })
+    .await;
+}
