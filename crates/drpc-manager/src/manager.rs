@@ -51,14 +51,26 @@ enum Acceptor {
 impl Acceptor {
     /// Hands the callback the streams opened since the last call.
     ///
-    /// The reader calls this only when it is about to wait (for the
-    /// transport, or for room in a stream's queue), so that a stream's
-    /// first messages, which usually arrive in the same read as its
-    /// Invoke, are queued before its handler first runs: a unary handler
-    /// then finds its request at once.
+    /// The reader calls this when it is about to wait (for the transport,
+    /// or for room in a stream's queue) and before it routes a frame of
+    /// another stream, so that a stream's first messages, which usually
+    /// arrive in the same read as its Invoke, are queued before its
+    /// handler first runs: a unary handler then finds its request at once.
     fn flush(&mut self) {
         if let Acceptor::Callback(on_incoming, ready) = self {
             ready.drain(..).for_each(on_incoming);
+        }
+    }
+
+    /// Hands the callback its streams unless the next frame, of `stream`,
+    /// is theirs: a transport that never runs dry must not hold a stream
+    /// back once its own frames have passed.
+    fn flush_unless_for(&mut self, stream: u64) {
+        if let Acceptor::Callback(_, ready) = self
+            && !ready.is_empty()
+            && !ready.iter().any(|incoming| incoming.stream.id() == stream)
+        {
+            self.flush();
         }
     }
 }
@@ -637,6 +649,7 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
             if let Some(order) = &mut order {
                 order.check(frame.id, frame.done)?;
             }
+            accept.flush_unless_for(frame.id.stream);
             inner
                 .route(frame, &mut pending, &mut accept, ended.as_mut())
                 .await?;

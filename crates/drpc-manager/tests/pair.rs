@@ -621,3 +621,101 @@ async fn an_acceptor_callback_serves_every_stream() {
     })
     .await;
 }
+
+/// A transport that never runs dry: one unary call's frames, then frames
+/// of an unknown stream without end (the reader drops them), never
+/// pending.
+struct Flood {
+    head: bytes::Bytes,
+    filler: bytes::Bytes,
+    at: usize,
+}
+
+impl tokio::io::AsyncRead for Flood {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while buf.remaining() > 0 {
+            let source = if self.at < self.head.len() {
+                self.head.slice(self.at..)
+            } else {
+                let at = (self.at - self.head.len()) % self.filler.len();
+                self.filler.slice(at..)
+            };
+            let n = source.len().min(buf.remaining());
+            buf.put_slice(&source[..n]);
+            self.at += n;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Flood {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The acceptor callback gets a stream once the frames after its own
+/// come, even from a transport that is never empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_transport_does_not_hold_back_new_streams() {
+    use drpc_wire::{Id, Kind, append_frame};
+    bounded(async {
+        let mut head = bytes::BytesMut::new();
+        append_frame(
+            &mut head,
+            Id::new(1, 1),
+            Kind::INVOKE,
+            true,
+            false,
+            RPC.as_bytes(),
+        );
+        append_frame(&mut head, Id::new(1, 2), Kind::MESSAGE, true, false, b"req");
+        append_frame(&mut head, Id::new(1, 3), Kind::CLOSE_SEND, true, false, b"");
+        let mut filler = bytes::BytesMut::new();
+        append_frame(
+            &mut filler,
+            Id::new(99, 1),
+            Kind::MESSAGE,
+            true,
+            false,
+            &[7; 100],
+        );
+        let flood = Flood {
+            head: head.freeze(),
+            filler: filler.freeze(),
+            at: 0,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = Manager::with_acceptor(flood, ManagerOptions::default(), move |incoming| {
+            let _ = tx.send(incoming);
+        });
+        let incoming = step("the stream", rx.recv()).await.expect("a stream");
+        assert_eq!(incoming.stream.id(), 1);
+        assert_eq!(incoming.rpc, RPC);
+        // Its request was routed before it was handed over.
+        let request = step("request", incoming.stream.recv()).await.expect("recv");
+        assert_eq!(request.as_deref(), Some(&b"req"[..]));
+        server.close().await;
+    })
+    .await;
+}
