@@ -48,9 +48,19 @@ impl FrameDecoder {
     /// header is known, `buf` has been given the capacity for the whole
     /// frame so that the next read can complete it.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        let Some(head) = FrameHead::parse(buf)? else {
-            return Ok(None);
-        };
+        match FrameHead::parse(buf)? {
+            Some(head) => self.decode_after_head(buf, head),
+            None => Ok(None),
+        }
+    }
+
+    /// [`FrameDecoder::decode`] for a caller that parsed the header at the
+    /// front of `buf` already.
+    pub(crate) fn decode_after_head(
+        &self,
+        buf: &mut BytesMut,
+        head: FrameHead,
+    ) -> Result<Option<Frame>, WireError> {
         if head.data_len > self.max_packet_size as u64 {
             return Err(WireError::DataOverflow { len: head.data_len });
         }

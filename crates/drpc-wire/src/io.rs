@@ -173,11 +173,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 continue;
             }
-            if self.coalesce_min != usize::MAX && self.start_merge()? {
-                continue;
-            }
-            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
-                return Ok(Some(frame));
+            if let Some(head) = FrameHead::parse(&self.buf)? {
+                if self.starts_merge(&head) {
+                    self.start_merge(head);
+                    continue;
+                }
+                if let Some(frame) = self.decoder.decode_after_head(&mut self.buf, head)? {
+                    return Ok(Some(frame));
+                }
             }
             if self.buf.is_empty() && self.buf.capacity() > READ_ALLOCATION {
                 // Idle again after large messages: give the memory back.
@@ -204,23 +207,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Starts joining if the buffer begins with the header of a large
-    /// Message frame that does not end its packet.
-    fn start_merge(&mut self) -> Result<bool, ReadError> {
-        let Some(head) = FrameHead::parse(&self.buf)? else {
-            return Ok(false);
-        };
-        let max = self.decoder.max_packet_size();
-        if head.kind != Kind::MESSAGE
-            || head.done
-            || head.control
-            || head.data_len < self.coalesce_min as u64
-            || head.data_len > max as u64
-        {
-            return Ok(false);
-        }
+    /// Whether a frame with header `head` starts a join: a large Message
+    /// frame that does not end its packet, on a coalescing reader.
+    fn starts_merge(&self, head: &FrameHead) -> bool {
+        self.coalesce_min != usize::MAX
+            && head.kind == Kind::MESSAGE
+            && !head.done
+            && !head.control
+            && head.data_len >= self.coalesce_min as u64
+            && head.data_len <= self.decoder.max_packet_size() as u64
+    }
+
+    /// Starts joining at the frame whose header `head` begins the buffer.
+    fn start_merge(&mut self, head: FrameHead) {
         let frame_left = head.data_len as usize;
         self.buf.advance(head.header_len);
+        let max = self.decoder.max_packet_size();
         let capacity = max.min(COALESCE_INITIAL_CAPACITY).max(frame_left);
         self.merge = Some(Merge {
             id: head.id,
@@ -230,7 +232,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             frame_left,
             complete: 0,
         });
-        Ok(true)
     }
 
     /// One step of a join: returns the joined frame once it is complete.
