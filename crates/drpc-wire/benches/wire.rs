@@ -8,7 +8,11 @@
 //! * `assembly`: [`PacketAssembler::push`] of pre-split frames, a one-frame
 //!   2 KiB message (zero copy) and a 16-frame 1 MiB message (one copy);
 //! * `end_to_end`: decode and assemble an encoded 1 MiB message, either
-//!   already buffered or arriving in 16 KiB reads.
+//!   already buffered or arriving in 16 KiB reads;
+//! * `reader`: [`FrameReader`] over an in-memory transport reading and
+//!   assembling a 1 MiB message of 17 frames, frame by frame
+//!   ([`FrameReader::new`]) or joined into one buffer
+//!   ([`FrameReader::coalescing`]).
 //!
 //! Throughput is in wire bytes (headers included) for the groups that read
 //! or write the wire, and in payload bytes for `assembly`.
@@ -25,8 +29,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use criterion::{Bencher, Criterion, Throughput, criterion_group, criterion_main};
 use drpc_wire::{
-    DEFAULT_MAX_PACKET_SIZE, DEFAULT_SPLIT_SIZE, Frame, FrameDecoder, Id, Kind, PacketAssembler,
-    append_frame, append_packet, packet_encoded_len, split_frames,
+    DEFAULT_MAX_PACKET_SIZE, DEFAULT_SPLIT_SIZE, Frame, FrameDecoder, FrameReader, Id, Kind,
+    PacketAssembler, append_frame, append_packet, packet_encoded_len, split_frames,
 };
 
 const SMALL: usize = 2 * 1024;
@@ -309,12 +313,51 @@ fn end_to_end(c: &mut Criterion) {
     group.finish();
 }
 
+fn reader(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reader");
+    let mut wire = Vec::new();
+    append_packet(
+        &mut wire,
+        Id::new(STREAM, 1),
+        Kind::MESSAGE,
+        false,
+        &payload(LARGE),
+        0,
+    );
+    group.throughput(Throughput::Bytes(wire.len() as u64));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for (name, coalescing) in [("frames_1MiB", false), ("coalescing_1MiB", true)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let transport: &[u8] = &wire;
+                    let mut reader = if coalescing {
+                        FrameReader::coalescing(transport, DEFAULT_MAX_PACKET_SIZE)
+                    } else {
+                        FrameReader::new(transport, DEFAULT_MAX_PACKET_SIZE)
+                    };
+                    let mut asm = PacketAssembler::new(DEFAULT_MAX_PACKET_SIZE);
+                    let mut packet = None;
+                    while let Some(frame) = reader.read_frame().await.expect("valid frames") {
+                        packet = asm.push(frame).expect("valid");
+                    }
+                    let packet = packet.expect("complete");
+                    assert_eq!(black_box(&packet).data.len(), LARGE);
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = frame_parse, frame_append, assembly, end_to_end
+    targets = frame_parse, frame_append, assembly, end_to_end, reader
 }
 criterion_main!(benches);

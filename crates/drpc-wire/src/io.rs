@@ -67,8 +67,9 @@ struct Merge {
     data: Vec<u8>,
     /// Data bytes of the last joined frame not read yet.
     frame_left: usize,
-    /// The length of `data` made of complete frames.
-    complete: usize,
+    /// The length of `data` made of the frames before the last one joined,
+    /// which are complete; `None` while the first frame is the last.
+    complete: Option<usize>,
 }
 
 impl Merge {
@@ -230,7 +231,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             done: false,
             data: POOL.take(frame_left, capacity),
             frame_left,
-            complete: 0,
+            complete: None,
         });
     }
 
@@ -248,9 +249,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 merge.data.extend_from_slice(&self.buf[..buffered]);
                 self.buf.advance(buffered);
                 merge.frame_left -= buffered;
-                if merge.frame_left == 0 {
-                    merge.complete = merge.data.len();
-                }
                 return Ok(None);
             }
             merge.data.reserve(merge.frame_left);
@@ -263,17 +261,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 // Frames joined before this one were complete, and are
                 // handed out as they would have been unjoined.
                 self.ended_in_frame = true;
-                let Some(mut merge) = self.merge.take().filter(|m| m.complete > 0) else {
+                let Some((mut merge, complete)) = self
+                    .merge
+                    .take()
+                    .and_then(|m| m.complete.map(|len| (m, len)))
+                else {
                     return Err(eof_in_frame().into());
                 };
-                merge.data.truncate(merge.complete);
+                merge.data.truncate(complete);
                 merge.done = false;
                 return Ok(Some(merge.into_frame()));
             }
             merge.frame_left -= n;
-            if merge.frame_left == 0 {
-                merge.complete = merge.data.len();
-            }
             return Ok(None);
         }
         if merge.done {
@@ -284,6 +283,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Err(_) => Ok(self.merge.take().map(Merge::into_frame)),
             Ok(Some(head)) if merge.accepts(&head, max) => {
                 self.buf.advance(head.header_len);
+                merge.complete = Some(merge.data.len());
                 merge.frame_left = head.data_len as usize;
                 merge.done = head.done;
                 Ok(None)

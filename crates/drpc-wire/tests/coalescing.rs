@@ -262,3 +262,19 @@ fn the_end_of_the_transport_after_an_unfinished_join_hands_it_out_first() {
     assert!(!got[0].done);
     assert_eq!(got[0].data, data.slice(..20_000));
 }
+
+/// A join that starts with an empty frame, then ends inside the next
+/// frame: the empty frame is complete and is handed out, as unjoined.
+/// (Found by the `coalescing_reader` fuzz target.)
+#[test]
+fn an_empty_first_frame_is_complete_when_the_transport_ends_in_the_next() {
+    let bytes = Bytes::from_static(&[
+        0x00, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, // Kind(0), 4 bytes
+        0x04, 0x04, 0x04, 0x00, // Message, empty, not done
+        0x04, 0x04, 0x04, 0x0c, 0x04, 0x04, 0x04, 0x04, 0xff, 0x01, 0x04, 0xd8, 0x00, // cut
+    ]);
+    for chunk in [1, 3, 100] {
+        let outcome = compare(&bytes, &[chunk], 65536, 0, false, false);
+        assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
+}

@@ -169,7 +169,11 @@ pub(crate) fn compare(
         (Some(WireError::DataOverflow { len: j }), Some(WireError::DataOverflow { len: p }))
             if j >= p && *p > max as u64 => {}
         (j, p) if j == p => {}
-        (j, p) => return Err(format!("errors differ: {j:?} joined, {p:?} plain")),
+        (j, p) => {
+            return Err(format!(
+                "errors differ: {j:?} joined, {p:?} plain\n joined frames: {joined:?}\n plain frames: {plain:?}"
+            ));
+        }
     }
     if joined_packets != plain_packets {
         return Err("the packets differ".into());
