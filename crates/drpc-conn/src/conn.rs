@@ -203,9 +203,11 @@ impl Conn {
         let metadata = opts.wire_metadata()?;
         let mut buf = MessageBuf::new();
         encoding.encode_to(req, &mut buf).map_err(Error::Encode)?;
-        let buf = buf.take_bytes();
         let call = async {
-            let stream = self.manager.open_unary(rpc, &metadata, buf).await?;
+            let stream = self
+                .manager
+                .open_unary_encoded(rpc, &metadata, &mut buf)
+                .await?;
             let result = unary_response(&stream).await;
             // A call racing its own cancellation reports the cancellation,
             // never a bare end of stream.

@@ -10,7 +10,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use drpc_stream::{
-    Batch, ConnectionError, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind,
+    Batch, ConnectionError, Initiator, MessageBuf, MuxWriter, Stream, StreamError, StreamErrorKind,
     StreamHandle, StreamKind, new_stream,
 };
 use drpc_wire::{
@@ -22,7 +22,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::invoke::{Invoke, PendingInvokes};
+use crate::invoke::{IdHasher, Invoke, PendingInvokes};
 use crate::{ManagerOptions, Role};
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -148,7 +148,7 @@ struct Inner {
 struct Registry {
     /// Active streams by id, each with a serial number so that a stream's
     /// removal never removes a later stream that reused its id.
-    streams: HashMap<u64, (u64, StreamHandle)>,
+    streams: HashMap<u64, (u64, StreamHandle), IdHasher>,
     closed: Option<ConnectionError>,
 }
 
@@ -285,6 +285,30 @@ impl Manager {
         Ok(stream)
     }
 
+    /// As [`Manager::open_unary`], with the request encoded in `buf`, which
+    /// it empties: a small request is copied straight into the connection's
+    /// write buffer, so `buf` keeps its allocation for the next call.
+    pub async fn open_unary_encoded(
+        &self,
+        rpc: &str,
+        metadata: &Metadata,
+        buf: &mut MessageBuf,
+    ) -> Result<Stream, StreamError> {
+        if let Err(e) = self.handle.inner.opts.stream.check_message_size(buf.len()) {
+            buf.clear();
+            return Err(StreamError::new(0, e));
+        }
+        let stream = match self.new_client_stream(rpc).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                buf.clear();
+                return Err(e);
+            }
+        };
+        stream.write_unary_encoded(rpc.as_bytes(), metadata, buf)?;
+        Ok(stream)
+    }
+
     /// Allocates and registers a client stream (waiting for its turn in
     /// sequential mode); nothing is written yet.
     async fn new_client_stream(&self, rpc: &str) -> Result<Stream, StreamError> {
@@ -306,16 +330,15 @@ impl Manager {
             inner.writer.clone(),
             &inner.opts.stream,
         );
-        if let Err(err) = inner.register(id, &handle, permit) {
+        // An open stream keeps its connection open, even once every other
+        // handle on the connection is gone; the guard goes at termination.
+        let keep_open = self.handle.clone();
+        if let Err(err) = inner.register(id, &handle, permit, keep_open) {
             // Never registered, nothing on the wire: end it silently so that
             // dropping it sends nothing either.
             handle.connection_lost(err.kind().clone());
             return Err(err);
         }
-        // An open stream keeps its connection open, even once every other
-        // handle on the connection is gone; the guard goes at termination.
-        let keep_open = self.handle.clone();
-        handle.on_terminate(move || drop(keep_open));
         tracing::debug!(parent: &inner.span, stream = id, rpc, "open stream");
         Ok(stream)
     }
@@ -444,12 +467,14 @@ impl Inner {
     }
 
     /// Adds a stream to the registry and arranges its removal when it
-    /// terminates. `permit` (sequential mode) is released then too.
+    /// terminates. `permit` (sequential mode) is released then too, and
+    /// `guard` dropped last.
     fn register(
         self: &Arc<Self>,
         id: u64,
         handle: &StreamHandle,
         permit: Option<OwnedSemaphorePermit>,
+        guard: impl Send + 'static,
     ) -> Result<(), StreamError> {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         {
@@ -481,6 +506,7 @@ impl Inner {
                     registry.streams.remove(&id);
                 }
             }
+            drop(guard);
         });
         Ok(())
     }
@@ -545,7 +571,7 @@ impl Inner {
             self.writer.clone(),
             &self.opts.stream,
         );
-        match self.register(id, &handle, None) {
+        match self.register(id, &handle, None, ()) {
             Ok(()) => {}
             Err(err) => {
                 if let StreamErrorKind::Refused { limit } = err.kind() {
@@ -559,7 +585,11 @@ impl Inner {
                 return;
             }
         }
-        let rpc = String::from_utf8_lossy(&rpc).into_owned();
+        // Validating first takes the fast path for the usual ASCII path.
+        let rpc = match std::str::from_utf8(&rpc) {
+            Ok(rpc) => rpc.to_owned(),
+            Err(_) => String::from_utf8_lossy(&rpc).into_owned(),
+        };
         tracing::debug!(parent: &self.span, stream = id, rpc = %rpc, "accepted stream");
         let incoming = Incoming {
             stream,

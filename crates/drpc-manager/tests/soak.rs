@@ -1200,7 +1200,22 @@ impl Soak {
                 len,
             };
             let data = Bytes::from(payload(msg.tag, len));
-            let opened = within("open_unary", client.open_unary(&rpc, &metadata, data)).await?;
+            let opened = if self.rng.one_in(2) {
+                within("open_unary", client.open_unary(&rpc, &metadata, data)).await?
+            } else {
+                // The same request through a `MessageBuf`: copied, or its
+                // tail shared by reference when large.
+                let mut buf = drpc_stream::MessageBuf::new();
+                let cut = self.rng.range(0, len.min(64));
+                bytes::BufMut::put_slice(&mut buf, &data[..cut]);
+                bytes::BufMut::put(&mut buf, data.slice(cut..));
+                let opened = client.open_unary_encoded(&rpc, &metadata, &mut buf);
+                let opened = within("open_unary_encoded", opened).await?;
+                if !buf.is_empty() {
+                    return Err("open_unary_encoded left its buffer full".into());
+                }
+                opened
+            };
             (opened, Some(msg))
         } else {
             let opened = within("open_stream", client.open_stream(&rpc, &metadata)).await?;

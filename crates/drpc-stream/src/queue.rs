@@ -23,6 +23,10 @@ pub const DEFAULT_RECV_QUEUE_BYTES: usize = 8 << 20;
 /// here, granting credit as bytes are released.
 #[derive(Debug)]
 pub(crate) struct RecvQueue {
+    /// The oldest message, when it is the only one or the first of several:
+    /// a unary call's one message is queued without allocating.
+    front: Option<Bytes>,
+    /// The messages after `front`, oldest first.
     messages: VecDeque<Bytes>,
     bytes: usize,
     max_messages: usize,
@@ -32,6 +36,7 @@ pub(crate) struct RecvQueue {
 impl RecvQueue {
     pub(crate) fn new(max_messages: usize, max_bytes: usize) -> RecvQueue {
         RecvQueue {
+            front: None,
             messages: VecDeque::new(),
             bytes: 0,
             max_messages: max_messages.max(1),
@@ -41,33 +46,40 @@ impl RecvQueue {
 
     /// Queues `data` if there is room, else gives it back.
     pub(crate) fn try_push(&mut self, data: Bytes) -> Result<(), Bytes> {
-        let fits = self.messages.is_empty()
-            || (self.messages.len() < self.max_messages
-                && self.bytes.saturating_add(data.len()) <= self.max_bytes);
+        let len = self.len();
+        let fits = len == 0
+            || (len < self.max_messages && self.bytes.saturating_add(data.len()) <= self.max_bytes);
         if !fits {
             return Err(data);
         }
         self.bytes += data.len();
-        self.messages.push_back(data);
+        // `front` is only filled when nothing is queued, so it is always
+        // older than everything in `messages`.
+        if len == 0 {
+            self.front = Some(data);
+        } else {
+            self.messages.push_back(data);
+        }
         Ok(())
     }
 
     /// Takes the oldest message.
     pub(crate) fn pop(&mut self) -> Option<Bytes> {
-        let data = self.messages.pop_front()?;
+        let data = self.front.take().or_else(|| self.messages.pop_front())?;
         self.bytes -= data.len();
         Some(data)
     }
 
     /// Drops everything queued.
     pub(crate) fn clear(&mut self) {
+        self.front = None;
         self.messages.clear();
         self.bytes = 0;
     }
 
-    #[cfg(test)]
+    /// The number of messages queued.
     pub(crate) fn len(&self) -> usize {
-        self.messages.len()
+        usize::from(self.front.is_some()) + self.messages.len()
     }
 
     #[cfg(test)]
@@ -101,5 +113,25 @@ mod tests {
         assert_eq!((q.len(), q.bytes()), (2, 8));
         q.clear();
         assert_eq!((q.len(), q.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn keeps_arrival_order_across_the_inline_slot() {
+        let mut q = RecvQueue::new(8, 1 << 20);
+        let mut expected = std::collections::VecDeque::new();
+        // Interleavings that empty the queue, refill it while the inline
+        // slot is taken, and drain it while later messages wait behind.
+        for (i, op) in b"pppoopoppooopppoooo".iter().enumerate() {
+            if *op == b'p' {
+                let data = Bytes::from(vec![i as u8; i + 1]);
+                expected.push_back(data.clone());
+                assert!(q.try_push(data).is_ok());
+            } else {
+                assert_eq!(q.pop(), expected.pop_front(), "pop at step {i}");
+            }
+            assert_eq!(q.len(), expected.len());
+            assert_eq!(q.bytes(), expected.iter().map(Bytes::len).sum::<usize>());
+        }
+        assert_eq!(q.pop(), None);
     }
 }

@@ -11,6 +11,7 @@ use drpc_wire::{
     CodedError, DEFAULT_MAX_PACKET_SIZE, Frame, Id, Kind, Metadata, append_frame, append_packet,
     encode_metadata,
 };
+use smallvec::SmallVec;
 
 use crate::core::{Inbound, Recv, StreamCore};
 use crate::queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
@@ -74,6 +75,10 @@ impl Default for StreamOptions {
 
 type TerminateHook = Box<dyn FnOnce() + Send>;
 
+/// Tasks to wake. Almost always none or one per list, so a few live inline
+/// and registering or collecting them does not allocate on every call.
+type WakerList = SmallVec<[Waker; 2]>;
+
 struct Shared {
     id: u64,
     kind: StreamKind,
@@ -86,22 +91,22 @@ struct Shared {
 struct Inner {
     core: StreamCore,
     /// Tasks waiting in `recv` (usually one; `recv` takes `&self`).
-    recv_wakers: Vec<Waker>,
+    recv_wakers: WakerList,
     /// The connection's reader waiting for queue room.
     space_waker: Option<Waker>,
     /// Tasks waiting for termination (senders waiting for writer room,
     /// `terminated()` callers).
-    term_wakers: Vec<Waker>,
+    term_wakers: WakerList,
     /// Whether termination was already announced.
     announced: bool,
-    on_terminate: Vec<TerminateHook>,
+    on_terminate: SmallVec<[TerminateHook; 1]>,
 }
 
 /// What to do after releasing the lock.
 #[derive(Default)]
 struct Wakeups {
-    wakers: Vec<Waker>,
-    hooks: Vec<TerminateHook>,
+    wakers: SmallVec<[Waker; 4]>,
+    hooks: SmallVec<[TerminateHook; 1]>,
 }
 
 impl Wakeups {
@@ -114,7 +119,7 @@ impl Wakeups {
 }
 
 /// Registers `waker` in `wakers` unless an equivalent one is there.
-fn register(wakers: &mut Vec<Waker>, waker: &Waker) {
+fn register(wakers: &mut WakerList, waker: &Waker) {
     if !wakers.iter().any(|w| w.will_wake(waker)) {
         wakers.push(waker.clone());
     }
@@ -126,16 +131,16 @@ impl Shared {
     fn release(&self, mut inner: MutexGuard<'_, Inner>, queued: bool, popped: bool) {
         let mut w = Wakeups::default();
         if queued {
-            w.wakers.append(&mut inner.recv_wakers);
+            w.wakers.extend(inner.recv_wakers.drain(..));
         }
         if popped {
             w.wakers.extend(inner.space_waker.take());
         }
         if inner.core.is_terminated() && !inner.announced {
             inner.announced = true;
-            w.wakers.append(&mut inner.recv_wakers);
+            w.wakers.extend(inner.recv_wakers.drain(..));
             w.wakers.extend(inner.space_waker.take());
-            w.wakers.append(&mut inner.term_wakers);
+            w.wakers.extend(inner.term_wakers.drain(..));
             w.hooks = std::mem::take(&mut inner.on_terminate);
             tracing::debug!(stream = self.id, kind = ?self.kind, "stream terminated");
         }
@@ -202,7 +207,7 @@ enum Payload<'a> {
     Shared(&'a [Bytes]),
 }
 
-impl Payload<'_> {
+impl<'a> Payload<'a> {
     fn len(&self) -> usize {
         match self {
             Payload::Borrowed(b) => b.len(),
@@ -215,7 +220,7 @@ impl Payload<'_> {
     }
 
     /// The message as one slice, unless it is in several parts.
-    fn contiguous(&self) -> Option<&[u8]> {
+    fn contiguous(&self) -> Option<&'a [u8]> {
         match self {
             Payload::Borrowed(b) => Some(b),
             Payload::Shared([]) => Some(&[]),
@@ -224,7 +229,7 @@ impl Payload<'_> {
         }
     }
 
-    fn parts(&self) -> &[Bytes] {
+    fn parts(&self) -> &'a [Bytes] {
         match self {
             Payload::Borrowed(_) => &[],
             Payload::Shared(parts) => parts,
@@ -284,11 +289,11 @@ pub fn new_stream(
         writer,
         inner: Mutex::new(Inner {
             core: StreamCore::new(id, kind, opts),
-            recv_wakers: Vec::new(),
+            recv_wakers: WakerList::new(),
             space_waker: None,
-            term_wakers: Vec::new(),
+            term_wakers: WakerList::new(),
             announced: false,
-            on_terminate: Vec::new(),
+            on_terminate: SmallVec::new(),
         }),
     });
     (
@@ -328,17 +333,42 @@ impl Stream {
         metadata: &Metadata,
         message: &Bytes,
     ) -> Result<(), StreamError> {
-        self.write_opening(rpc, metadata, Some(message))
+        self.write_opening(
+            rpc,
+            metadata,
+            Some(Payload::Shared(std::slice::from_ref(message))),
+        )
+    }
+
+    /// As [`Stream::write_unary`], with the request encoded in `buf`,
+    /// which it empties: a small request is copied straight into the
+    /// connection's write buffer (`buf` keeps its allocation), the parts of
+    /// a large one go by reference.
+    pub fn write_unary_encoded(
+        &self,
+        rpc: &[u8],
+        metadata: &Metadata,
+        buf: &mut MessageBuf,
+    ) -> Result<(), StreamError> {
+        let result = match buf.as_contiguous() {
+            Some(bytes) => self.write_opening(rpc, metadata, Some(Payload::Borrowed(bytes))),
+            None => {
+                let parts = buf.take_parts();
+                self.write_opening(rpc, metadata, Some(Payload::Shared(&parts)))
+            }
+        };
+        buf.clear();
+        result
     }
 
     fn write_opening(
         &self,
         rpc: &[u8],
         metadata: &Metadata,
-        message: Option<&Bytes>,
+        message: Option<Payload<'_>>,
     ) -> Result<(), StreamError> {
         let shared = &*self.shared;
-        if let Some(m) = message {
+        if let Some(m) = &message {
             shared.check_size(m.len())?;
         }
         let mut encoded = Vec::new();
@@ -362,9 +392,14 @@ impl Stream {
             None => None,
         };
         let split = shared.split_size;
-        // A large message goes by reference, in its own append after the
-        // Invoke; a small one shares the Invoke's append (one write).
-        let inline = unary.filter(|(m, _, _)| m.len() < crate::ZERO_COPY_MIN);
+        // A large shared message goes by reference, in its own append after
+        // the Invoke; one that is copied anyway shares the Invoke's append
+        // (one write).
+        let inline = unary.and_then(|(m, id, close_id)| {
+            m.contiguous()
+                .filter(|b| b.len() < crate::ZERO_COPY_MIN || m.is_borrowed())
+                .map(|b| (b, id, close_id))
+        });
         let mut result = shared.writer.append(|buf| {
             if let Some(md_id) = md_id {
                 append_packet(buf, md_id, Kind::INVOKE_METADATA, false, &encoded, split);
@@ -378,12 +413,10 @@ impl Stream {
             }
         });
         if let (Ok(()), Some((m, id, close_id)), None) = (&result, unary, inline) {
-            result = shared
-                .append_message(id, Payload::Shared(std::slice::from_ref(m)))
-                .and_then(|()| match close_id {
-                    Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
-                    None => Ok(()),
-                });
+            result = shared.append_message(id, m).and_then(|()| match close_id {
+                Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
+                None => Ok(()),
+            });
         }
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));

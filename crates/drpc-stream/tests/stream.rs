@@ -313,6 +313,68 @@ async fn both_close_send_still_sends_the_last_close_send() {
 }
 
 #[tokio::test]
+async fn write_unary_encoded_writes_what_write_unary_writes_and_empties_the_buffer() {
+    use bytes::BufMut;
+    let big = Bytes::from((0..40_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    // Each case: how the request is put into the buffer.
+    type Fill = fn(&mut MessageBuf, &Bytes);
+    let cases: [(&str, Fill); 4] = [
+        ("empty", |_, _| {}),
+        ("small", |b, _| b.put_slice(b"\x08\x05")),
+        ("large, copied", |b, big| b.put_slice(big)),
+        ("large, shared", |b, big| {
+            b.put_slice(b"head");
+            b.put(big.clone());
+            b.put_slice(b"tail");
+        }),
+    ];
+    let opts = StreamOptions {
+        split_size: 16 * 1024,
+        max_packet_size: 100_000,
+        ..StreamOptions::default()
+    };
+    let md = Metadata::from([("k".to_owned(), "v".to_owned())]);
+    for (name, fill) in cases {
+        let mut buf = MessageBuf::new();
+        fill(&mut buf, &big);
+        let mut whole_message = Vec::new();
+        {
+            let mut copy = MessageBuf::new();
+            fill(&mut copy, &big);
+            copy.take_parts()
+                .iter()
+                .for_each(|p| whole_message.extend_from_slice(p));
+        }
+        let (w1, w2) = (writer(), writer());
+        let (s1, _h1) = pair_with(7, StreamKind::Client, &w1, opts.clone());
+        let (s2, _h2) = pair_with(7, StreamKind::Client, &w2, opts.clone());
+        s1.write_unary_encoded(b"/s.S/M", &md, &mut buf)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(buf.is_empty(), "{name}: buffer emptied");
+        s2.write_unary(b"/s.S/M", &md, &Bytes::from(whole_message))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (got, want) = (take_bytes(&w1).await, take_bytes(&w2).await);
+        assert_eq!(got, want, "{name}: same bytes as write_unary");
+        let frames = decode(&got);
+        assert_eq!(
+            frames.last().map(|f| f.kind),
+            Some(Kind::CLOSE_SEND),
+            "{name}"
+        );
+    }
+    // Over the maximum: refused, nothing written, the buffer emptied.
+    let w = writer();
+    let (s, _h) = pair_with(9, StreamKind::Client, &w, opts);
+    let mut buf = MessageBuf::new();
+    buf.put(Bytes::from(vec![1; 100_001]));
+    let err = s
+        .write_unary_encoded(b"/s.S/M", &md, &mut buf)
+        .expect_err("too large");
+    assert_matches!(err.kind(), StreamErrorKind::MessageTooLarge { .. });
+    assert_eq!(w.buffered(), 0);
+}
+
+#[tokio::test]
 async fn send_encoded_sends_small_and_shared_messages_and_empties_the_buffer() {
     use bytes::BufMut;
     let w = writer();
