@@ -652,7 +652,9 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
     let mut ended = pin!(inner.term_token.cancelled());
     let result: Result<(), ConnectionError> = async {
         loop {
-            if inner.term_token.is_cancelled() {
+            // `term` is set before the token is cancelled, and reading it
+            // is one atomic load where the token takes a lock.
+            if inner.term.get().is_some() {
                 return Ok(());
             }
             let mut next = pin!(reader.read_frame());
@@ -662,10 +664,12 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
                     // Everything read so far is routed: start the streams
                     // it opened, then wait for more.
                     accept.flush();
+                    // The read first: a wake-up is almost always for it,
+                    // and the end is still seen, here or at the loop's top.
                     tokio::select! {
                         biased;
-                        _ = ended.as_mut() => return Ok(()),
                         r = next => r,
+                        _ = ended.as_mut() => return Ok(()),
                     }
                 }
             };
@@ -714,10 +718,12 @@ async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W)
             // Stopped: whatever was buffered is discarded.
             break;
         }
+        // The write first: it usually completes at once, and the end
+        // only matters when it does not.
         let written = tokio::select! {
             biased;
-            _ = ended.as_mut() => break,
             r = write_batch(&mut write_half, &mut batch) => r,
+            _ = ended.as_mut() => break,
         };
         if let Err(e) = written {
             inner.terminate(ConnectionError::from_io(e));

@@ -76,7 +76,10 @@ type Route = Arc<dyn Fn(ServerCall) -> BoxFuture<Result<(), CodedError>> + Send 
 /// the connection is unaffected.
 #[derive(Default, Clone)]
 pub struct Mux {
-    routes: HashMap<String, (MethodKind, Route)>,
+    /// Looked up once per call. foldhash rather than SipHash: the table
+    /// holds only registered paths, so a peer choosing the path it sends
+    /// cannot make lookups slower than the longest probe among them.
+    routes: HashMap<String, (MethodKind, Route), foldhash::fast::RandomState>,
 }
 
 impl fmt::Debug for Mux {

@@ -208,15 +208,16 @@ impl Server {
         // Each stream is served by a task spawned right on the connection's
         // reader task; once shutdown has begun, new streams are refused.
         let on_incoming = {
-            let (rpcs, handler) = (rpcs.clone(), inner.handler.clone());
-            let (stop, cancel) = (inner.stop_accepting.clone(), inner.cancel_rpcs.clone());
+            // The server's state goes to each RPC as one reference count:
+            // cloning a token each time would take its lock.
+            let (rpcs, server) = (rpcs.clone(), inner.clone());
             let mut inline = inner.opts.inline_first_poll;
             move |incoming: Incoming| {
-                if stop.is_cancelled() {
+                if server.stop_accepting.is_cancelled() {
                     refuse(incoming);
                     return;
                 }
-                let rpc = rpcs.track_future(serve_rpc(handler.clone(), incoming, cancel.clone()));
+                let rpc = rpcs.track_future(serve_rpc(server.clone(), incoming));
                 if inline {
                     let mut rpc = Box::pin(rpc);
                     let started = std::time::Instant::now();
@@ -315,7 +316,8 @@ enum Outcome {
 
 /// Runs one RPC: the handler, raced against the stream's end, the
 /// deadline and the end of the shutdown grace period.
-async fn serve_rpc(handler: Arc<dyn Handler>, incoming: Incoming, shutdown: CancellationToken) {
+async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
+    let (handler, shutdown) = (&server.handler, &server.cancel_rpcs);
     let Incoming {
         stream,
         rpc,

@@ -102,22 +102,6 @@ struct Inner {
     on_terminate: SmallVec<[TerminateHook; 1]>,
 }
 
-/// What to do after releasing the lock.
-#[derive(Default)]
-struct Wakeups {
-    wakers: SmallVec<[Waker; 4]>,
-    hooks: SmallVec<[TerminateHook; 1]>,
-}
-
-impl Wakeups {
-    fn fire(self) {
-        // Hooks first: whoever a waker wakes must find the connection's
-        // bookkeeping (the registry) already updated.
-        self.hooks.into_iter().for_each(|hook| hook());
-        self.wakers.into_iter().for_each(Waker::wake);
-    }
-}
-
 /// Registers `waker` in `wakers` unless an equivalent one is there.
 fn register(wakers: &mut WakerList, waker: &Waker) {
     if !wakers.iter().any(|w| w.will_wake(waker)) {
@@ -129,23 +113,41 @@ impl Shared {
     /// Collects who must be woken after a change, releasing the lock
     /// before anyone is woken or any hook runs.
     fn release(&self, mut inner: MutexGuard<'_, Inner>, queued: bool, popped: bool) {
-        let mut w = Wakeups::default();
-        if queued {
-            w.wakers.extend(inner.recv_wakers.drain(..));
+        let announce = inner.core.is_terminated() && !inner.announced;
+        let wake_recv = (queued || announce) && !inner.recv_wakers.is_empty();
+        let wake_space = (popped || announce) && inner.space_waker.is_some();
+        if !(announce || wake_recv || wake_space) {
+            // The common case: nobody is waiting for this change.
+            return;
         }
-        if popped {
-            w.wakers.extend(inner.space_waker.take());
-        }
-        if inner.core.is_terminated() && !inner.announced {
+        let recv = if wake_recv {
+            std::mem::take(&mut inner.recv_wakers)
+        } else {
+            WakerList::new()
+        };
+        let space = if wake_space {
+            inner.space_waker.take()
+        } else {
+            None
+        };
+        let (term, hooks) = if announce {
             inner.announced = true;
-            w.wakers.extend(inner.recv_wakers.drain(..));
-            w.wakers.extend(inner.space_waker.take());
-            w.wakers.extend(inner.term_wakers.drain(..));
-            w.hooks = std::mem::take(&mut inner.on_terminate);
             tracing::debug!(stream = self.id, kind = ?self.kind, "stream terminated");
-        }
+            (
+                std::mem::take(&mut inner.term_wakers),
+                std::mem::take(&mut inner.on_terminate),
+            )
+        } else {
+            Default::default()
+        };
         drop(inner);
-        w.fire();
+        // Hooks first: whoever a waker wakes must find the connection's
+        // bookkeeping (the registry) already updated.
+        hooks.into_iter().for_each(|hook| hook());
+        recv.into_iter()
+            .chain(space)
+            .chain(term)
+            .for_each(Waker::wake);
     }
 
     /// Appends a Message packet: large shared payloads by reference, the
