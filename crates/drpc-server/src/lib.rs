@@ -11,9 +11,9 @@
 //! * An RPC first runs on its connection's reader task, with the request
 //!   that came with it already queued; one that has to wait moves to a task
 //!   of its own. Most unary calls so cost no task and no hand-over between
-//!   threads ([`ServerOptions::inline_first_poll`], on by default; a first
-//!   step longer than [`INLINE_STEP_LIMIT`] turns it off for that
-//!   connection).
+//!   threads ([`ServerOptions::inline_first_poll`], on by default; first
+//!   steps over [`INLINE_STEP_LIMIT`] close together, or one over
+//!   [`INLINE_STEP_HARD_LIMIT`], turn it off for that connection).
 //! * A handler that panics fails only its RPC (code 13, `internal error`);
 //!   the server goes on.
 //! * A call the client cancels, whose deadline passes (the client's
@@ -43,4 +43,6 @@
 
 mod server;
 
-pub use server::{DEFAULT_MAX_CONNECTIONS, INLINE_STEP_LIMIT, Server, ServerOptions};
+pub use server::{
+    DEFAULT_MAX_CONNECTIONS, INLINE_STEP_HARD_LIMIT, INLINE_STEP_LIMIT, Server, ServerOptions,
+};

@@ -51,16 +51,63 @@ pub struct ServerOptions {
     /// place, they cost no task, no wake-up and no hand-over to another
     /// thread, which on a busy connection is most of the server's cost. A
     /// handler that works synchronously for long holds up the connection's
-    /// other streams meanwhile, so the first such step (over
-    /// [`INLINE_STEP_LIMIT`]) turns this off for the rest of that
-    /// connection. Set `false` to give every RPC its own task from the
+    /// other streams meanwhile, so steps over [`INLINE_STEP_LIMIT`] turn
+    /// this off for the rest of that connection: one step over
+    /// [`INLINE_STEP_HARD_LIMIT`], or slow steps close together (three in
+    /// a row, or more often than one in sixteen). A lone slow step is
+    /// forgiven, because on a busy or virtual machine a thread is
+    /// sometimes descheduled for a millisecond or two in the middle of a
+    /// quick step. Set `false` to give every RPC its own task from the
     /// start.
     pub inline_first_poll: bool,
 }
 
-/// How long an RPC's first step on the reader task may take before the
-/// connection gives every later RPC its own task from the start.
+/// How long an RPC's first step on the reader task may take without
+/// counting against the connection (see
+/// [`ServerOptions::inline_first_poll`]).
 pub const INLINE_STEP_LIMIT: Duration = Duration::from_millis(1);
+
+/// A first step at least this long gives every later RPC of the connection
+/// its own task at once.
+pub const INLINE_STEP_HARD_LIMIT: Duration = Duration::from_millis(20);
+
+/// Whether a connection still runs RPCs' first steps on its reader task: a
+/// leaky bucket of slow steps.
+#[derive(Debug)]
+struct InlineGate {
+    enabled: bool,
+    /// Raised by each slow step, lowered by one per quick step.
+    debt: u32,
+}
+
+impl InlineGate {
+    /// What one step over [`INLINE_STEP_LIMIT`] adds to the debt.
+    const SLOW_STEP: u32 = 16;
+    /// The debt at which inlining stops: three slow steps in a row.
+    const MAX_DEBT: u32 = 3 * Self::SLOW_STEP;
+
+    fn new(enabled: bool) -> InlineGate {
+        InlineGate { enabled, debt: 0 }
+    }
+
+    fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Records how long a first step took.
+    fn record(&mut self, took: Duration) {
+        if took >= INLINE_STEP_HARD_LIMIT {
+            self.enabled = false;
+        } else if took > INLINE_STEP_LIMIT {
+            self.debt += Self::SLOW_STEP;
+            if self.debt >= Self::MAX_DEBT {
+                self.enabled = false;
+            }
+        } else {
+            self.debt = self.debt.saturating_sub(1);
+        }
+    }
+}
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -211,14 +258,14 @@ impl Server {
             // The server's state goes to each RPC as one reference count:
             // cloning a token each time would take its lock.
             let (rpcs, server) = (rpcs.clone(), inner.clone());
-            let mut inline = inner.opts.inline_first_poll;
+            let mut inline = InlineGate::new(inner.opts.inline_first_poll);
             move |incoming: Incoming| {
                 if server.stop_accepting.is_cancelled() {
                     refuse(incoming);
                     return;
                 }
                 let rpc = rpcs.track_future(serve_rpc(server.clone(), incoming));
-                if inline {
+                if inline.is_enabled() {
                     let mut rpc = Box::pin(rpc);
                     let started = std::time::Instant::now();
                     // Polled with a no-op waker: if it is not done, the task
@@ -236,9 +283,7 @@ impl Server {
                         tracing::error!("an RPC's first step panicked");
                         true
                     });
-                    if started.elapsed() > INLINE_STEP_LIMIT {
-                        inline = false;
-                    }
+                    inline.record(started.elapsed());
                     if !done {
                         tokio::spawn(rpc);
                     }
@@ -401,4 +446,67 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
     // The call is over, whichever way: work the handler handed off (and
     // that watches its context) stops too, as a Go stream context does.
     cancel.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICK: Duration = Duration::from_micros(20);
+    const SLOW: Duration = Duration::from_millis(2);
+
+    fn gate_after(steps: &[Duration]) -> InlineGate {
+        let mut gate = InlineGate::new(true);
+        steps.iter().for_each(|&took| gate.record(took));
+        gate
+    }
+
+    #[test]
+    fn three_slow_steps_in_a_row_turn_inlining_off() {
+        assert!(gate_after(&[SLOW, SLOW]).is_enabled());
+        assert!(!gate_after(&[SLOW, SLOW, SLOW]).is_enabled());
+        assert!(gate_after(&[SLOW, QUICK, SLOW, QUICK, SLOW]).is_enabled());
+        assert!(!gate_after(&[SLOW, QUICK, SLOW, SLOW, SLOW]).is_enabled());
+    }
+
+    #[test]
+    fn one_step_over_the_hard_limit_turns_inlining_off() {
+        assert!(!gate_after(&[INLINE_STEP_HARD_LIMIT]).is_enabled());
+        assert!(gate_after(&[INLINE_STEP_HARD_LIMIT - Duration::from_micros(1)]).is_enabled());
+    }
+
+    #[test]
+    fn lone_slow_steps_among_quick_ones_are_forgiven() {
+        let mut steps = Vec::new();
+        for _ in 0..100 {
+            steps.push(SLOW);
+            steps.extend([QUICK; 16]);
+        }
+        assert!(
+            gate_after(&steps).is_enabled(),
+            "one in seventeen is tolerated"
+        );
+    }
+
+    #[test]
+    fn slow_steps_more_often_than_one_in_sixteen_turn_inlining_off() {
+        let mut steps = Vec::new();
+        for _ in 0..100 {
+            steps.push(SLOW);
+            steps.extend([QUICK; 12]);
+        }
+        assert!(!gate_after(&steps).is_enabled());
+    }
+
+    #[test]
+    fn a_gate_that_starts_off_stays_off() {
+        let mut gate = InlineGate::new(false);
+        gate.record(QUICK);
+        assert!(!gate.is_enabled());
+    }
+
+    #[test]
+    fn steps_at_the_limit_are_quick() {
+        assert!(gate_after(&[INLINE_STEP_LIMIT; 10]).is_enabled());
+    }
 }
