@@ -283,7 +283,14 @@ impl Server {
                         tracing::error!("an RPC's first step panicked");
                         true
                     });
-                    inline.record(started.elapsed());
+                    let took = started.elapsed();
+                    inline.record(took);
+                    if !inline.is_enabled() {
+                        tracing::debug!(
+                            took_us = took.as_micros() as u64,
+                            "first steps of this connection's RPCs no longer run inline"
+                        );
+                    }
                     if !done {
                         tokio::spawn(rpc);
                     }
