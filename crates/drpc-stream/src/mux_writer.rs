@@ -64,6 +64,20 @@ struct State {
 }
 
 impl State {
+    /// The writer task's wait: ready once bytes are buffered, with the stop
+    /// reason once stopped; otherwise the task's waker is kept for the next
+    /// append.
+    fn poll_buffered(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        if let Some(err) = &self.stopped {
+            return Poll::Ready(Err(err.clone()));
+        }
+        if self.buffered == 0 {
+            self.drain_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Moves the encoded small frames behind the queue.
     fn freeze_tail(&mut self) {
         if !self.tail.is_empty() {
@@ -284,15 +298,7 @@ impl MuxWriter {
     /// The writer task's side: ready once bytes are buffered (or with the
     /// stop reason), without taking them.
     pub fn poll_ready_to_take(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
-        let mut state = lock(&self.state);
-        if let Some(err) = &state.stopped {
-            return Poll::Ready(Err(err.clone()));
-        }
-        if state.buffered == 0 {
-            state.drain_waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        Poll::Ready(Ok(()))
+        lock(&self.state).poll_buffered(cx)
     }
 
     /// The writer task's side: once bytes are buffered, moves all of them
@@ -305,12 +311,9 @@ impl MuxWriter {
     ) -> Poll<Result<(), ConnectionError>> {
         let wakers = {
             let mut state = lock(&self.state);
-            if let Some(err) = &state.stopped {
-                return Poll::Ready(Err(err.clone()));
-            }
-            if state.buffered == 0 {
-                state.drain_waker = Some(cx.waker().clone());
-                return Poll::Pending;
+            match state.poll_buffered(cx) {
+                Poll::Ready(Ok(())) => {}
+                waiting_or_stopped => return waiting_or_stopped,
             }
             debug_assert!(batch.is_empty());
             state.freeze_tail();
