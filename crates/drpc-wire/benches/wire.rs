@@ -256,9 +256,8 @@ fn assembly(c: &mut Criterion) {
     group.finish();
 }
 
-fn end_to_end(c: &mut Criterion) {
-    let mut group = c.benchmark_group("end_to_end");
-    let decoder = FrameDecoder::default();
+/// One `LARGE` Message packet as it travels, in default-size frames.
+fn large_message_wire() -> Vec<u8> {
     let mut wire = Vec::new();
     append_packet(
         &mut wire,
@@ -268,6 +267,13 @@ fn end_to_end(c: &mut Criterion) {
         &payload(LARGE),
         0,
     );
+    wire
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let mut group = c.benchmark_group("end_to_end");
+    let decoder = FrameDecoder::default();
+    let wire = large_message_wire();
     group.throughput(Throughput::Bytes(wire.len() as u64));
 
     // The whole message already in the read buffer (refilled untimed).
@@ -315,15 +321,7 @@ fn end_to_end(c: &mut Criterion) {
 
 fn reader(c: &mut Criterion) {
     let mut group = c.benchmark_group("reader");
-    let mut wire = Vec::new();
-    append_packet(
-        &mut wire,
-        Id::new(STREAM, 1),
-        Kind::MESSAGE,
-        false,
-        &payload(LARGE),
-        0,
-    );
+    let wire = large_message_wire();
     group.throughput(Throughput::Bytes(wire.len() as u64));
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
