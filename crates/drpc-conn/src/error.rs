@@ -90,14 +90,30 @@ impl Error {
         matches!(self.stream_kind(), Some(StreamErrorKind::ConnectionLost(e)) if e.is_protocol_violation())
     }
 
-    /// Whether the peer refused a packet as too large.
+    /// Whether a message was too large: refused by this side before it
+    /// was sent or when it arrived (the call failed alone), refused by the
+    /// peer (ResourceExhausted), or a single frame over the limit that
+    /// ended the connection.
     pub fn is_too_large(&self) -> bool {
-        matches!(
-            self.stream_kind(),
-            Some(StreamErrorKind::ConnectionLost(ConnectionError::Wire(
-                WireError::DataOverflow { .. }
-            )))
-        )
+        match self {
+            Error::Stream(e) => {
+                e.is_too_large()
+                    || matches!(
+                        e.kind(),
+                        StreamErrorKind::ConnectionLost(ConnectionError::Wire(
+                            WireError::DataOverflow { .. }
+                        ))
+                    )
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a limit of this side or of the peer ended the call alone
+    /// (gRPC's ResourceExhausted): a message too large, or more data than
+    /// a receive queue or flow-control window holds.
+    pub fn is_resource_exhausted(&self) -> bool {
+        matches!(self, Error::Stream(e) if e.is_resource_exhausted())
     }
 
     /// Whether the server ended the call without sending a response (Go's

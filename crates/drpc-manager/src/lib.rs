@@ -92,4 +92,7 @@ mod manager;
 mod options;
 
 pub use manager::{Incoming, Manager};
-pub use options::{DEFAULT_ACCEPT_BACKLOG, DEFAULT_MAX_CONCURRENT_STREAMS, ManagerOptions, Role};
+pub use options::{
+    DEFAULT_ACCEPT_BACKLOG, DEFAULT_CONNECTION_MEMORY, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_METADATA_SIZE, DEFAULT_SHARED_MEMORY, ManagerOptions, Role,
+};

@@ -4,21 +4,22 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::Poll;
 
 use bytes::Bytes;
 use drpc_stream::{
-    Batch, ConnectionError, Initiator, MessageBuf, MuxWriter, Stream, StreamError, StreamErrorKind,
-    StreamHandle, StreamKind, new_stream,
+    Batch, ConnectionError, FlowControl, FlowControlMode, Initiator, MemoryBudget, MessageBuf,
+    MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle, StreamKind, new_stream,
 };
 use drpc_wire::{
-    CodedError, ConnectionIdOrder, Frame, FrameReader, Id, Kind, Metadata, ReadError, append_frame,
+    CodedError, ConnectionIdOrder, FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameReader, Id,
+    Kind, Metadata, ReadError, WindowUpdate, append_frame,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -52,7 +53,7 @@ impl Acceptor {
     /// Hands the callback the streams opened since the last call.
     ///
     /// The reader calls this when it is about to wait (for the transport,
-    /// or for room in a stream's queue) and before it routes a frame of
+    /// or for room in the connection's memory budget) and before it routes a frame of
     /// another stream, so that a stream's first messages, which usually
     /// arrive in the same read as its Invoke, are queued before its
     /// handler first runs: a unary handler then finds its request at once.
@@ -149,6 +150,10 @@ struct Registry {
     /// Active streams by id, each with a serial number so that a stream's
     /// removal never removes a later stream that reused its id.
     streams: HashMap<u64, (u64, StreamHandle), IdHasher>,
+    /// Registered streams that have not terminated: a stream leaves this
+    /// count before its last packet is written, and leaves `streams` just
+    /// after, so the stream limit is checked against this, in O(1).
+    live: Arc<AtomicUsize>,
     closed: Option<ConnectionError>,
 }
 
@@ -189,7 +194,7 @@ impl Manager {
     /// [`Manager::accept`]. The callback runs on the connection's reader
     /// task, once the frames that arrived with the stream's Invoke (in the
     /// same read) have been routed, and in any case before the reader waits
-    /// for room in a stream's queue: a unary handler started from it finds
+    /// for room in the connection's memory budget: a unary handler started from it finds
     /// its request already there. It must not block: it is meant to start
     /// the work that serves the stream (or to refuse it), which saves a
     /// task switch per RPC over an accept loop. [`Manager::accept`] on such
@@ -213,12 +218,22 @@ impl Manager {
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let mut opts = opts;
+        if opts.sequential && opts.stream.flow_control.mode() == FlowControlMode::Auto {
+            // One stream at a time to a stock peer: nothing to negotiate,
+            // and nothing it does not know is sent.
+            opts.stream.flow_control = FlowControl::off();
+        }
         let (read_half, write_half) = tokio::io::split(transport);
         let conn = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("drpc_conn", conn, role = ?role);
+        let budget = Arc::new(MemoryBudget::new(
+            opts.max_connection_memory,
+            opts.shared_memory.clone(),
+        ));
         let inner = Arc::new(Inner {
             role,
-            writer: Arc::new(MuxWriter::new(opts.writer_high_water)),
+            writer: Arc::new(MuxWriter::with_budget(opts.writer_high_water, budget)),
             registry: Mutex::new(Registry::default()),
             term: OnceLock::new(),
             term_token: CancellationToken::new(),
@@ -400,6 +415,14 @@ impl Manager {
         self.handle.inner.active_streams()
     }
 
+    /// The bytes this connection holds for its peer now: received messages
+    /// not yet taken, half-assembled packets, Invokes being assembled or
+    /// served, and bytes waiting to be written (see
+    /// [`ManagerOptions::max_connection_memory`]). For tests and metrics.
+    pub fn held_bytes(&self) -> usize {
+        self.handle.inner.writer.budget().held()
+    }
+
     /// Whether a new stream could start without waiting (always, when
     /// multiplexed; in sequential mode, when no stream is open).
     pub fn is_unblocked(&self) -> bool {
@@ -477,7 +500,7 @@ impl Inner {
         guard: impl Send + 'static,
     ) -> Result<(), StreamError> {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        {
+        let live = {
             let mut registry = lock(&self.registry);
             if let Some(err) = &registry.closed {
                 return Err(StreamError::new(
@@ -486,17 +509,16 @@ impl Inner {
                 ));
             }
             let limit = self.opts.max_concurrent_streams;
-            if registry.streams.len() >= limit {
-                // A stream that just ended may not have run its removal
-                // yet (it runs right after the stream's lock is released):
-                // it no longer counts.
-                registry.streams.retain(|_, (_, h)| !h.is_terminated());
-            }
-            if registry.streams.len() >= limit {
+            if registry.live.load(Ordering::Acquire) >= limit {
                 return Err(StreamError::new(id, StreamErrorKind::Refused { limit }));
             }
+            registry.live.fetch_add(1, Ordering::AcqRel);
             registry.streams.insert(id, (serial, handle.clone()));
-        }
+            registry.live.clone()
+        };
+        // Outside the registry lock, which is never held while taking a
+        // stream's.
+        handle.release_on_termination(live);
         let weak: Weak<Inner> = Arc::downgrade(self);
         handle.on_terminate(move || {
             drop(permit);
@@ -511,45 +533,59 @@ impl Inner {
         Ok(())
     }
 
-    fn lookup(&self, id: u64) -> Option<StreamHandle> {
-        lock(&self.registry)
-            .streams
-            .get(&id)
-            .map(|(_, h)| h.clone())
+    /// The stream `id`, and whether it is the only active one.
+    fn lookup(&self, id: u64) -> Option<(StreamHandle, bool)> {
+        let registry = lock(&self.registry);
+        let alone = registry.streams.len() == 1;
+        registry.streams.get(&id).map(|(_, h)| (h.clone(), alone))
     }
 
-    /// Routes one frame (multiplexing.md §3.3).
+    /// Applies a WindowUpdate, taken out before any id check or packet
+    /// assembly, in every mode (mux-fork-2026.md §7.2): one that does not
+    /// conform, or for an unknown or finished stream, or received with
+    /// flow control off, is dropped, never fatal.
+    fn window_update(&self, frame: &Frame) {
+        let Some(update) = WindowUpdate::parse(frame) else {
+            tracing::trace!(
+                stream = frame.id.stream,
+                "dropped a malformed window update"
+            );
+            return;
+        };
+        if self.opts.stream.flow_control.mode() == FlowControlMode::Off {
+            return;
+        }
+        if let Some((handle, _)) = self.lookup(update.stream) {
+            handle.window_update(update.delta);
+        }
+    }
+
+    /// Routes one frame (multiplexing.md §3.3). Never waits for a stream:
+    /// only handing a new stream to a full accept queue waits.
     async fn route(
         self: &Arc<Self>,
         frame: Frame,
         pending: &mut PendingInvokes,
         accept: &mut Acceptor,
-        ended: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Result<(), ConnectionError> {
         let id = frame.id.stream;
-        if let Some(handle) = self.lookup(id) {
-            let mut handled = pin!(handle.handle_frame(frame));
-            if let Some(result) = poll_once(&mut handled).await {
-                return result;
-            }
-            // The stream's queue is full: its handler may not have started
-            // yet, and must, to make room.
-            accept.flush();
-            return tokio::select! {
-                biased;
-                _ = ended => Ok(()),
-                r = handled => r,
-            };
+        if let Some((handle, alone)) = self.lookup(id) {
+            return handle.handle_frame(frame, alone);
         }
         match frame.kind {
             Kind::INVOKE | Kind::INVOKE_METADATA if self.role == Role::Server => {
-                if let Some(invoke) = pending.push(frame)? {
+                let before = pending.held();
+                let pushed = pending.push(frame);
+                self.writer.budget().adjust(before, pending.held());
+                if let Some(invoke) = pushed? {
                     self.start_server_stream(invoke, accept).await;
                 }
             }
             Kind::CANCEL | Kind::CLOSE | Kind::ERROR => {
                 // An Invoke that was never completed will never be.
+                let before = pending.held();
                 pending.forget(id);
+                self.writer.budget().adjust(before, pending.held());
                 tracing::trace!(stream = id, kind = %frame.kind, "dropped frame of unknown stream");
             }
             kind => tracing::trace!(stream = id, %kind, "dropped frame of unknown stream"),
@@ -560,10 +596,13 @@ impl Inner {
     /// Registers the stream an Invoke opens and hands it to the accept
     /// loop, or refuses it when the connection is at its stream limit.
     async fn start_server_stream(self: &Arc<Self>, invoke: Invoke, accept: &mut Acceptor) {
+        // What the Invoke holds while its stream is served is charged
+        // until the stream ends.
+        let cost = invoke.cost();
         let Invoke {
             stream: id,
             rpc,
-            metadata,
+            mut metadata,
         } = invoke;
         let (stream, handle) = new_stream(
             id,
@@ -571,7 +610,10 @@ impl Inner {
             self.writer.clone(),
             &self.opts.stream,
         );
-        match self.register(id, &handle, None, ()) {
+        let budget = self.writer.budget().clone();
+        budget.charge(cost);
+        let reservation = Reservation(budget, cost);
+        match self.register(id, &handle, None, reservation) {
             Ok(()) => {}
             Err(err) => {
                 if let StreamErrorKind::Refused { limit } = err.kind() {
@@ -584,6 +626,13 @@ impl Inner {
                 drop(stream);
                 return;
             }
+        }
+        // The flow-control offer is this implementation's own key: taken
+        // out of what the handler sees, and accepted in auto mode.
+        if let Some(offer) = metadata.remove(FLOW_CONTROL_METADATA_KEY)
+            && let Some(params) = FlowParams::parse_metadata_value(&offer)
+        {
+            handle.accept_flow_control(params);
         }
         // Validating first takes the fast path for the usual ASCII path.
         let rpc = match std::str::from_utf8(&rpc) {
@@ -625,6 +674,15 @@ impl Inner {
     }
 }
 
+/// Bytes charged to a connection's budget until dropped.
+struct Reservation(Arc<MemoryBudget>, usize);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
 /// Whether `err` says the peer closed or dropped the transport; which of
 /// the reader (end of file) or the writer (broken pipe, reset) notices
 /// first is a race, and the answer must not depend on it.
@@ -645,7 +703,12 @@ fn peer_went_away(err: &ConnectionError) -> bool {
 async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut accept: Acceptor) {
     let max_packet_size = inner.opts.stream.max_packet_size;
     let mut reader = FrameReader::coalescing(read_half, max_packet_size);
-    let mut pending = PendingInvokes::new(inner.opts.max_concurrent_streams, max_packet_size);
+    let mut pending = PendingInvokes::new(
+        inner.opts.max_concurrent_streams,
+        max_packet_size,
+        inner.opts.max_metadata_size,
+    );
+    let budget = inner.writer.budget().clone();
     let mut order = inner.opts.sequential.then(ConnectionIdOrder::new);
     // One registration with the token for the connection's life, rather
     // than one per frame.
@@ -656,6 +719,18 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
             // is one atomic load where the token takes a lock.
             if inner.term.get().is_some() {
                 return Ok(());
+            }
+            // Over budget: read nothing more until the application or the
+            // transport frees memory (TCP backpressure on the peer). The
+            // streams opened so far must start, to free anything.
+            if poll_once(&mut poll_fn(|cx| budget.poll_room(cx))).await.is_none() {
+                accept.flush();
+                tracing::trace!(parent: &inner.span, held = budget.held(), "over budget: reading paused");
+                tokio::select! {
+                    biased;
+                    _ = poll_fn(|cx| budget.poll_room(cx)) => {}
+                    _ = ended.as_mut() => return Ok(()),
+                }
             }
             let mut next = pin!(reader.read_frame());
             let read = match poll_once(&mut next).await {
@@ -680,16 +755,20 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
                 Err(ReadError::Io(e)) => return Err(ConnectionError::from_io(e)),
                 Err(e) => return Err(ConnectionError::from_io(std::io::Error::other(e))),
             };
+            if frame.kind == Kind::WINDOW_UPDATE {
+                inner.window_update(&frame);
+                continue;
+            }
             if let Some(order) = &mut order {
                 order.check(frame.id, frame.done)?;
             }
             accept.flush_unless_for(frame.id.stream);
-            inner
-                .route(frame, &mut pending, &mut accept, ended.as_mut())
-                .await?;
+            inner.route(frame, &mut pending, &mut accept).await?;
         }
     }
     .await;
+    // Invokes that never completed are freed with the reader.
+    budget.release(pending.held());
     if let Err(err) = result {
         inner.terminate(err);
     }

@@ -1,6 +1,8 @@
 //! Connection settings.
 
-use drpc_stream::{DEFAULT_WRITER_HIGH_WATER, StreamOptions};
+use std::sync::Arc;
+
+use drpc_stream::{DEFAULT_WRITER_HIGH_WATER, FlowControl, MemoryBudget, StreamOptions};
 
 /// The default maximum number of concurrent streams per connection.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: usize = 4096;
@@ -8,6 +10,19 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: usize = 4096;
 /// The default number of accepted streams that may wait for the server's
 /// accept loop.
 pub const DEFAULT_ACCEPT_BACKLOG: usize = 128;
+
+/// The default memory a connection may hold for its peer before its reader
+/// stops reading: 32 MiB.
+pub const DEFAULT_CONNECTION_MEMORY: usize = 32 << 20;
+
+/// The default memory all connections sharing one [`ManagerOptions`] value
+/// (every connection of a server) may hold together: 256 MiB.
+pub const DEFAULT_SHARED_MEMORY: usize = 256 << 20;
+
+/// The default largest InvokeMetadata accepted: 256 KiB, counted as its
+/// in-memory size once parsed (each entry's key and value plus 96 bytes,
+/// in the spirit of HTTP/2's header list size), and never more on the wire.
+pub const DEFAULT_MAX_METADATA_SIZE: usize = 256 << 10;
 
 /// Which side of the connection a manager is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +58,34 @@ pub struct ManagerOptions {
     /// How many accepted streams may wait for the server's accept loop
     /// before the reader waits (default 128).
     pub accept_backlog: usize,
+    /// The memory the connection may hold for its peer (default
+    /// [`DEFAULT_CONNECTION_MEMORY`]): received messages not yet taken,
+    /// half-assembled packets, Invokes being assembled or served (path and
+    /// metadata, at their in-memory size) and bytes waiting to be written,
+    /// Error and refusal replies included. Above it the connection stops
+    /// reading until the application or the transport frees some: TCP
+    /// backpressure on the peer.
+    pub max_connection_memory: usize,
+    /// A budget shared by every connection made with clones of these
+    /// options (by default one of [`DEFAULT_SHARED_MEMORY`], created with
+    /// the options, so a server's connections share it); `None` for no
+    /// shared limit.
+    pub shared_memory: Option<Arc<MemoryBudget>>,
+    /// The largest InvokeMetadata accepted from the peer, counted on the
+    /// wire and once parsed (default [`DEFAULT_MAX_METADATA_SIZE`]); a
+    /// larger one ends the connection, as a malformed one does.
+    pub max_metadata_size: usize,
+}
+
+impl ManagerOptions {
+    /// Options for a peer of CockroachDB's fork running with flow control
+    /// on: the fork's flow control and its 64 MiB message limit.
+    pub fn fork_flow_control() -> ManagerOptions {
+        let mut opts = ManagerOptions::default();
+        opts.stream.flow_control = FlowControl::fork();
+        opts.stream.max_packet_size = FlowControl::FORK_MAX_MESSAGE;
+        opts
+    }
 }
 
 impl Default for ManagerOptions {
@@ -53,6 +96,9 @@ impl Default for ManagerOptions {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             sequential: false,
             accept_backlog: DEFAULT_ACCEPT_BACKLOG,
+            max_connection_memory: DEFAULT_CONNECTION_MEMORY,
+            shared_memory: Some(Arc::new(MemoryBudget::new(DEFAULT_SHARED_MEMORY, None))),
+            max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
         }
     }
 }

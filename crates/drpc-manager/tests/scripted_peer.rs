@@ -18,8 +18,17 @@ fn server() -> (drpc_manager::Manager, Peer) {
     scripted(Role::Server, ManagerOptions::default())
 }
 
+/// A client whose peer is scripted as a stock one: flow control off, so
+/// that every byte it writes is the reference implementation's (the auto
+/// mode's offer is covered by `flow_control.rs`).
 fn client() -> (drpc_manager::Manager, Peer) {
-    scripted(Role::Client, ManagerOptions::default())
+    scripted(Role::Client, stock_options())
+}
+
+fn stock_options() -> ManagerOptions {
+    let mut opts = ManagerOptions::default();
+    opts.stream.flow_control = drpc_stream::FlowControl::off();
+    opts
 }
 
 /// The peer opens stream `id` with a one-frame Invoke of [`RPC`].
@@ -183,7 +192,7 @@ async fn unknown_kind_without_control_ends_the_connection() {
             .await
             .expect("accepted")
             .stream;
-        let k9 = Kind::new(9).expect("kind");
+        let k9 = Kind::new(10).expect("kind");
         peer.send_frame(1, 2, k9, true, false, b"").await;
         let err = kind_of(step("recv", s.recv()).await);
         match &err {
@@ -193,7 +202,7 @@ async fn unknown_kind_without_control_ends_the_connection() {
         }
         assert_eq!(
             err.to_string(),
-            "internal error: unknown packet kind: Kind(9) (stream 1)"
+            "internal error: unknown packet kind: Kind(10) (stream 1)"
         );
         assert!(matches!(
             step("accept", server.accept()).await,
@@ -559,7 +568,7 @@ async fn client_stream_limit_refuses_open() {
     bounded(async {
         let opts = ManagerOptions {
             max_concurrent_streams: 1,
-            ..ManagerOptions::default()
+            ..stock_options()
         };
         let (client, mut peer) = scripted(Role::Client, opts);
         let first = client
@@ -798,7 +807,7 @@ async fn unary_call_is_written_in_one_write() {
     bounded(async {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let (transport, log) = Recording::new(ours);
-        let client = drpc_manager::Manager::new(transport, Role::Client, Default::default());
+        let client = drpc_manager::Manager::new(transport, Role::Client, stock_options());
         let mut peer = Peer::new(theirs);
 
         let call = client

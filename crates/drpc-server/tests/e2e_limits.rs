@@ -282,11 +282,11 @@ async fn raised_limits_echo_5mib_duplex() {
     .await;
 }
 
-/// Only the client raised its limit: the server refuses the packet by
-/// ending the connection; the client sees a lost connection, and a new
-/// connection works.
+/// Only the client raised its limit: the server refuses the message by
+/// failing that call alone (ResourceExhausted, "message too large"); the
+/// connection goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn client_only_raised_limit_loses_connection() {
+async fn client_only_raised_limit_fails_only_the_call() {
     within(TEST_LIMIT, "client-only limit", async {
         let mut h = Harness::start(Transport::Tcp).await;
         let conn = h
@@ -297,19 +297,21 @@ async fn client_only_raised_limit_loses_connection() {
         let err = echo(&conn, &Bytes::from(vec![0u8; 5 * MIB]))
             .await
             .expect_err("the server refuses it");
-        assert!(err.is_connection_lost(), "{err:?}");
-        within(FIVE_S, "closed", conn.closed()).await;
-        let conn = h.connect().await;
+        assert!(err.is_too_large(), "{err:?}");
+        assert!(err.is_resource_exhausted(), "{err:?}");
+        assert_eq!(err.code(), Some(drpc_wire::RESOURCE_EXHAUSTED), "{err:?}");
+        assert!(!err.is_connection_lost(), "{err:?}");
         assert_eq!(
-            echo(&conn, &b("again")).await.expect("new connection"),
+            echo(&conn, &b("again")).await.expect("same connection"),
             "again"
         );
+        assert!(conn.manager().termination().is_none());
     })
     .await;
 }
 
 /// Only the server raised its limit: the client refuses the 5 MiB response
-/// packet, and says so (`is_too_large`).
+/// and says so (`is_too_large`); only that call fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_only_raised_limit_response_too_large() {
     within(TEST_LIMIT, "server-only limit", async {
@@ -329,8 +331,12 @@ async fn server_only_raised_limit_response_too_large() {
             .await
             .expect_err("the client refuses it");
         assert!(err.is_too_large(), "{err:?}");
-        assert!(err.is_protocol_error(), "{err:?}");
-        assert!(err.is_connection_lost(), "{err:?}");
+        assert!(err.is_resource_exhausted(), "{err:?}");
+        assert!(!err.is_connection_lost(), "{err:?}");
+        assert_eq!(
+            echo(&conn, &b("again")).await.expect("same connection"),
+            "again"
+        );
     })
     .await;
 }

@@ -5,8 +5,12 @@
 //! I/O, takes no lock and knows no clock; [`crate::Stream`] drives it.
 
 use bytes::Bytes;
-use drpc_wire::{CodedError, Frame, Id, Kind, PacketAssembler};
+use drpc_wire::{
+    CodedError, FlowNegotiation, FlowParams, Frame, Id, Kind, PacketAssembler, RESOURCE_EXHAUSTED,
+    WireError,
+};
 
+use crate::flow::{FlowControl, FlowControlMode, RecvWindow, SendWindow};
 use crate::queue::RecvQueue;
 use crate::{ConnectionError, Initiator, StreamErrorKind, StreamKind, StreamOptions};
 
@@ -26,11 +30,19 @@ pub(crate) enum Inbound {
     Nothing,
     /// A message was queued.
     Queued,
-    /// A message is complete but the queue is full: the driver must wait
-    /// for room and offer it again with [`StreamCore::try_enqueue`].
+    /// A message is complete but the queue is over its bounds and the
+    /// stream has no flow control: the driver decides, with
+    /// [`StreamCore::force_enqueue`] (the connection's only active stream)
+    /// or [`StreamCore::fail_overflow`].
     QueueFull(Bytes),
     /// The stream's state changed (half closed or terminated).
     StateChanged,
+    /// The peer broke a limit of this stream, which failed alone: send
+    /// this abortive Error (control bit) with this id.
+    Failed(Id, CodedError),
+    /// The server accepted this client's flow-control offer: send the
+    /// gating marker with this id; waiting senders may be affected.
+    SendGating(Id),
 }
 
 /// The outcome of a receive attempt.
@@ -69,11 +81,23 @@ pub(crate) struct StreamCore {
     local_close_send: bool,
     remote_close_send: bool,
     terminated: bool,
+    flow: FlowControl,
+    max_message: usize,
+    /// The credit of this side's Message sender; `None` without flow
+    /// control.
+    send_window: Option<SendWindow>,
+    /// Grants and the cap of this side's receive queue; `None` without
+    /// flow control.
+    recv_window: Option<RecvWindow>,
+    /// An auto client offered flow control and waits for the answer.
+    offered: bool,
+    /// A grant the driver must send (consumed bytes over the threshold).
+    grant_due: Option<u64>,
 }
 
 impl StreamCore {
     pub(crate) fn new(id: u64, kind: StreamKind, opts: &StreamOptions) -> StreamCore {
-        StreamCore {
+        let mut core = StreamCore {
             id,
             kind,
             sent: 0,
@@ -85,7 +109,131 @@ impl StreamCore {
             local_close_send: false,
             remote_close_send: false,
             terminated: false,
+            flow: opts.flow_control,
+            max_message: opts.max_packet_size,
+            send_window: None,
+            recv_window: None,
+            offered: false,
+            grant_due: None,
+        };
+        if opts.flow_control.mode() == FlowControlMode::Fork {
+            // The fork assumes both sides gate and grant from the start.
+            let fc = opts.flow_control;
+            core.send_window = Some(SendWindow::gated(fc.window()));
+            core.recv_window = Some(RecvWindow::new(
+                fc.window(),
+                fc.grant_threshold(),
+                opts.max_packet_size,
+                true,
+            ));
         }
+        core
+    }
+
+    /// Bytes held for the peer: queued messages and a half-built packet.
+    pub(crate) fn held(&self) -> usize {
+        self.queue.bytes() + self.assembler.buffered()
+    }
+
+    /// Whether Message sends of this stream are split into frames of at
+    /// most [`FlowControl::FRAME`] bytes, as gated senders must.
+    pub(crate) fn is_flow_controlled(&self) -> bool {
+        self.send_window.is_some()
+    }
+
+    /// Whether a message whose first frame has `first_frame` bytes may be
+    /// sent now (always, without flow control).
+    pub(crate) fn send_allowed(&self, first_frame: usize) -> bool {
+        self.send_window.is_none_or(|w| w.allows(first_frame))
+    }
+
+    /// Counts a Message of `len` bytes against the send window.
+    pub(crate) fn debit(&mut self, len: usize) {
+        if let Some(w) = &mut self.send_window {
+            w.debit(len);
+        }
+    }
+
+    /// Applies a WindowUpdate; returns whether waiting senders should look
+    /// again. Dropped without flow control or once terminated.
+    pub(crate) fn grant(&mut self, delta: u64) -> bool {
+        if self.terminated {
+            return false;
+        }
+        self.send_window.as_mut().is_some_and(|w| w.grant(delta))
+    }
+
+    /// An auto client opening a stream that may carry many messages: the
+    /// parameters to offer in its InvokeMetadata. Its sends are counted
+    /// from now on but wait only once the server accepts.
+    pub(crate) fn offer_flow_control(&mut self) -> Option<FlowParams> {
+        if self.flow.mode() != FlowControlMode::Auto
+            || self.kind != StreamKind::Client
+            || self.send_window.is_some()
+        {
+            return None;
+        }
+        self.offered = true;
+        self.send_window = Some(SendWindow::ungated());
+        Some(self.flow.params(self.max_message))
+    }
+
+    /// An auto server taking a client's offer: its sends are gated by the
+    /// client's window at once, it grants what its application consumes,
+    /// and it holds the client to its own window from the client's gating
+    /// marker on. Returns the id of the acceptance to send, first thing on
+    /// the stream, and the parameters it carries.
+    pub(crate) fn accept_flow_control(&mut self, offer: FlowParams) -> Option<(Id, FlowParams)> {
+        if self.flow.mode() != FlowControlMode::Auto
+            || self.kind != StreamKind::Server
+            || self.send_window.is_some()
+            || self.terminated
+        {
+            return None;
+        }
+        self.send_window = Some(SendWindow::gated(offer.window));
+        self.recv_window = Some(RecvWindow::new(
+            self.flow.window(),
+            self.flow.grant_threshold(),
+            self.max_message,
+            false,
+        ));
+        Some((self.next_id(), self.flow.params(self.max_message)))
+    }
+
+    /// The grant to send after a receive, if one is due.
+    pub(crate) fn take_grant(&mut self) -> Option<u64> {
+        self.grant_due.take()
+    }
+
+    /// Queues a message over the queue's bounds (see [`Inbound::QueueFull`]).
+    pub(crate) fn force_enqueue(&mut self, data: Bytes) {
+        if !self.terminated {
+            self.queue.push(data);
+        }
+    }
+
+    /// Fails the stream because its queue overflowed while it shares the
+    /// connection: queued messages are still delivered, then the error;
+    /// the peer gets an abortive Error.
+    pub(crate) fn fail_overflow(&mut self) -> Option<(Id, CodedError)> {
+        let cap = self
+            .recv_window
+            .filter(|w| w.admits(0, 1, 0).is_some())
+            .map_or(self.queue.max_bytes(), |w| w.cap());
+        self.fail(StreamErrorKind::QueueOverflow { cap })
+    }
+
+    /// Ends the stream for a limit the peer broke; returns the abortive
+    /// Error to send (ResourceExhausted), unless already terminated.
+    fn fail(&mut self, reason: StreamErrorKind) -> Option<(Id, CodedError)> {
+        if self.terminated {
+            return None;
+        }
+        let err = CodedError::new(RESOURCE_EXHAUSTED, reason.to_string());
+        self.send_end.get_or_insert(StreamErrorKind::Eof);
+        self.terminate(reason, false);
+        Some((self.next_id(), err))
     }
 
     pub(crate) fn is_terminated(&self) -> bool {
@@ -223,8 +371,22 @@ impl StreamCore {
         if self.terminated {
             return Ok(Inbound::Nothing);
         }
-        let Some(packet) = self.assembler.push(frame)? else {
-            return Ok(Inbound::Nothing);
+        let packet = match self.assembler.push(frame) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Ok(Inbound::Nothing),
+            // A packet over the size limit fails this stream only; a frame
+            // declared over it never gets here (the reader refuses it).
+            Err(WireError::DataOverflow { len }) => {
+                let reason = StreamErrorKind::ReceivedTooLarge {
+                    size: len,
+                    limit: self.max_message,
+                };
+                return Ok(match self.fail(reason) {
+                    Some((id, err)) => Inbound::Failed(id, err),
+                    None => Inbound::Nothing,
+                });
+            }
+            Err(e) => return Err(e.into()),
         };
         match packet.kind {
             Kind::MESSAGE => {
@@ -232,11 +394,26 @@ impl StreamCore {
                     // After the peer's CloseSend: nobody will read it.
                     return Ok(Inbound::Nothing);
                 }
-                Ok(match self.queue.try_push(packet.data) {
-                    Ok(()) => Inbound::Queued,
-                    Err(data) => Inbound::QueueFull(data),
-                })
+                let (queued, messages) = (self.queue.bytes(), self.queue.len());
+                match self
+                    .recv_window
+                    .and_then(|w| w.admits(queued, messages, packet.data.len()))
+                {
+                    Some(true) => {
+                        self.queue.push(packet.data);
+                        Ok(Inbound::Queued)
+                    }
+                    Some(false) => Ok(match self.fail_overflow() {
+                        Some((id, err)) => Inbound::Failed(id, err),
+                        None => Inbound::Nothing,
+                    }),
+                    None => Ok(match self.queue.try_push(packet.data) {
+                        Ok(()) => Inbound::Queued,
+                        Err(data) => Inbound::QueueFull(data),
+                    }),
+                }
             }
+            Kind::FLOW_NEGOTIATION if packet.control => Ok(self.negotiate(&packet.data)),
             Kind::ERROR => {
                 let err = CodedError::decode(&packet.data);
                 self.recv_end
@@ -277,23 +454,51 @@ impl StreamCore {
         }
     }
 
-    /// Offers again a message that found the queue full. `Err` gives it
-    /// back while there is still no room; once the stream has terminated
-    /// the message is dropped.
-    pub(crate) fn try_enqueue(&mut self, data: Bytes) -> Result<(), Bytes> {
-        // The reader waits while holding the message, so nothing from the
-        // peer can have ended the stream meanwhile: only a local close or
-        // cancel (which discarded the queue) or the connection's end.
-        if self.terminated {
-            return Ok(());
+    /// A negotiation packet from the peer; anything unexpected is ignored,
+    /// as an unknown control packet would be.
+    fn negotiate(&mut self, payload: &[u8]) -> Inbound {
+        match (self.kind, FlowNegotiation::parse(payload)) {
+            (StreamKind::Client, Some(FlowNegotiation::Accept(server))) if self.offered => {
+                self.offered = false;
+                if let Some(w) = &mut self.send_window {
+                    w.start_gating(server.window);
+                }
+                // The server gates its messages by our window: hold it to
+                // that, and grant what the application consumes.
+                self.recv_window = Some(RecvWindow::new(
+                    self.flow.window(),
+                    self.flow.grant_threshold(),
+                    self.max_message,
+                    true,
+                ));
+                match self.send_end {
+                    // Nothing more will be sent: no marker needed.
+                    Some(_) => Inbound::Nothing,
+                    None => Inbound::SendGating(self.next_id()),
+                }
+            }
+            (StreamKind::Server, Some(FlowNegotiation::Gating)) => {
+                let queued = self.queue.bytes();
+                if let Some(w) = &mut self.recv_window {
+                    w.start_enforcing(queued);
+                }
+                Inbound::Nothing
+            }
+            _ => Inbound::Nothing,
         }
-        self.queue.try_push(data)
     }
 
     /// Takes the next message, or the end of the receive side once the
     /// queue is empty.
     pub(crate) fn recv(&mut self) -> Recv {
         if let Some(data) = self.queue.pop() {
+            // Credit behind a terminal frame would only invite doomed data.
+            if let Some(w) = &mut self.recv_window
+                && let Some(delta) = w.consumed(data.len())
+                && !self.terminated
+            {
+                self.grant_due = Some(self.grant_due.unwrap_or(0).saturating_add(delta));
+            }
             return Recv::Message(data);
         }
         match &self.recv_end {
@@ -327,6 +532,9 @@ mod tests {
             }
         };
     }
+
+    use crate::flow::FlowControl;
+    use drpc_wire::{FlowNegotiation, FlowParams, RESOURCE_EXHAUSTED};
 
     fn opts(messages: usize, bytes: usize) -> StreamOptions {
         StreamOptions {
@@ -919,7 +1127,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_without_control_is_connection_fatal() {
-        for value in [0u8, 9, 63] {
+        for value in [0u8, 10, 63] {
             let kind = Kind::new(value).expect("kind");
             let mut c = client();
             let err = c
@@ -1024,22 +1232,6 @@ mod tests {
             c.handle_frame(other),
             Err(ConnectionError::Wire(WireError::StreamMismatch { .. }))
         );
-        let mut c = StreamCore::new(
-            SID,
-            StreamKind::Client,
-            &StreamOptions {
-                max_packet_size: 3,
-                ..StreamOptions::default()
-            },
-        );
-        assert_matches!(
-            feed(&mut c, frame(1, Kind::MESSAGE, false, false, b"ab")),
-            Inbound::Nothing
-        );
-        assert_matches!(
-            c.handle_frame(frame(1, Kind::MESSAGE, true, false, b"cd")),
-            Err(ConnectionError::Wire(WireError::DataOverflow { len: 4 }))
-        );
     }
 
     // ---- message assembly and delivery ----
@@ -1110,7 +1302,7 @@ mod tests {
     // ---- receive queue bounds ----
 
     #[test]
-    fn queue_full_by_messages_and_try_enqueue() {
+    fn queue_full_by_messages_then_forced_or_failed() {
         let mut c = StreamCore::new(SID, StreamKind::Client, &opts(2, 1 << 20));
         queue(&mut c, 1, b"m1");
         queue(&mut c, 2, b"m2");
@@ -1119,14 +1311,30 @@ mod tests {
             other => panic!("expected QueueFull, got {other:?}"),
         };
         assert_eq!(&held[..], b"m3");
-        // Still no room: the message comes back.
-        let held = c.try_enqueue(held).expect_err("no room yet");
-        assert_eq!(&held[..], b"m3");
-        expect_message(&mut c, b"m1");
-        assert_eq!(c.try_enqueue(held), Ok(()));
-        expect_message(&mut c, b"m2");
-        expect_message(&mut c, b"m3");
-        assert_matches!(c.recv(), Recv::Empty);
+        // The connection's only stream keeps queueing.
+        c.force_enqueue(held);
+        assert_eq!(c.held(), 6);
+        assert_matches!(feed(&mut c, msg(4, b"m4")), Inbound::QueueFull(_));
+        // A stream that shares its connection fails alone: its queued
+        // messages come first, then the overflow; the peer gets an
+        // abortive ResourceExhausted.
+        let (id, err) = c.fail_overflow().expect("an error to send");
+        assert_eq!(id, Id::new(SID, 1));
+        assert_eq!(err.code(), RESOURCE_EXHAUSTED);
+        assert!(
+            err.message().starts_with("receive queue cap exceeded"),
+            "{err}"
+        );
+        assert!(c.is_terminated());
+        for m in [&b"m1"[..], b"m2", b"m3"] {
+            expect_message(&mut c, m);
+        }
+        assert_matches!(
+            c.recv(),
+            Recv::Failed(StreamErrorKind::QueueOverflow { cap: 1048576 })
+        );
+        assert_eq!(c.fail_overflow(), None, "once");
+        assert_terminal_ops_silent(&mut c);
     }
 
     #[test]
@@ -1135,13 +1343,12 @@ mod tests {
         queue(&mut c, 1, b"much larger than four");
         assert_matches!(feed(&mut c, msg(2, b"x")), Inbound::QueueFull(ref d) if &d[..] == b"x");
         expect_message(&mut c, b"much larger than four");
-        assert_eq!(c.try_enqueue(Bytes::from_static(b"x")), Ok(()));
         assert_matches!(feed(&mut c, msg(3, b"abc")), Inbound::Queued);
         assert_matches!(feed(&mut c, msg(4, b"de")), Inbound::QueueFull(_));
     }
 
     #[test]
-    fn try_enqueue_after_local_termination_drops_the_message() {
+    fn forced_message_after_termination_is_dropped() {
         let mut c = StreamCore::new(SID, StreamKind::Client, &opts(1, 1 << 20));
         queue(&mut c, 1, b"m1");
         let held = match feed(&mut c, msg(2, b"m2")) {
@@ -1149,7 +1356,8 @@ mod tests {
             other => panic!("{other:?}"),
         };
         c.cancel(StreamErrorKind::Canceled(Initiator::Local), true);
-        assert_eq!(c.try_enqueue(held), Ok(()), "accepted and dropped");
+        c.force_enqueue(held);
+        assert_eq!(c.held(), 0);
         assert_matches!(
             c.recv(),
             Recv::Failed(StreamErrorKind::Canceled(Initiator::Local))
@@ -1157,20 +1365,220 @@ mod tests {
     }
 
     #[test]
-    fn try_enqueue_after_connection_lost_keeps_queued_messages() {
-        let mut c = StreamCore::new(SID, StreamKind::Client, &opts(1, 1 << 20));
-        queue(&mut c, 1, b"m1");
-        let held = match feed(&mut c, msg(2, b"m2")) {
-            Inbound::QueueFull(data) => data,
+    fn oversized_message_fails_the_stream_only() {
+        let mut c = StreamCore::new(
+            SID,
+            StreamKind::Server,
+            &StreamOptions {
+                max_packet_size: 4,
+                ..StreamOptions::default()
+            },
+        );
+        queue(&mut c, 1, b"ok");
+        assert_matches!(
+            feed(&mut c, frame(2, Kind::MESSAGE, false, false, b"abc")),
+            Inbound::Nothing
+        );
+        assert_eq!(c.held(), 5, "the half-built packet counts");
+        match c.handle_frame(frame(2, Kind::MESSAGE, true, false, b"de")) {
+            Ok(Inbound::Failed(id, err)) => {
+                assert_eq!(id, Id::new(SID, 1));
+                assert_eq!(err.code(), RESOURCE_EXHAUSTED);
+                assert_eq!(
+                    err.message(),
+                    "message too large: message size 5 exceeds maximum of 4 bytes"
+                );
+            }
             other => panic!("{other:?}"),
-        };
-        c.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof));
-        assert_eq!(c.try_enqueue(held), Ok(()));
-        expect_message(&mut c, b"m1");
+        }
+        expect_message(&mut c, b"ok");
         assert_matches!(
             c.recv(),
-            Recv::Failed(StreamErrorKind::ConnectionLost(ConnectionError::Eof))
+            Recv::Failed(StreamErrorKind::ReceivedTooLarge { size: 5, limit: 4 })
         );
+        // Later frames of the stream are ignored.
+        assert_matches!(feed(&mut c, msg(3, b"z")), Inbound::Nothing);
+    }
+
+    fn fc_opts(flow: FlowControl, max: usize) -> StreamOptions {
+        StreamOptions {
+            max_packet_size: max,
+            flow_control: flow,
+            ..StreamOptions::default()
+        }
+    }
+
+    #[test]
+    fn fork_mode_gates_and_grants_from_the_start() {
+        let flow = FlowControl::fork()
+            .with_window(128 << 10, 32 << 10)
+            .expect("valid");
+        let mut c = StreamCore::new(SID, StreamKind::Client, &fc_opts(flow, 1 << 20));
+        assert!(c.is_flow_controlled());
+        assert!(c.send_allowed(64 << 10));
+        c.debit(200 << 10);
+        assert!(!c.send_allowed(0), "overdrawn");
+        assert!(c.grant(72 << 10));
+        assert!(c.send_allowed(0) && !c.send_allowed(1));
+        assert!(c.grant(1));
+        assert!(c.send_allowed(1));
+        // Receiving: the cap is the window plus one message.
+        let big = Bytes::from(vec![0u8; 100 << 10]);
+        for m in 1..=11 {
+            let f = Frame {
+                id: Id::new(SID, m),
+                kind: Kind::MESSAGE,
+                done: true,
+                control: false,
+                data: big.clone(),
+            };
+            assert_matches!(c.handle_frame(f), Ok(Inbound::Queued));
+        }
+        let over = Frame {
+            id: Id::new(SID, 12),
+            kind: Kind::MESSAGE,
+            done: true,
+            control: false,
+            data: big.clone(),
+        };
+        assert_matches!(c.handle_frame(over), Ok(Inbound::Failed(_, _)));
+        // Consuming grants at the threshold; never after termination.
+        assert_matches!(c.recv(), Recv::Message(_));
+        assert_eq!(c.take_grant(), None, "terminated: no more credit");
+    }
+
+    #[test]
+    fn fork_mode_grants_consumed_bytes() {
+        let flow = FlowControl::fork()
+            .with_window(128 << 10, 32 << 10)
+            .expect("valid");
+        let mut c = StreamCore::new(SID, StreamKind::Server, &fc_opts(flow, 1 << 20));
+        let chunk = Bytes::from(vec![0u8; 20 << 10]);
+        for m in 1..=3 {
+            let f = Frame {
+                id: Id::new(SID, m),
+                kind: Kind::MESSAGE,
+                done: true,
+                control: false,
+                data: chunk.clone(),
+            };
+            assert_matches!(c.handle_frame(f), Ok(Inbound::Queued));
+        }
+        assert_matches!(c.recv(), Recv::Message(_));
+        assert_eq!(c.take_grant(), None, "under the threshold");
+        assert_matches!(c.recv(), Recv::Message(_));
+        assert_eq!(c.take_grant(), Some(40 << 10));
+        assert_eq!(c.take_grant(), None);
+    }
+
+    #[test]
+    fn auto_negotiation_client_side() {
+        let mut c = StreamCore::new(
+            SID,
+            StreamKind::Client,
+            &fc_opts(FlowControl::auto(), 1 << 20),
+        );
+        assert!(!c.is_flow_controlled());
+        let offer = c.offer_flow_control().expect("an auto client offers");
+        assert_eq!(offer.window, FlowControl::DEFAULT_WINDOW);
+        assert_eq!(offer.max_message, 1 << 20);
+        assert_eq!(c.offer_flow_control(), None, "once");
+        assert!(c.is_flow_controlled());
+        assert_eq!(
+            c.begin_invoke(true).ok(),
+            Some((Some(Id::new(SID, 1)), Id::new(SID, 2)))
+        );
+        // Ungated until the server accepts, but counted.
+        c.debit(10 << 20);
+        assert!(c.send_allowed(64 << 10));
+        let mut accept = Vec::new();
+        FlowNegotiation::Accept(FlowParams {
+            window: 1 << 20,
+            max_message: 1 << 20,
+        })
+        .append_to(&mut accept, Id::new(SID, 1));
+        let (f, _) = Frame::parse(&Bytes::from(accept))
+            .expect("ok")
+            .expect("whole");
+        assert_matches!(c.handle_frame(f), Ok(Inbound::SendGating(id)) if id == Id::new(SID, 3));
+        assert!(!c.send_allowed(0), "what was sent before still counts");
+        assert!(c.grant(9 << 20));
+        assert!(c.send_allowed(0) && !c.send_allowed(1));
+        assert!(c.grant(64 << 10));
+        assert!(c.send_allowed(64 << 10));
+    }
+
+    #[test]
+    fn auto_negotiation_server_side() {
+        let max = 1 << 20;
+        let mut c = StreamCore::new(SID, StreamKind::Server, &fc_opts(FlowControl::auto(), max));
+        assert_eq!(c.offer_flow_control(), None, "servers do not offer");
+        let offer = FlowParams {
+            window: FlowControl::FRAME,
+            max_message: 100,
+        };
+        let (id, own) = c.accept_flow_control(offer).expect("accepted");
+        assert_eq!(id, Id::new(SID, 1));
+        assert_eq!(own.max_message, max as u64);
+        assert_eq!(c.accept_flow_control(offer), None, "once");
+        assert!(c.send_allowed(FlowControl::FRAME as usize));
+        c.debit(FlowControl::FRAME as usize);
+        assert!(!c.send_allowed(1));
+        // Before the client's gating marker, its messages are not held to
+        // the cap (but still to the queue's bounds).
+        let mut big = Vec::new();
+        for m in 1..=3u64 {
+            big.push(Bytes::from(vec![m as u8; 90]));
+        }
+        assert_matches!(
+            c.handle_frame(Frame {
+                id: Id::new(SID, 1),
+                kind: Kind::MESSAGE,
+                done: true,
+                control: false,
+                data: big[0].clone()
+            }),
+            Ok(Inbound::Queued)
+        );
+        let mut gating = Vec::new();
+        FlowNegotiation::Gating.append_to(&mut gating, Id::new(SID, 2));
+        let (f, _) = Frame::parse(&Bytes::from(gating))
+            .expect("ok")
+            .expect("whole");
+        assert_matches!(c.handle_frame(f), Ok(Inbound::Nothing));
+        // Now held to window + one message, the early bytes exempt.
+        let mib = Bytes::from(vec![0u8; max]);
+        for m in 3..=5 {
+            let f = Frame {
+                id: Id::new(SID, m),
+                kind: Kind::MESSAGE,
+                done: true,
+                control: false,
+                data: mib.clone(),
+            };
+            assert_matches!(c.handle_frame(f), Ok(Inbound::Queued));
+        }
+        let over = Frame {
+            id: Id::new(SID, 6),
+            kind: Kind::MESSAGE,
+            done: true,
+            control: false,
+            data: big[2].clone(),
+        };
+        assert_matches!(c.handle_frame(over), Ok(Inbound::Failed(_, _)));
+    }
+
+    #[test]
+    fn off_mode_never_gates() {
+        let mut c = StreamCore::new(
+            SID,
+            StreamKind::Client,
+            &fc_opts(FlowControl::off(), 1 << 20),
+        );
+        assert_eq!(c.offer_flow_control(), None);
+        c.debit(1 << 30);
+        assert!(c.send_allowed(1 << 20));
+        assert!(!c.grant(5), "grants are dropped");
     }
 
     #[test]

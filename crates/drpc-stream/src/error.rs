@@ -56,6 +56,14 @@ pub enum ConnectionError {
         /// What was wrong with it.
         source: MetadataError,
     },
+    /// The peer sent an InvokeMetadata larger than the connection accepts.
+    #[error("protocol error: invoke metadata over {limit} bytes (stream {stream})")]
+    MetadataTooLarge {
+        /// The stream concerned.
+        stream: u64,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The peer started more streams than the connection allows to be
     /// pending (Invoke still incomplete) at once.
     #[error("protocol error: too many pending invokes (limit {limit})")]
@@ -84,6 +92,7 @@ impl ConnectionError {
                 | ConnectionError::InvokeOnExistingStream { .. }
                 | ConnectionError::UnknownKind { .. }
                 | ConnectionError::InvalidMetadata { .. }
+                | ConnectionError::MetadataTooLarge { .. }
                 | ConnectionError::TooManyPendingInvokes { .. }
         )
     }
@@ -134,6 +143,26 @@ pub enum StreamErrorKind {
         /// The limit.
         limit: usize,
     },
+    /// The peer sent a message larger than this side accepts. The stream
+    /// failed alone (the peer was told with ResourceExhausted); the
+    /// connection goes on.
+    #[error("message too large: message size {size} exceeds maximum of {limit} bytes")]
+    ReceivedTooLarge {
+        /// How large the message had grown when it was refused.
+        size: u64,
+        /// The limit.
+        limit: usize,
+    },
+    /// The peer sent more than this side could queue for the stream: more
+    /// than the window it was granted (flow control), or, without flow
+    /// control, more than the stream's queue holds while other streams
+    /// share the connection. The stream failed alone (the peer was told
+    /// with ResourceExhausted); the connection goes on.
+    #[error("receive queue cap exceeded: receive queue exceeded its {cap}-byte cap")]
+    QueueOverflow {
+        /// The cap in bytes.
+        cap: usize,
+    },
     /// The connection already had its maximum of concurrent streams; the
     /// stream was never opened.
     #[error("too many concurrent streams: refused: at most {limit} concurrent streams")]
@@ -182,6 +211,34 @@ impl StreamError {
         matches!(self.kind, StreamErrorKind::Canceled(_))
     }
 
+    /// Whether a message was too large: refused here before sending,
+    /// refused here on receipt, or refused by the peer (ResourceExhausted
+    /// with the fork's "message too large" text).
+    pub fn is_too_large(&self) -> bool {
+        match &self.kind {
+            StreamErrorKind::MessageTooLarge { .. } | StreamErrorKind::ReceivedTooLarge { .. } => {
+                true
+            }
+            StreamErrorKind::Remote(e) => {
+                is_remote_resource_exhausted(e) && e.message().contains("message too large")
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a limit of this side or of the peer ended the stream (gRPC's
+    /// ResourceExhausted): a message too large, or more data than a queue
+    /// or window holds.
+    pub fn is_resource_exhausted(&self) -> bool {
+        match &self.kind {
+            StreamErrorKind::MessageTooLarge { .. }
+            | StreamErrorKind::ReceivedTooLarge { .. }
+            | StreamErrorKind::QueueOverflow { .. } => true,
+            StreamErrorKind::Remote(e) => is_remote_resource_exhausted(e),
+            _ => false,
+        }
+    }
+
     /// The code of a remote error; `None` for every other kind of error or
     /// when the remote attached no code.
     pub fn code(&self) -> Option<u64> {
@@ -190,6 +247,13 @@ impl StreamError {
             _ => None,
         }
     }
+}
+
+/// Code 8, or a fork peer's gRPC-mapped text (mux-fork-2026.md §2.4).
+fn is_remote_resource_exhausted(e: &CodedError) -> bool {
+    e.code() == drpc_wire::RESOURCE_EXHAUSTED
+        || e.message()
+            .starts_with("rpc error: code = ResourceExhausted")
 }
 
 impl fmt::Display for StreamError {

@@ -60,18 +60,22 @@
 //! # }).unwrap();
 //! ```
 
+mod budget;
 mod core;
 mod encoding;
 mod error;
+mod flow;
 mod mux_writer;
 mod queue;
 mod stream;
 mod sync;
 
+pub use budget::MemoryBudget;
 #[cfg(feature = "prost")]
 pub use encoding::Prost;
 pub use encoding::{Encoding, EncodingError, MessageBuf, Raw};
 pub use error::{ConnectionError, Initiator, StreamError, StreamErrorKind};
+pub use flow::{FlowControl, FlowControlError, FlowControlMode};
 pub use mux_writer::{Batch, DEFAULT_WRITER_HIGH_WATER, MuxWriter, ZERO_COPY_MIN};
 pub use queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
 pub use stream::{Stream, StreamHandle, StreamKind, StreamOptions, new_stream};

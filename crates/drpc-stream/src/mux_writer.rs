@@ -8,8 +8,10 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use drpc_wire::{Id, Kind, append_frame_header, effective_split_size};
 
-use crate::ConnectionError;
+use std::sync::Arc;
+
 use crate::sync::{Mutex, lock};
+use crate::{ConnectionError, MemoryBudget};
 
 /// The default number of buffered bytes above which senders of messages
 /// wait for the writer task: 1 MiB, as the fork's bounded writer.
@@ -45,6 +47,9 @@ const INITIAL_CAPACITY: usize = 4096;
 pub struct MuxWriter {
     state: Mutex<State>,
     high_water: usize,
+    /// What the connection holds for its peer; buffered bytes count until
+    /// they are written.
+    budget: Arc<MemoryBudget>,
 }
 
 #[derive(Debug)]
@@ -60,6 +65,8 @@ struct State {
     capacity_wakers: Vec<Waker>,
     /// Whether the writer task holds a taken batch it has not yet written.
     writing: bool,
+    /// The size of that batch, charged to the budget until written.
+    in_flight: usize,
     idle_wakers: Vec<Waker>,
 }
 
@@ -147,7 +154,14 @@ impl MuxWriter {
     /// A writer whose senders wait while more than `high_water` bytes are
     /// buffered (0 means [`DEFAULT_WRITER_HIGH_WATER`]).
     pub fn new(high_water: usize) -> MuxWriter {
+        MuxWriter::with_budget(high_water, Arc::new(MemoryBudget::unlimited()))
+    }
+
+    /// As [`MuxWriter::new`], charging buffered bytes, and everything the
+    /// connection's streams hold, to `budget`.
+    pub fn with_budget(high_water: usize, budget: Arc<MemoryBudget>) -> MuxWriter {
         MuxWriter {
+            budget,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 tail: BytesMut::with_capacity(INITIAL_CAPACITY),
@@ -156,6 +170,7 @@ impl MuxWriter {
                 drain_waker: None,
                 capacity_wakers: Vec::new(),
                 writing: false,
+                in_flight: 0,
                 idle_wakers: Vec::new(),
             }),
             high_water: if high_water == 0 {
@@ -178,7 +193,9 @@ impl MuxWriter {
             let was_empty = state.buffered == 0;
             let before = state.tail.len();
             encode(&mut state.tail);
-            state.buffered += state.tail.len() - before;
+            let added = state.tail.len() - before;
+            state.buffered += added;
+            self.budget.charge(added);
             if was_empty {
                 state.drain_waker.take()
             } else {
@@ -230,6 +247,7 @@ impl MuxWriter {
                 return Err(err.clone());
             }
             let was_empty = state.buffered == 0;
+            let buffered_before = state.buffered;
             // Where the next data byte comes from: a part, and an offset in it.
             let (mut part, mut at) = (0, 0);
             let mut sent: usize = 0;
@@ -263,6 +281,7 @@ impl MuxWriter {
                     break;
                 }
             }
+            self.budget.charge(state.buffered - buffered_before);
             if was_empty {
                 state.drain_waker.take()
             } else {
@@ -318,6 +337,7 @@ impl MuxWriter {
             debug_assert!(batch.is_empty());
             state.freeze_tail();
             std::mem::swap(&mut state.queue, &mut batch.segments);
+            state.in_flight += state.buffered;
             state.buffered = 0;
             state.writing = true;
             std::mem::take(&mut state.capacity_wakers)
@@ -351,6 +371,8 @@ impl MuxWriter {
             state.stopped = Some(err);
             state.queue = VecDeque::new();
             state.tail = BytesMut::new();
+            self.budget
+                .release(state.buffered + std::mem::take(&mut state.in_flight));
             state.buffered = 0;
             state.writing = false;
             let mut wakers = std::mem::take(&mut state.capacity_wakers);
@@ -367,6 +389,7 @@ impl MuxWriter {
         let wakers = {
             let mut state = lock(&self.state);
             state.writing = false;
+            self.budget.release(std::mem::take(&mut state.in_flight));
             if state.buffered == 0 {
                 std::mem::take(&mut state.idle_wakers)
             } else {
@@ -406,6 +429,11 @@ impl MuxWriter {
     /// The high-water mark.
     pub fn high_water(&self) -> usize {
         self.high_water
+    }
+
+    /// The budget of the connection this writer serves.
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 }
 

@@ -16,11 +16,11 @@ pub const DEFAULT_RECV_QUEUE_BYTES: usize = 8 << 20;
 /// Messages received on a stream and not yet taken by the application.
 ///
 /// This is the single place where received bytes are accounted: admission
-/// ([`RecvQueue::try_push`]) and release ([`RecvQueue::pop`]). A bounded
-/// queue is how the design applies backpressure: when a stream's queue is
-/// full the connection's reader waits, which stalls every stream of the
-/// connection (see the crate docs). Credit-based flow control will hook in
-/// here, granting credit as bytes are released.
+/// ([`RecvQueue::try_push`], [`RecvQueue::push`]) and release
+/// ([`RecvQueue::pop`]). The bounds apply to streams without flow control
+/// that share their connection; see the crate docs for what happens when
+/// they are reached. Flow control admits by its own cap instead, and
+/// grants credit as bytes are released.
 #[derive(Debug)]
 pub(crate) struct RecvQueue {
     /// The oldest message, when it is the only one or the first of several:
@@ -42,6 +42,22 @@ impl RecvQueue {
             max_messages: max_messages.max(1),
             max_bytes,
         }
+    }
+
+    /// Queues `data` whatever the bounds: for a stream the connection lets
+    /// exceed them (the only active one) or whose flow control decides.
+    pub(crate) fn push(&mut self, data: Bytes) {
+        self.bytes += data.len();
+        if self.len() == 0 {
+            self.front = Some(data);
+        } else {
+            self.messages.push_back(data);
+        }
+    }
+
+    /// The byte bound.
+    pub(crate) fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Queues `data` if there is room, else gives it back.
@@ -82,7 +98,7 @@ impl RecvQueue {
         usize::from(self.front.is_some()) + self.messages.len()
     }
 
-    #[cfg(test)]
+    /// The number of bytes queued.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }

@@ -4,16 +4,18 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use drpc_wire::{
-    CodedError, DEFAULT_MAX_PACKET_SIZE, Frame, Id, Kind, Metadata, append_frame, append_packet,
-    encode_metadata,
+    CodedError, DEFAULT_MAX_PACKET_SIZE, FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams,
+    Frame, Id, Kind, Metadata, WindowUpdate, append_frame, append_packet, encode_metadata,
 };
 use smallvec::SmallVec;
 
 use crate::core::{Inbound, Recv, StreamCore};
+use crate::flow::FlowControl;
 use crate::queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
 use crate::sync::{Mutex, MutexGuard, lock};
 use crate::{ConnectionError, Initiator, MessageBuf, MuxWriter, StreamError, StreamErrorKind};
@@ -43,7 +45,18 @@ pub struct StreamOptions {
     /// How many received bytes may wait for the application (default
     /// 8 MiB; one message of any accepted size always fits in an empty
     /// queue).
+    ///
+    /// These two bounds apply to streams without flow control. When one is
+    /// reached, a stream that is its connection's only active stream keeps
+    /// queueing (the connection's memory budget then stops the reader: TCP
+    /// backpressure, as a sequential stock peer expects), and a stream that
+    /// shares its connection fails alone with
+    /// [`StreamErrorKind::QueueOverflow`], so that it never holds up the
+    /// others. A flow-controlled stream is held to its window plus one
+    /// message instead.
     pub recv_queue_bytes: usize,
+    /// Flow control (default [`FlowControl::auto`]).
+    pub flow_control: FlowControl,
 }
 
 impl StreamOptions {
@@ -69,6 +82,7 @@ impl Default for StreamOptions {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             recv_queue_messages: DEFAULT_RECV_QUEUE_MESSAGES,
             recv_queue_bytes: DEFAULT_RECV_QUEUE_BYTES,
+            flow_control: FlowControl::default(),
         }
     }
 }
@@ -92,11 +106,15 @@ struct Inner {
     core: StreamCore,
     /// Tasks waiting in `recv` (usually one; `recv` takes `&self`).
     recv_wakers: WakerList,
-    /// The connection's reader waiting for queue room.
-    space_waker: Option<Waker>,
-    /// Tasks waiting for termination (senders waiting for writer room,
-    /// `terminated()` callers).
+    /// Tasks waiting for termination (senders waiting for writer room or
+    /// for credit, `terminated()` callers).
     term_wakers: WakerList,
+    /// Senders waiting for credit.
+    credit_wakers: WakerList,
+    /// The bytes last charged to the connection's budget for this stream.
+    held: usize,
+    /// The connection's count of live streams, while this one counts in it.
+    live: Option<Arc<AtomicUsize>>,
     /// Whether termination was already announced.
     announced: bool,
     on_terminate: SmallVec<[TerminateHook; 1]>,
@@ -112,11 +130,12 @@ fn register(wakers: &mut WakerList, waker: &Waker) {
 impl Shared {
     /// Collects who must be woken after a change, releasing the lock
     /// before anyone is woken or any hook runs.
-    fn release(&self, mut inner: MutexGuard<'_, Inner>, queued: bool, popped: bool) {
+    fn release(&self, mut inner: MutexGuard<'_, Inner>, queued: bool) {
+        self.account(&mut inner);
+        settle(&mut inner);
         let announce = inner.core.is_terminated() && !inner.announced;
         let wake_recv = (queued || announce) && !inner.recv_wakers.is_empty();
-        let wake_space = (popped || announce) && inner.space_waker.is_some();
-        if !(announce || wake_recv || wake_space) {
+        if !(announce || wake_recv) {
             // The common case: nobody is waiting for this change.
             return;
         }
@@ -124,11 +143,6 @@ impl Shared {
             std::mem::take(&mut inner.recv_wakers)
         } else {
             WakerList::new()
-        };
-        let space = if wake_space {
-            inner.space_waker.take()
-        } else {
-            None
         };
         let (term, hooks) = if announce {
             inner.announced = true;
@@ -144,22 +158,99 @@ impl Shared {
         // Hooks first: whoever a waker wakes must find the connection's
         // bookkeeping (the registry) already updated.
         hooks.into_iter().for_each(|hook| hook());
-        recv.into_iter()
-            .chain(space)
-            .chain(term)
-            .for_each(Waker::wake);
+        recv.into_iter().chain(term).for_each(Waker::wake);
+    }
+
+    /// Appends a terminal packet: the stream leaves the connection's live
+    /// count first, so that a peer that sees the packet and opens the next
+    /// stream at once is never refused for this one.
+    fn append_terminal(
+        &self,
+        inner: &mut Inner,
+        id: Id,
+        kind: Kind,
+        control: bool,
+        data: &[u8],
+    ) -> Result<(), ConnectionError> {
+        settle(inner);
+        self.append_control(id, kind, control, data)
+    }
+
+    /// Charges the connection's budget with what the stream now holds.
+    fn account(&self, inner: &mut Inner) {
+        let held = inner.core.held();
+        if held != inner.held {
+            self.writer.budget().adjust(inner.held, held);
+            inner.held = held;
+        }
+    }
+
+    /// The split size of Message packets: flow-controlled streams never
+    /// send frames over [`FlowControl::FRAME`].
+    fn split_size(&self, core: &StreamCore) -> usize {
+        if core.is_flow_controlled() {
+            let frame = FlowControl::FRAME as usize;
+            match self.split_size {
+                0 => frame,
+                n => n.min(frame),
+            }
+        } else {
+            self.split_size
+        }
     }
 
     /// Appends a Message packet: large shared payloads by reference, the
     /// rest copied into the write buffer.
-    fn append_message(&self, id: Id, data: Payload<'_>) -> Result<(), ConnectionError> {
+    fn append_message(
+        &self,
+        id: Id,
+        data: Payload<'_>,
+        split: usize,
+    ) -> Result<(), ConnectionError> {
         match data.contiguous() {
             Some(bytes) if bytes.len() < crate::ZERO_COPY_MIN || data.is_borrowed() => self
                 .writer
-                .append(|buf| append_packet(buf, id, Kind::MESSAGE, false, bytes, self.split_size)),
+                .append(|buf| append_packet(buf, id, Kind::MESSAGE, false, bytes, split)),
             _ => self
                 .writer
-                .append_parts(id, Kind::MESSAGE, false, data.parts(), self.split_size),
+                .append_parts(id, Kind::MESSAGE, false, data.parts(), split),
+        }
+    }
+
+    /// Sends what an inbound frame asked for (an abortive Error, a
+    /// negotiation marker), under the stream lock.
+    fn answer(&self, inner: &mut Inner, inbound: Inbound) -> bool {
+        let sent = match inbound {
+            Inbound::Failed(id, err) => {
+                tracing::debug!(stream = self.id, error = %err, "stream failed: peer exceeded a limit");
+                let mut payload = Vec::with_capacity(8 + err.message().len());
+                err.append_to(&mut payload);
+                self.append_terminal(inner, id, Kind::ERROR, true, &payload)
+            }
+            Inbound::SendGating(id) => {
+                let waiting = std::mem::take(&mut inner.credit_wakers);
+                waiting.into_iter().for_each(Waker::wake);
+                self.writer
+                    .append(|buf| FlowNegotiation::Gating.append_to(buf, id))
+            }
+            _ => return false,
+        };
+        if let Err(e) = sent {
+            tracing::debug!(stream = self.id, error = %e, "control packet not sent");
+        }
+        true
+    }
+
+    /// Sends a grant the last receive made due.
+    fn send_grant(&self, inner: &mut Inner) {
+        if let Some(delta) = inner.core.take_grant() {
+            let update = WindowUpdate {
+                stream: self.id,
+                delta,
+            };
+            if let Err(e) = self.writer.append(|buf| update.append_to(buf)) {
+                tracing::debug!(stream = self.id, error = %e, "grant not sent");
+            }
         }
     }
 
@@ -169,13 +260,13 @@ impl Shared {
         let sent = inner
             .core
             .cancel(reason, true)
-            .map(|id| self.append_control(id, Kind::CANCEL, true, &[]));
+            .map(|id| self.append_terminal(&mut inner, id, Kind::CANCEL, true, &[]));
         // A stopped writer means the connection is ending, which ends the
         // peer's stream too: nothing is left to report.
         if let Some(Err(e)) = sent {
             tracing::debug!(stream = self.id, error = %e, "cancel not sent");
         }
-        self.release(inner, false, false);
+        self.release(inner, false);
     }
 
     fn check_size(&self, len: usize) -> Result<(), StreamError> {
@@ -292,8 +383,10 @@ pub fn new_stream(
         inner: Mutex::new(Inner {
             core: StreamCore::new(id, kind, opts),
             recv_wakers: WakerList::new(),
-            space_waker: None,
             term_wakers: WakerList::new(),
+            credit_wakers: WakerList::new(),
+            held: 0,
+            live: None,
             announced: false,
             on_terminate: SmallVec::new(),
         }),
@@ -373,18 +466,29 @@ impl Stream {
         if let Some(m) = &message {
             shared.check_size(m.len())?;
         }
+        let mut inner = lock(&shared.inner);
+        // A unary call carries one message each way: nothing to negotiate.
+        let offer = match message {
+            Some(_) => None,
+            None => inner.core.offer_flow_control(),
+        };
         let mut encoded = Vec::new();
+        let offered = offer.as_ref().map(FlowParams::to_metadata_value);
         encode_metadata(
             &mut encoded,
-            metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            metadata
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .filter(|(k, _)| *k != FLOW_CONTROL_METADATA_KEY)
+                .chain(offered.as_deref().map(|v| (FLOW_CONTROL_METADATA_KEY, v))),
         );
-        let mut inner = lock(&shared.inner);
         let (md_id, invoke_id) = inner
             .core
-            .begin_invoke(!metadata.is_empty())
+            .begin_invoke(!encoded.is_empty())
             .map_err(|e| shared.err(e))?;
         let unary = match message {
             Some(m) => {
+                inner.core.debit(m.len());
                 let id = inner.core.begin_message().map_err(|e| shared.err(e))?;
                 // Sending was open a moment ago under the same lock, so
                 // CloseSend is always granted here.
@@ -393,7 +497,7 @@ impl Stream {
             }
             None => None,
         };
-        let split = shared.split_size;
+        let split = shared.split_size(&inner.core);
         // A large shared message goes by reference, in its own append after
         // the Invoke; one that is copied anyway shares the Invoke's append
         // (one write).
@@ -415,14 +519,16 @@ impl Stream {
             }
         });
         if let (Ok(()), Some((m, id, close_id)), None) = (&result, unary, inline) {
-            result = shared.append_message(id, m).and_then(|()| match close_id {
-                Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
-                None => Ok(()),
-            });
+            result = shared
+                .append_message(id, m, split)
+                .and_then(|()| match close_id {
+                    Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
+                    None => Ok(()),
+                });
         }
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
-        shared.release(inner, false, false);
+        shared.release(inner, false);
         out
     }
 
@@ -464,23 +570,34 @@ impl Stream {
     async fn send_payload(&self, data: Payload<'_>) -> Result<(), StreamError> {
         let shared = &*self.shared;
         shared.check_size(data.len())?;
-        poll_fn(|cx| {
-            if shared.writer.poll_capacity(cx).is_ready() {
-                return Poll::Ready(());
+        let len = data.len();
+        let mut inner = poll_fn(|cx| {
+            let writer_ready = shared.writer.poll_capacity(cx).is_ready();
+            let mut inner = lock(&shared.inner);
+            if inner.core.is_send_closed() {
+                return Poll::Ready(inner);
+            }
+            // Credit: the first frame must fit the window; the rest of the
+            // message may overdraw it (mux-fork-2026.md §2.2).
+            let first_frame = len.min(effective_split(shared.split_size(&inner.core)));
+            if !inner.core.send_allowed(first_frame) {
+                register(&mut inner.credit_wakers, cx.waker());
+                register(&mut inner.term_wakers, cx.waker());
+                return Poll::Pending;
+            }
+            if writer_ready {
+                return Poll::Ready(inner);
             }
             // Waiting for writer room: also wake if the stream ends, so that
             // a cancel releases a sender stuck behind a blocked transport.
-            let mut inner = lock(&shared.inner);
-            if inner.core.is_send_closed() {
-                return Poll::Ready(());
-            }
             register(&mut inner.term_wakers, cx.waker());
             Poll::Pending
         })
         .await;
-        let mut inner = lock(&shared.inner);
         let id = inner.core.begin_message().map_err(|e| shared.err(e))?;
-        let result = shared.append_message(id, data);
+        inner.core.debit(len);
+        let split = shared.split_size(&inner.core);
+        let result = shared.append_message(id, data, split);
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
         drop(inner);
@@ -500,7 +617,8 @@ impl Stream {
                     Poll::Pending
                 }
                 Recv::Message(data) => {
-                    shared.release(inner, false, true);
+                    shared.send_grant(&mut inner);
+                    shared.release(inner, false);
                     Poll::Ready(Ok(Some(data)))
                 }
                 Recv::End => Poll::Ready(Ok(None)),
@@ -520,13 +638,13 @@ impl Stream {
                 // A send waiting for writer room now has its answer.
                 let waiting = std::mem::take(&mut inner.term_wakers);
                 waiting.into_iter().for_each(Waker::wake);
-                shared.append_control(id, Kind::CLOSE_SEND, false, &[])
+                shared.append_terminal(&mut inner, id, Kind::CLOSE_SEND, false, &[])
             }
             None => Ok(()),
         };
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
-        shared.release(inner, false, false);
+        shared.release(inner, false);
         out
     }
 
@@ -536,11 +654,11 @@ impl Stream {
         let shared = &*self.shared;
         let mut inner = lock(&shared.inner);
         let result = match inner.core.close() {
-            Some(id) => shared.append_control(id, Kind::CLOSE, false, &[]),
+            Some(id) => shared.append_terminal(&mut inner, id, Kind::CLOSE, false, &[]),
             None => Ok(()),
         };
         let out = result.map_err(|e| shared.err(StreamErrorKind::ConnectionLost(e)));
-        shared.release(inner, false, false);
+        shared.release(inner, false);
         out
     }
 
@@ -556,12 +674,12 @@ impl Stream {
             Some(id) => {
                 let mut payload = Vec::with_capacity(8 + err.message().len());
                 err.append_to(&mut payload);
-                shared.append_control(id, Kind::ERROR, false, &payload)
+                shared.append_terminal(&mut inner, id, Kind::ERROR, false, &payload)
             }
             None => Ok(()),
         };
         let out = result.map_err(|e| shared.err(StreamErrorKind::ConnectionLost(e)));
-        shared.release(inner, false, false);
+        shared.release(inner, false);
         out
     }
 
@@ -615,6 +733,28 @@ async fn wait_terminated(shared: &Shared) {
     .await
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Whatever the stream still held is freed with it.
+        let held = lock(&self.inner).held;
+        self.writer.budget().release(held);
+    }
+}
+
+/// Takes a terminated stream out of its connection's live count, once.
+fn settle(inner: &mut Inner) {
+    if inner.core.is_terminated()
+        && let Some(live) = inner.live.take()
+    {
+        live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The frame size a split size of `split` gives (0 means the default).
+fn effective_split(split: usize) -> usize {
+    drpc_wire::effective_split_size(split)
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         let (terminated, send_closed, kind) = {
@@ -631,7 +771,7 @@ impl Drop for Stream {
         if kind == StreamKind::Server && send_closed {
             let mut inner = lock(&self.shared.inner);
             inner.core.abandon();
-            self.shared.release(inner, false, false);
+            self.shared.release(inner, false);
         } else {
             self.shared
                 .cancel(StreamErrorKind::Canceled(Initiator::Local));
@@ -650,49 +790,90 @@ impl StreamHandle {
         self.shared.kind
     }
 
-    /// Routes one inbound frame of this stream. When the stream's receive
-    /// queue is full this waits for the application to make room (or for
-    /// the stream to end): that wait is the design's backpressure, and it
-    /// holds up the caller. An error is fatal for the connection.
-    pub async fn handle_frame(&self, frame: Frame) -> Result<(), ConnectionError> {
+    /// Routes one inbound frame of this stream; never waits. `alone` says
+    /// whether this is its connection's only active stream: a stream
+    /// without flow control whose queue is over its bounds then keeps
+    /// queueing (the connection's memory budget stops the reader instead),
+    /// and otherwise fails alone with
+    /// [`StreamErrorKind::QueueOverflow`]. An error is fatal for the
+    /// connection.
+    pub fn handle_frame(&self, frame: Frame, alone: bool) -> Result<(), ConnectionError> {
         let shared = &*self.shared;
-        let Some(data) = self.apply_frame(frame)? else {
-            return Ok(());
-        };
-        let mut pending = Some(data);
-        poll_fn(|cx| {
-            let mut inner = lock(&shared.inner);
-            let Some(data) = pending.take() else {
-                return Poll::Ready(());
-            };
-            match inner.core.try_enqueue(data) {
-                Ok(()) => {
-                    shared.release(inner, true, false);
-                    Poll::Ready(())
-                }
-                Err(data) => {
-                    pending = Some(data);
-                    inner.space_waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
+        let mut inner = lock(&shared.inner);
+        let inbound = match inner.core.handle_frame(frame) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                shared.account(&mut inner);
+                return Err(e);
             }
-        })
-        .await;
+        };
+        let inbound = match inbound {
+            Inbound::QueueFull(data) if alone => {
+                inner.core.force_enqueue(data);
+                Inbound::Queued
+            }
+            Inbound::QueueFull(_) => match inner.core.fail_overflow() {
+                Some((id, err)) => Inbound::Failed(id, err),
+                None => Inbound::Nothing,
+            },
+            other => other,
+        };
+        match inbound {
+            Inbound::Nothing => shared.account(&mut inner),
+            Inbound::Queued | Inbound::StateChanged => shared.release(inner, true),
+            other => {
+                shared.answer(&mut inner, other);
+                shared.release(inner, true);
+            }
+        }
         Ok(())
     }
 
-    /// Applies a frame; returns a message that found the queue full.
-    fn apply_frame(&self, frame: Frame) -> Result<Option<Bytes>, ConnectionError> {
+    /// Hands the stream one unit of `live`, the connection's count of live
+    /// streams, which the caller already added: it is taken back when the
+    /// stream terminates, before its last packet is appended, so that the
+    /// count is exact as the peer sees it (the stream limit is checked
+    /// against it in O(1)). Taken back at once if the stream has already
+    /// terminated.
+    pub fn release_on_termination(&self, live: Arc<AtomicUsize>) {
+        let mut inner = lock(&self.shared.inner);
+        match inner.live.replace(live) {
+            // Already counted: keep one unit only.
+            Some(previous) => {
+                previous.fetch_sub(1, Ordering::AcqRel);
+            }
+            None => {}
+        }
+        settle(&mut inner);
+    }
+
+    /// Applies a WindowUpdate's credit to this stream's sender (dropped
+    /// when the stream has no flow control or has terminated).
+    pub fn window_update(&self, delta: u64) {
+        let mut inner = lock(&self.shared.inner);
+        if inner.core.grant(delta) {
+            let waiting = std::mem::take(&mut inner.credit_wakers);
+            drop(inner);
+            waiting.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Takes a client's flow-control offer (an auto server, at accept): the
+    /// acceptance is appended at once, ahead of anything the handler sends.
+    /// Returns whether the stream is now flow-controlled.
+    pub fn accept_flow_control(&self, offer: FlowParams) -> bool {
         let shared = &*self.shared;
         let mut inner = lock(&shared.inner);
-        match inner.core.handle_frame(frame)? {
-            Inbound::Nothing => Ok(None),
-            Inbound::Queued | Inbound::StateChanged => {
-                shared.release(inner, true, false);
-                Ok(None)
-            }
-            Inbound::QueueFull(data) => Ok(Some(data)),
+        let Some((id, own)) = inner.core.accept_flow_control(offer) else {
+            return false;
+        };
+        if let Err(e) = shared
+            .writer
+            .append(|buf| FlowNegotiation::Accept(own).append_to(buf, id))
+        {
+            tracing::debug!(stream = shared.id, error = %e, "flow-control acceptance not sent");
         }
+        true
     }
 
     /// Ends the stream because its connection ended; `reason` is what the
@@ -700,7 +881,7 @@ impl StreamHandle {
     pub fn connection_lost(&self, reason: StreamErrorKind) {
         let mut inner = lock(&self.shared.inner);
         inner.core.connection_lost(reason);
-        self.shared.release(inner, false, false);
+        self.shared.release(inner, false);
     }
 
     /// Cancels the stream as [`Stream::cancel`] does (used for deadlines).

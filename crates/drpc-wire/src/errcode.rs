@@ -8,6 +8,12 @@ use bytes::BufMut;
 /// The code the generated "unimplemented" stubs send (gRPC's number).
 pub const UNIMPLEMENTED: u64 = 12;
 
+/// The code of a stream failed for exceeding a limit of its receiver: a
+/// message over the size limit, or more data than the receiver's queue or
+/// window allows (gRPC's ResourceExhausted, as the fork maps those
+/// failures, mux-fork-2026.md §2.4).
+pub const RESOURCE_EXHAUSTED: u64 = 8;
+
 /// How many `source()` links [`code_of`] follows, as Go's `drpcerr.Code`.
 const MAX_CHAIN: usize = 100;
 

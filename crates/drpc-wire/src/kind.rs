@@ -5,7 +5,7 @@ use std::fmt;
 /// The 6-bit kind field of a frame header.
 ///
 /// Every value 0..=63 is representable, because the parser accepts every
-/// header byte: kinds the protocol does not assign (0 and 8..=63) are judged
+/// header byte: kinds the protocol does not assign (0 and 10..=63) are judged
 /// later, at stream level, by the control bit (protocol.md §7.3).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Kind(u8);
@@ -25,6 +25,15 @@ impl Kind {
     pub const CLOSE_SEND: Kind = Kind(6);
     /// Request metadata, sent just before the Invoke of the same stream.
     pub const INVOKE_METADATA: Kind = Kind(7);
+    /// Flow-control credit for a stream's sender (CockroachDB's fork,
+    /// mux-fork-2026.md §2.1): always one frame, header `0x91`, message id
+    /// 0, one varint delta. Intercepted before packet assembly; see
+    /// [`WindowUpdate`](crate::WindowUpdate).
+    pub const WINDOW_UPDATE: Kind = Kind(8);
+    /// This implementation's per-stream flow-control negotiation (always
+    /// with the control bit, so that any peer that does not know it ignores
+    /// it); see [`FlowNegotiation`](crate::FlowNegotiation).
+    pub const FLOW_NEGOTIATION: Kind = Kind(9);
 
     /// The largest value the 6-bit field can hold.
     pub const MAX: u8 = 63;
@@ -48,9 +57,9 @@ impl Kind {
         self.0
     }
 
-    /// Whether the protocol assigns a meaning to this kind (1..=7).
+    /// Whether the protocol assigns a meaning to this kind (1..=9).
     pub const fn is_known(self) -> bool {
-        matches!(self.0, 1..=7)
+        matches!(self.0, 1..=9)
     }
 
     /// Whether packets of this kind are split into frames when large
@@ -69,6 +78,8 @@ impl Kind {
             5 => "Close",
             6 => "CloseSend",
             7 => "InvokeMetadata",
+            8 => "WindowUpdate",
+            9 => "FlowNegotiation",
             _ => return None,
         })
     }
@@ -104,6 +115,8 @@ mod tests {
             (Kind::CLOSE, 5, "Close"),
             (Kind::CLOSE_SEND, 6, "CloseSend"),
             (Kind::INVOKE_METADATA, 7, "InvokeMetadata"),
+            (Kind::WINDOW_UPDATE, 8, "WindowUpdate"),
+            (Kind::FLOW_NEGOTIATION, 9, "FlowNegotiation"),
         ];
         for (kind, value, name) in table {
             assert_eq!(kind.value(), value);
@@ -114,7 +127,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_values() {
-        for v in [0u8, 8, 9, 63] {
+        for v in [0u8, 10, 63] {
             let kind = Kind::new(v).expect("in range");
             assert!(!kind.is_known());
             assert_eq!(kind.to_string(), format!("Kind({v})"));

@@ -14,6 +14,8 @@
 //! * [`PacketAssembler`]: frames of **one stream** to packets, the rule a
 //!   multiplexed connection needs; [`ConnectionIdOrder`]: the original
 //!   connection-wide id rule, for sequential mode.
+//! * [`WindowUpdate`], [`FlowNegotiation`]: flow-control frames, judged
+//!   before assembly and dropped (never fatal) when they do not conform.
 //! * [`CodedError`], [`code_of`]: the Error payload and error codes;
 //!   [`encode_metadata`], [`decode_metadata`]: the InvokeMetadata payload.
 //!
@@ -60,10 +62,11 @@ mod metadata;
 mod packet;
 mod pool;
 mod varint;
+mod window;
 
 pub use assembler::{ConnectionIdOrder, DEFAULT_MAX_PACKET_SIZE, PacketAssembler};
 pub use decoder::FrameDecoder;
-pub use errcode::{CodedError, UNIMPLEMENTED, append_error, code_of};
+pub use errcode::{CodedError, RESOURCE_EXHAUSTED, UNIMPLEMENTED, append_error, code_of};
 pub use error::WireError;
 pub use frame::{
     Frame, FrameHead, Id, MAX_HEADER_LEN, MIN_FRAME_LEN, append_frame, append_frame_header,
@@ -81,3 +84,4 @@ pub use packet::{
 };
 pub use pool::POOL_MAX_BYTES;
 pub use varint::{MAX_VARINT_LEN, append_varint, read_varint, varint_len};
+pub use window::{FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams, WindowUpdate};

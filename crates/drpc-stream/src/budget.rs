@@ -1,0 +1,168 @@
+//! Memory accounting: what a connection holds for its peer, against a
+//! limit of its own and one shared by every connection of a server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use crate::sync::{Mutex, lock};
+
+/// A count of bytes held for peers, with a limit past which the
+/// connections that charge it stop reading until it falls again.
+///
+/// Each connection has one, whose parent (optional) is shared by every
+/// connection of a server or client. Everything held on a peer's behalf is
+/// charged: received messages waiting in stream queues, half-assembled
+/// packets, Invokes still assembling or being served (rpc and metadata, at
+/// their in-memory size), and bytes waiting for the writer task. Charges
+/// never fail: the limit is enforced by the connection's reader, which
+/// waits in [`MemoryBudget::poll_room`] before reading the next frame, so a
+/// connection holds at most its limit plus what one read adds.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    held: AtomicUsize,
+    limit: usize,
+    parent: Option<Arc<MemoryBudget>>,
+    /// Set while a reader waits, so that releases take the lock only then.
+    waiting: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes, charged through to `parent` as well.
+    pub fn new(limit: usize, parent: Option<Arc<MemoryBudget>>) -> MemoryBudget {
+        MemoryBudget {
+            held: AtomicUsize::new(0),
+            limit,
+            parent,
+            waiting: AtomicBool::new(false),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A budget that never stops anyone (still counts).
+    pub fn unlimited() -> MemoryBudget {
+        MemoryBudget::new(usize::MAX, None)
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counts `n` more bytes held.
+    pub fn charge(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.held.fetch_add(n, Ordering::AcqRel);
+        if let Some(p) = &self.parent {
+            p.charge(n);
+        }
+    }
+
+    /// Counts `n` bytes given back, waking readers once below the limit.
+    pub fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self.held.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(before >= n, "released more than was charged");
+        if let Some(p) = &self.parent {
+            p.release(n);
+        }
+        if self.waiting.load(Ordering::Acquire) && before - n < self.limit {
+            self.wake_all();
+        }
+    }
+
+    /// Applies the change from `before` to `after` bytes held.
+    pub fn adjust(&self, before: usize, after: usize) {
+        if after > before {
+            self.charge(after - before);
+        } else {
+            self.release(before - after);
+        }
+    }
+
+    fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        self.waiting.store(false, Ordering::Release);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn has_room(&self) -> bool {
+        self.held() < self.limit && self.parent.as_ref().is_none_or(|p| p.has_room())
+    }
+
+    /// Ready while this budget and its parent are below their limits;
+    /// otherwise wakes the task once either falls below again.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.has_room() {
+            return Poll::Ready(());
+        }
+        self.register(cx.waker());
+        if let Some(p) = &self.parent {
+            p.register(cx.waker());
+        }
+        // A release between the check and the registration saw no waiter.
+        if self.has_room() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut wakers = lock(&self.wakers);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        self.waiting.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(drpc_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn charges_reach_the_parent_and_limits_stop_readers() {
+        let shared = Arc::new(MemoryBudget::new(100, None));
+        let a = MemoryBudget::new(60, Some(shared.clone()));
+        let b = MemoryBudget::new(60, Some(shared.clone()));
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        a.charge(59);
+        assert!(a.poll_room(&mut cx).is_ready());
+        a.charge(1);
+        assert!(a.poll_room(&mut cx).is_pending());
+        b.charge(40);
+        assert_eq!(shared.held(), 100);
+        assert!(b.poll_room(&mut cx).is_pending(), "the shared limit");
+        b.release(1);
+        assert!(b.poll_room(&mut cx).is_ready());
+        assert!(
+            count.0.load(Ordering::SeqCst) >= 1,
+            "the waiting reader was woken"
+        );
+        a.adjust(60, 10);
+        assert_eq!((a.held(), shared.held()), (10, 49));
+        assert!(a.poll_room(&mut cx).is_ready());
+    }
+}
