@@ -36,11 +36,10 @@
 //! lock, so nothing is written for a stream after it terminated — which is
 //! what lets a stock sequential Go client use a multiplexing server.
 //!
-//! **Queues and backpressure.** Each stream queues what it received
-//! (bounded in messages and bytes); when a queue is full the reader waits
-//! for that stream's application, holding up the whole connection (see
-//! `drpc-stream`). Message senders wait while the writer holds more than
-//! its high-water mark.
+//! **Queues and backpressure.** See the next section: the reader never
+//! waits for one stream; message senders wait while the writer holds more
+//! than its high-water mark, and for credit when their stream is
+//! flow-controlled.
 //!
 //! **Who terminates what.**
 //!
@@ -58,6 +57,106 @@
 //!   on that stream.
 //! * A terminated stream removes itself from the registry; in sequential
 //!   mode that is also when the next stream may start.
+//!
+//! # Flow control, memory and isolation
+//!
+//! The rule: **no stream can stop its connection's reader, and nothing a
+//! peer sends can make a connection hold more than its budget.** The
+//! reader always goes on reading while the connection is within its
+//! memory budget, so a Cancel, a frame of another stream, an end of file
+//! or a reset is always seen.
+//!
+//! **The memory budget.** Every connection charges what it holds for its
+//! peer to a [`drpc_stream::MemoryBudget`]
+//! ([`ManagerOptions::max_connection_memory`], 32 MiB by default), which is
+//! also charged through to a budget shared by every connection made with
+//! the same options ([`ManagerOptions::shared_memory`], 256 MiB by default:
+//! a server's connections share it). Charged: messages received and not
+//! yet taken by the application, half-assembled packets, Invokes still
+//! assembling (their metadata at its parsed size, which the peer cannot
+//! inflate: [`ManagerOptions::max_metadata_size`] bounds it), the path and
+//! metadata of every stream being served until it ends, and every byte
+//! waiting for the writer task — Error replies and stream-limit refusals
+//! included. Before reading each frame the reader checks both budgets; over
+//! either it stops reading until the application takes messages or the
+//! transport drains the writer. That is TCP backpressure on the peer: it
+//! pauses the whole connection, but only when the connection as a whole
+//! holds too much, never because of one stream. [`Manager::held_bytes`]
+//! reports the count.
+//!
+//! **A stream whose application does not read.** What happens depends on
+//! the stream's flow control:
+//!
+//! * *Flow-controlled* (below): the peer may have at most the window it was
+//!   granted plus one message queued. It never has more unless it ignores
+//!   the protocol, and then its stream fails alone: an abortive Error
+//!   (control bit) with ResourceExhausted goes to the peer, and the local
+//!   application reads what was queued, then
+//!   [`drpc_stream::StreamErrorKind::QueueOverflow`].
+//! * *Not flow-controlled*, the connection's only active stream (a
+//!   sequential stock peer, say): its queue keeps growing, up to the
+//!   connection's budget, and then the reader pauses — TCP backpressure is
+//!   the right tool when nobody else shares the connection.
+//! * *Not flow-controlled*, sharing the connection: once its queue holds
+//!   [`drpc_stream::StreamOptions::recv_queue_messages`] messages or
+//!   [`drpc_stream::StreamOptions::recv_queue_bytes`] bytes, the stream
+//!   fails alone with ResourceExhausted, as above, so that the others keep
+//!   flowing. Waiting instead would stall every stream of the connection
+//!   (head-of-line blocking), which is what the fork's peers do without
+//!   flow control and what made multiplexing unsafe.
+//!
+//! **Per-stream limits.** A message larger than
+//! [`drpc_stream::StreamOptions::max_packet_size`] fails its stream alone,
+//! in both directions: refused before it is sent
+//! ([`drpc_stream::StreamErrorKind::MessageTooLarge`]), or, received, with
+//! an abortive ResourceExhausted to the peer and
+//! [`drpc_stream::StreamErrorKind::ReceivedTooLarge`] locally
+//! (`is_too_large()` is true on all of these). A single frame that
+//! declares more than the limit still ends the connection: its bytes cannot
+//! be skipped without reading them. The stream limit
+//! ([`ManagerOptions::max_concurrent_streams`]) is checked in O(1) against a
+//! count that a stream leaves before its last packet is written, so a peer
+//! that opens its next call as soon as the last one ended is never refused.
+//!
+//! **Flow control** ([`drpc_stream::FlowControl`], per connection, in
+//! [`drpc_stream::StreamOptions::flow_control`]) is CockroachDB's fork's,
+//! on the wire (mux-fork-2026.md §2): each stream's sender has a credit
+//! balance, starts with the receiver's window (2 MiB by default), may start
+//! a Message only while its first frame (at most 64 KiB) fits, and may
+//! overdraw with the rest of it, so a message larger than the window still
+//! goes. The receiver grants back what its application consumed with a
+//! `WindowUpdate` (kind 8, control bit, message id 0, one varint) once at
+//! least the threshold (512 KiB) has accumulated, and never after the
+//! stream ended. The reader takes WindowUpdates out before any id check,
+//! in every mode, and drops one that does not conform or that arrives with
+//! flow control off: a fork peer's grant never ends a connection. Three
+//! modes:
+//!
+//! * `auto` (the default): flow control on the streams whose peer has shown
+//!   it speaks it, none elsewhere. A client stream (not a unary call: one
+//!   message each way needs no window) offers it with the InvokeMetadata
+//!   key `drpc-rs-flow`, which stock and fork servers ignore. A server in
+//!   auto mode answers with a negotiation packet (kind 9, control bit, the
+//!   stream's next message id: a peer that does not know it ignores it),
+//!   gates its own Messages by the client's window from then on, and
+//!   grants with WindowUpdates (safe: the client has shown it takes them
+//!   out). The client counts its Messages from the start but waits for
+//!   credit only once it has the answer; then it sends a "gating" marker
+//!   (kind 9 again) and the server holds it to the server's window from
+//!   there, the earlier bytes exempt. A client therefore never sends a
+//!   stock or fork server anything but one metadata entry, and never
+//!   waits for credit a server will not send; a server sends kind 8 or 9
+//!   only to a client that asked.
+//! * `fork`: every stream gated and granted from the start, as the fork's
+//!   peers with flow control on assume (they cannot announce it): use it,
+//!   with [`ManagerOptions::fork_flow_control`], for such peers, on both
+//!   sides.
+//! * `off`: never gate, never grant.
+//!
+//! [`drpc_stream::FlowControl::with_window`] checks the liveness rule when
+//! options are built (window ≥ one frame, threshold ≤ window − one frame):
+//! otherwise a receiver holding back less than a threshold could leave its
+//! sender with less than a frame of credit forever.
 //!
 //! # Example
 //!

@@ -19,7 +19,7 @@ use drpc_wire::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -596,9 +596,9 @@ impl Inner {
     /// Registers the stream an Invoke opens and hands it to the accept
     /// loop, or refuses it when the connection is at its stream limit.
     async fn start_server_stream(self: &Arc<Self>, invoke: Invoke, accept: &mut Acceptor) {
-        // What the Invoke holds while its stream is served is charged
-        // until the stream ends.
-        let cost = invoke.cost();
+        // What the Invoke holds while its stream is served, and the
+        // stream's own state, are charged until the stream ends.
+        let cost = invoke.cost() + STREAM_COST;
         let Invoke {
             stream: id,
             rpc,
@@ -674,6 +674,12 @@ impl Inner {
     }
 }
 
+/// What a stream the peer opened costs beyond its path, metadata and
+/// queue: its state, its entry in the registry, and a server's task for
+/// it (a rough upper bound, charged so that a peer's streams count even
+/// when they carry nothing).
+const STREAM_COST: usize = 2048;
+
 /// Bytes charged to a connection's budget until dropped.
 struct Reservation(Arc<MemoryBudget>, usize);
 
@@ -720,50 +726,45 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
             if inner.term.get().is_some() {
                 return Ok(());
             }
-            // Over budget: read nothing more until the application or the
-            // transport frees memory (TCP backpressure on the peer). The
-            // streams opened so far must start, to free anything.
-            if poll_once(&mut poll_fn(|cx| budget.poll_room(cx))).await.is_none() {
-                accept.flush();
-                tracing::trace!(parent: &inner.span, held = budget.held(), "over budget: reading paused");
-                tokio::select! {
-                    biased;
-                    _ = poll_fn(|cx| budget.poll_room(cx)) => {}
-                    _ = ended.as_mut() => return Ok(()),
-                }
-            }
-            let mut next = pin!(reader.read_frame());
-            let read = match poll_once(&mut next).await {
-                Some(read) => read,
-                None => {
-                    // Everything read so far is routed: start the streams
-                    // it opened, then wait for more.
-                    accept.flush();
-                    // The read first: a wake-up is almost always for it,
-                    // and the end is still seen, here or at the loop's top.
-                    tokio::select! {
-                        biased;
-                        r = next => r,
-                        _ = ended.as_mut() => return Ok(()),
+            // The next frame's length first, then room for it in the
+            // budgets: over them, nothing more is read until the
+            // application or the transport frees memory (TCP backpressure on
+            // the peer). Whenever the reader is about to wait, the streams
+            // opened so far start: they may be what frees it.
+            let len = {
+                let mut next_len = pin!(reader.next_frame_len());
+                match poll_once(&mut next_len).await {
+                    Some(len) => len,
+                    None => {
+                        accept.flush();
+                        tokio::select! {
+                            biased;
+                            r = next_len => r,
+                            _ = ended.as_mut() => return Ok(()),
+                        }
                     }
                 }
             };
-            let frame = match read {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Err(ConnectionError::Eof),
-                Err(ReadError::Protocol(e)) => return Err(e.into()),
-                Err(ReadError::Io(e)) => return Err(ConnectionError::from_io(e)),
-                Err(e) => return Err(ConnectionError::from_io(std::io::Error::other(e))),
+            let reserved = match len {
+                Ok(Some(len)) => usize::try_from(len).unwrap_or(usize::MAX),
+                // The end, or an error: `read_frame` reports it.
+                _ => 0,
             };
-            if frame.kind == Kind::WINDOW_UPDATE {
-                inner.window_update(&frame);
-                continue;
+            let mut room = poll_fn(|cx| budget.poll_reserve(reserved, cx));
+            if poll_once(&mut room).await.is_none() {
+                accept.flush();
+                tracing::trace!(parent: &inner.span, held = budget.held(), next = reserved, "over budget: reading paused");
+                tokio::select! {
+                    biased;
+                    _ = room => {}
+                    _ = ended.as_mut() => return Ok(()),
+                }
             }
-            if let Some(order) = &mut order {
-                order.check(frame.id, frame.done)?;
+            let routed = read_and_route(&inner, &mut reader, &mut pending, &mut accept, &mut order, ended.as_mut()).await;
+            budget.release(reserved);
+            if routed? {
+                return Ok(());
             }
-            accept.flush_unless_for(frame.id.stream);
-            inner.route(frame, &mut pending, &mut accept).await?;
         }
     }
     .await;
@@ -772,6 +773,51 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
     if let Err(err) = result {
         inner.terminate(err);
     }
+}
+
+/// Reads one frame and routes it; `Ok(true)` when the connection ended
+/// while waiting for it.
+async fn read_and_route<R: AsyncRead + Unpin>(
+    inner: &Arc<Inner>,
+    reader: &mut FrameReader<R>,
+    pending: &mut PendingInvokes,
+    accept: &mut Acceptor,
+    order: &mut Option<ConnectionIdOrder>,
+    ended: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Result<bool, ConnectionError> {
+    let mut next = pin!(reader.read_frame());
+    let read = match poll_once(&mut next).await {
+        Some(read) => read,
+        None => {
+            // Everything read so far is routed: start the streams
+            // it opened, then wait for more.
+            accept.flush();
+            // The read first: a wake-up is almost always for it,
+            // and the end is still seen, here or at the loop's top.
+            tokio::select! {
+                biased;
+                r = next => r,
+                _ = ended => return Ok(true),
+            }
+        }
+    };
+    let frame = match read {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(ConnectionError::Eof),
+        Err(ReadError::Protocol(e)) => return Err(e.into()),
+        Err(ReadError::Io(e)) => return Err(ConnectionError::from_io(e)),
+        Err(e) => return Err(ConnectionError::from_io(std::io::Error::other(e))),
+    };
+    if frame.kind == Kind::WINDOW_UPDATE {
+        inner.window_update(&frame);
+        return Ok(false);
+    }
+    if let Some(order) = order {
+        order.check(frame.id, frame.done)?;
+    }
+    accept.flush_unless_for(frame.id.stream);
+    inner.route(frame, pending, accept).await?;
+    Ok(false)
 }
 
 async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W) {

@@ -394,6 +394,7 @@ impl EpochCfg {
                 max_packet_size: self.max_packet,
                 recv_queue_messages: self.q_msgs,
                 recv_queue_bytes: self.q_bytes,
+                flow_control: drpc_stream::FlowControl::off(),
             },
             writer_high_water: self.high_water,
             max_concurrent_streams: limit,

@@ -16,8 +16,10 @@ use crate::sync::{Mutex, lock};
 /// packets, Invokes still assembling or being served (rpc and metadata, at
 /// their in-memory size), and bytes waiting for the writer task. Charges
 /// never fail: the limit is enforced by the connection's reader, which
-/// waits in [`MemoryBudget::poll_room`] before reading the next frame, so a
-/// connection holds at most its limit plus what one read adds.
+/// reserves room for each frame ([`MemoryBudget::poll_reserve`]) before
+/// reading its data, so the budgets hold what they say: a frame is let in
+/// only while it fits, or while nothing at all is held (so that a frame
+/// larger than the limit cannot wait forever).
 #[derive(Debug)]
 pub struct MemoryBudget {
     held: AtomicUsize,
@@ -71,13 +73,10 @@ impl MemoryBudget {
         if n == 0 {
             return;
         }
-        let before = self.held.fetch_sub(n, Ordering::AcqRel);
-        debug_assert!(before >= n, "released more than was charged");
+        debug_assert!(self.held() >= n, "released more than was charged");
+        self.release_local(n);
         if let Some(p) = &self.parent {
             p.release(n);
-        }
-        if self.waiting.load(Ordering::Acquire) && before - n < self.limit {
-            self.wake_all();
         }
     }
 
@@ -98,6 +97,67 @@ impl MemoryBudget {
 
     fn has_room(&self) -> bool {
         self.held() < self.limit && self.parent.as_ref().is_none_or(|p| p.has_room())
+    }
+
+    /// Takes `n` bytes if they fit (or nothing is held), without waiting.
+    fn try_take(&self, n: usize) -> bool {
+        let mut held = self.held.load(Ordering::Acquire);
+        loop {
+            if held != 0 && held.saturating_add(n) > self.limit {
+                return false;
+            }
+            match self.held.compare_exchange_weak(
+                held,
+                held.saturating_add(n),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    /// Charges `n` bytes to this budget and its parents if they fit in
+    /// each (a budget that holds nothing takes anything); `false`, charging
+    /// nothing, otherwise.
+    pub fn try_reserve(&self, n: usize) -> bool {
+        if !self.try_take(n) {
+            return false;
+        }
+        if let Some(p) = &self.parent
+            && !p.try_reserve(n)
+        {
+            self.release_local(n);
+            return false;
+        }
+        true
+    }
+
+    /// As [`MemoryBudget::try_reserve`], waiting for room: the connection's
+    /// reader reserves each frame's bytes this way before reading them, and
+    /// gives them back with [`MemoryBudget::release`] once the frame is
+    /// routed (whatever keeps it has charged it by then).
+    pub fn poll_reserve(&self, n: usize, cx: &mut Context<'_>) -> Poll<()> {
+        if self.try_reserve(n) {
+            return Poll::Ready(());
+        }
+        self.register(cx.waker());
+        if let Some(p) = &self.parent {
+            p.register(cx.waker());
+        }
+        // A release between the attempt and the registration saw no waiter.
+        if self.try_reserve(n) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    fn release_local(&self, n: usize) {
+        let before = self.held.fetch_sub(n, Ordering::AcqRel);
+        if self.waiting.load(Ordering::Acquire) && before - n < self.limit {
+            self.wake_all();
+        }
     }
 
     /// Ready while this budget and its parent are below their limits;
@@ -164,5 +224,26 @@ mod tests {
         a.adjust(60, 10);
         assert_eq!((a.held(), shared.held()), (10, 49));
         assert!(a.poll_room(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn reservations_fit_or_wait() {
+        let shared = Arc::new(MemoryBudget::new(100, None));
+        let a = MemoryBudget::new(60, Some(shared.clone()));
+        let b = MemoryBudget::new(60, Some(shared.clone()));
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Anything fits an empty budget, even more than its limit.
+        assert!(a.poll_reserve(80, &mut cx).is_ready());
+        assert_eq!((a.held(), shared.held()), (80, 80));
+        assert!(a.poll_reserve(1, &mut cx).is_pending());
+        assert!(!b.try_reserve(21), "the shared budget has 20 left");
+        assert_eq!(b.held(), 0, "a refused reservation charges nothing");
+        assert!(b.try_reserve(20));
+        a.release(80);
+        assert!(count.0.load(Ordering::SeqCst) >= 1, "the waiting reader was woken");
+        assert!(a.poll_reserve(1, &mut cx).is_ready());
+        assert_eq!(shared.held(), 21);
     }
 }

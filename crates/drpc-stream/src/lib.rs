@@ -26,17 +26,23 @@
 //!   memory, and [`Stream::send_encoded`] queues it in the [`MuxWriter`] by
 //!   reference too, so it goes from the message to the socket in one
 //!   vectored write.
-//! * **Receive queue and backpressure.** Each stream queues received
-//!   messages, bounded in messages and bytes, and hands them out as the
-//!   [`bytes::Bytes`] they arrived in (no copy). When a queue is full the
-//!   connection's reader *waits* in [`StreamHandle::handle_frame`]. This is
-//!   head-of-line blocking: while one stream's application does not read,
-//!   no frame of any stream on that connection is read. It bounds memory
-//!   without flow control on the wire, which stock peers do not speak;
-//!   applications that read slowly on a busy connection should read into
-//!   their own buffer or use a separate connection. Queued messages are
-//!   delivered before a termination by the peer or the connection is
-//!   reported; a local close or cancel discards them.
+//! * **Receive queue, flow control, isolation.** Each stream queues
+//!   received messages and hands them out as the [`bytes::Bytes`] they
+//!   arrived in (no copy). [`StreamHandle::handle_frame`] never waits: a
+//!   flow-controlled stream ([`FlowControl`]) holds its peer to the window
+//!   it granted plus one message; a stream without flow control is bounded
+//!   in messages and bytes while it shares its connection, and fails alone
+//!   with [`StreamErrorKind::QueueOverflow`] past the bound (a message over
+//!   the size limit fails it with [`StreamErrorKind::ReceivedTooLarge`]);
+//!   the peer then gets an abortive Error with ResourceExhausted. What a
+//!   stream holds is charged to its connection's [`MemoryBudget`], which
+//!   is what makes the connection stop reading. The whole design, with the
+//!   reasons, is in `drpc-manager`'s crate documentation. Queued messages
+//!   are delivered before a termination by the peer, a limit or the
+//!   connection is reported; a local close or cancel discards them.
+//! * **Credit.** A flow-controlled sender waits until the next message's
+//!   first frame fits its balance; a grant, a cancel or the stream's end
+//!   wakes it. Receives grant consumed bytes back in WindowUpdates.
 //! * **Termination.** First error wins. After termination, `close_send`,
 //!   `close`, `send_error` and `cancel` are silent no-ops that send
 //!   nothing. The results of sends and receives after each kind of

@@ -158,6 +158,44 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self
     }
 
+    /// Waits until the next frame's header has arrived, and returns how
+    /// many data bytes the next [`FrameReader::read_frame`] may return at
+    /// most: the frame's length, or the maximum packet size when it starts
+    /// (or continues) a join. `Ok(None)` when the transport ended cleanly;
+    /// a malformed header is left for `read_frame` to report, as 0.
+    ///
+    /// A connection uses it to reserve memory for a frame before reading
+    /// its data. Cancel safe, like `read_frame`.
+    pub async fn next_frame_len(&mut self) -> Result<Option<u64>, ReadError> {
+        if self.ended_in_frame {
+            return Ok(Some(0));
+        }
+        loop {
+            if self.merge.is_some() {
+                return Ok(Some(self.decoder.max_packet_size() as u64));
+            }
+            match FrameHead::parse(&self.buf) {
+                Ok(Some(head)) if self.starts_merge(&head) => {
+                    return Ok(Some(self.decoder.max_packet_size() as u64));
+                }
+                Ok(Some(head)) => return Ok(Some(head.data_len)),
+                Err(_) => return Ok(Some(0)),
+                Ok(None) => {}
+            }
+            if self.buf.capacity() - self.buf.len() < READ_RESERVE {
+                self.buf.reserve(READ_RESERVE);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    // Inside a header: `read_frame` reports it.
+                    Ok(Some(0))
+                };
+            }
+        }
+    }
+
     /// Reads the next frame. `Ok(None)` means the transport ended cleanly
     /// between two frames.
     ///
@@ -455,5 +493,65 @@ mod tests {
             Err(ReadError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn next_frame_len_announces_what_read_frame_returns() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut bytes = Vec::new();
+        crate::append_frame(
+            &mut bytes,
+            Id::new(1, 1),
+            Kind::MESSAGE,
+            true,
+            false,
+            b"abc",
+        );
+        // A large message in two frames, joined by a coalescing reader.
+        crate::append_packet(
+            &mut bytes,
+            Id::new(1, 2),
+            Kind::MESSAGE,
+            false,
+            &[7; 80_000],
+            0,
+        );
+        crate::append_frame(&mut bytes, Id::new(1, 3), Kind::MESSAGE, true, false, b"");
+        a.write_all(&bytes).await.expect("write");
+        drop(a);
+        let mut r = FrameReader::coalescing(b, 1 << 20);
+        assert_eq!(r.next_frame_len().await.expect("len"), Some(3));
+        assert_eq!(
+            r.next_frame_len().await.expect("again"),
+            Some(3),
+            "nothing consumed"
+        );
+        assert_eq!(
+            r.read_frame()
+                .await
+                .expect("read")
+                .expect("frame")
+                .data
+                .len(),
+            3
+        );
+        assert_eq!(
+            r.next_frame_len().await.expect("len"),
+            Some(1 << 20),
+            "a join"
+        );
+        assert_eq!(
+            r.read_frame()
+                .await
+                .expect("read")
+                .expect("frame")
+                .data
+                .len(),
+            80_000
+        );
+        assert_eq!(r.next_frame_len().await.expect("len"), Some(0));
+        assert!(r.read_frame().await.expect("read").is_some());
+        assert_eq!(r.next_frame_len().await.expect("end"), None);
+        assert!(r.read_frame().await.expect("clean end").is_none());
     }
 }
