@@ -27,8 +27,14 @@ pub const SCENARIOS: &[&str] = &[
     "unknown_method",
     "sequential_10000",
     "concurrent_16",
+    "slow_reader_isolation",
+    "blocking_handler_isolation",
     "oversize_message",
 ];
+
+/// gRPC's ResourceExhausted: the code of a stream its receiver failed for
+/// sending more than it may queue (a receiver without flow control).
+const RESOURCE_EXHAUSTED: u64 = 8;
 
 /// How long one scenario may take before it fails as hung.
 pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -141,6 +147,8 @@ pub async fn run_scenario(cfg: &ClientConfig, name: &str) -> Result<(), String> 
             "unknown_method" => unknown_method(cfg).await,
             "sequential_10000" => sequential_10000(cfg).await,
             "concurrent_16" => concurrent_16(cfg).await,
+            "slow_reader_isolation" => slow_reader_isolation(cfg).await,
+            "blocking_handler_isolation" => blocking_handler_isolation(cfg).await,
             "oversize_message" => oversize_message(cfg).await,
             other => Err(format!(
                 "unknown scenario {other:?} (known: {})",
@@ -415,9 +423,13 @@ async fn unknown_method(cfg: &ClientConfig) -> Result<(), String> {
     match result {
         Ok(out) => return Err(format!("expected an error, got {out:?}")),
         Err(e) if e.code() == Some(UNIMPLEMENTED) => {}
+        // The reference Go server: no code (0), and
+        // `protocol error: unknown rpc: "/service.Service/Nope"`.
+        Err(e) if e.code().is_none() && e.to_string().contains("unknown rpc") => {}
         Err(e) => {
             return Err(format!(
-                "expected code {UNIMPLEMENTED} (Unimplemented), got code {:?}: {e}",
+                "expected code {UNIMPLEMENTED} (Unimplemented), or a text saying \
+                 \"unknown rpc\", got code {:?}: {e}",
                 e.code()
             ));
         }
@@ -472,6 +484,135 @@ async fn concurrent_16(cfg: &ClientConfig) -> Result<(), String> {
         }
     }
     ensure(errors.is_empty(), || errors.join("; "))
+}
+
+/// The connection for calls made beside a stream left open on `conn`:
+/// `conn` itself, or, under `--sequential` (one stream at a time per
+/// connection), a second connection to the same server.
+async fn beside(cfg: &ClientConfig, conn: &Conn) -> Result<Conn, String> {
+    if cfg.sequential {
+        cfg.connect().await
+    } else {
+        Ok(conn.clone())
+    }
+}
+
+/// Whether a stream was failed by its receiver for sending more than it
+/// may queue (what a receiver without flow control does).
+fn is_resource_exhausted(e: &Error) -> bool {
+    e.code() == Some(RESOURCE_EXHAUSTED)
+        || e.to_string()
+            .to_ascii_lowercase()
+            .contains("resource exhausted")
+}
+
+/// A server stream nobody reads does not hold up the other calls of its
+/// connection, and still delivers its messages once read.
+///
+/// A Method3 stream of 100000 messages of 64 KiB is opened and left
+/// unread for a moment (time enough to fill every buffer it may fill);
+/// then 20 unary calls on the same connection must each finish within
+/// 1 s, and the stream must then deliver its first 200 messages intact
+/// before it is dropped (cancelled). A receiver without flow control may
+/// instead fail the overflowing stream, alone, with ResourceExhausted
+/// (code 8): that passes too, once the stream has delivered a message.
+/// Under `--sequential`, the unary calls go on a second connection.
+async fn slow_reader_isolation(cfg: &ClientConfig) -> Result<(), String> {
+    const MESSAGES: i64 = 100_000;
+    const SIZE: usize = 64 << 10;
+    const CHECKED: usize = 200;
+    const CALLS: usize = 20;
+    let conn = cfg.connect().await?;
+    let buf = pattern(SIZE);
+    let req = In {
+        r#in: MESSAGES,
+        buf: buf.clone(),
+        opt: None,
+    };
+    let mut stream = within(
+        Duration::from_secs(5),
+        "opening Method3",
+        ServiceDrpcClient::new(conn.clone()).method3(&req),
+    )
+    .await?
+    .map_err(failed("opening Method3"))?;
+    // Unread, the stream fills the buffers between the server's handler
+    // and this client meanwhile.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = beside(cfg, &conn).await?;
+    for i in 0..CALLS {
+        let what = format!("unary call {i} beside the unread stream");
+        within(Duration::from_secs(1), &what, echo_works(&other, &what)).await??;
+    }
+    let mut received = 0;
+    while received < CHECKED {
+        let next = within(
+            Duration::from_secs(5),
+            &format!("message {received} of the stream"),
+            stream.message(),
+        )
+        .await?;
+        match next {
+            Ok(Some(out)) => {
+                ensure(out.out == 1 && out.buf == buf, || {
+                    format!(
+                        "message {received} has out = {} and {} bytes, not the {SIZE} sent",
+                        out.out,
+                        out.buf.len(),
+                    )
+                })?;
+                received += 1;
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "the stream ended after {received} messages, expected {MESSAGES}"
+                ));
+            }
+            // No flow control: the receiver failed the stream alone.
+            Err(e) if received > 0 && is_resource_exhausted(&e) => break,
+            Err(e) => return Err(format!("receive {received} failed: {e}")),
+        }
+    }
+    drop(stream);
+    within(
+        Duration::from_secs(5),
+        "the call after the stream's cancellation",
+        echo_works(&conn, "the call after the stream's cancellation"),
+    )
+    .await?
+}
+
+/// A handler that blocks its OS thread does not hold up the other calls of
+/// its connection.
+///
+/// A Method1 call with `in = -4` (whose handler blocks its thread for a
+/// second) is started; 50 ms later a unary call on the same connection
+/// must finish within 250 ms; then the blocking call must succeed. Under
+/// `--sequential`, the second call goes on a second connection.
+async fn blocking_handler_isolation(cfg: &ClientConfig) -> Result<(), String> {
+    let conn = cfg.connect().await?;
+    let req = In {
+        r#in: -4,
+        buf: Bytes::from_static(b"blocking"),
+        opt: Some(4),
+    };
+    let blocking = {
+        let (conn, req) = (conn.clone(), req.clone());
+        tokio::spawn(async move { unary(&conn, &req, &CallOptions::new()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let other = beside(cfg, &conn).await?;
+    let what = "the call beside the blocking handler";
+    let beside_result = within(Duration::from_millis(250), what, echo_works(&other, what)).await;
+    let blocked = within(Duration::from_secs(5), "the blocking call", blocking).await;
+    beside_result??;
+    let out = blocked?
+        .map_err(|e| format!("the blocking call's task failed: {e}"))?
+        .map_err(failed("the blocking call"))?;
+    ensure(
+        out.out == -4 && out.buf == req.buf && out.opt == Some(4),
+        || format!("the blocking call returned {out:?}"),
+    )
 }
 
 async fn oversize_message(cfg: &ClientConfig) -> Result<(), String> {

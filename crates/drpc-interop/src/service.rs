@@ -1,7 +1,7 @@
 //! The server side of the contract: `service.Service` and its options.
 
 use std::fmt::Write as _;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -25,6 +25,10 @@ pub const METHOD4: &str = "/service.Service/Method4";
 /// The error code of `Method1` with `in == -1`.
 pub const BOOM_CODE: u64 = 42;
 
+/// How long `Method1` with `in == -4` blocks its OS thread (a synchronous
+/// sleep) before it echoes.
+const BLOCKING_HANDLER_SLEEP: Duration = Duration::from_secs(1);
+
 /// The code a cancelled `Method1` with `in == -2` ends with (gRPC's
 /// Canceled); the server normally drops the handler first.
 const CANCELED_CODE: u64 = 1;
@@ -35,7 +39,8 @@ const CANCELED_CODE: u64 = 1;
 /// * Method1 echoes `In` as `Out`; `in == -1` fails with code 42 and
 ///   `boom`; `in == -2` waits until the call is cancelled; `in == -3`
 ///   returns the request metadata as sorted `key=value\n` lines in `buf`
-///   and the number of pairs in `out`.
+///   and the number of pairs in `out`; `in == -4` blocks its OS thread
+///   for a second (a misbehaving handler), then echoes.
 /// * Method2 returns `Out` built from the last `In`, with `out` = the
 ///   number of messages received.
 /// * Method3 sends `in.in` copies of `Out{out: 1, buf: in.buf}`.
@@ -61,6 +66,12 @@ impl ServiceDrpcServer for InteropService {
                     buf: lines.into(),
                     opt: req.opt,
                 })
+            }
+            -4 => {
+                // Misbehaving on purpose: blocks the thread it runs on, as
+                // a handler doing synchronous I/O or heavy work would.
+                std::thread::sleep(BLOCKING_HANDLER_SLEEP);
+                Ok(echo(req))
             }
             _ => Ok(echo(req)),
         }

@@ -224,7 +224,7 @@ async fn unknown_kind_with_control_is_ignored() {
             .await
             .expect("accepted")
             .stream;
-        let k9 = Kind::new(9).expect("kind");
+        let k9 = Kind::new(10).expect("kind");
         peer.send_frame(1, 2, k9, true, true, b"future").await;
         peer.send_frame(1, 3, Kind::MESSAGE, true, false, b"after")
             .await;
@@ -252,7 +252,7 @@ async fn unknown_kind_with_control_is_ignored() {
 async fn frames_of_unknown_streams_are_dropped() {
     bounded(async {
         let (server, mut peer) = server();
-        let k9 = Kind::new(9).expect("kind");
+        let k9 = Kind::new(10).expect("kind");
         peer.send(7, 1, Kind::MESSAGE, b"nobody").await;
         peer.send(7, 2, Kind::CLOSE_SEND, b"").await;
         peer.send(8, 1, Kind::CANCEL, b"").await;

@@ -30,6 +30,7 @@ mod context;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 mod mux;
+mod quote;
 mod typed;
 
 pub use context::RequestContext;

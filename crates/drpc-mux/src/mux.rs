@@ -10,6 +10,7 @@ use drpc_stream::{Encoding, MessageBuf, Stream};
 use drpc_wire::{CodedError, UNIMPLEMENTED};
 
 use crate::RequestContext;
+use crate::quote::{MAX_QUOTED_NAME, quote_bounded};
 use crate::typed::{ServerReceiver, ServerSender, stream_failure};
 
 /// A boxed, sendable future: what handlers return at the mux boundary.
@@ -72,8 +73,10 @@ type Route = Arc<dyn Fn(ServerCall) -> BoxFuture<Result<(), CodedError>> + Send 
 /// Routes an RPC path to its handler (Go's `drpcmux.Mux`).
 ///
 /// Registering a path twice replaces the earlier handler. An unknown path
-/// fails that RPC with code 12 (Unimplemented) and a text naming the path;
-/// the connection is unaffected.
+/// fails that RPC with code 12 (Unimplemented) and the reference
+/// implementation's text, `protocol error: unknown rpc: "/the/path"`, the
+/// path quoted as Go's `%q` does, and only its first 1 KiB (a longer one
+/// is followed by `... (N bytes)`); the connection is unaffected.
 #[derive(Default, Clone)]
 pub struct Mux {
     /// Looked up once per call. foldhash rather than SipHash: the table
@@ -287,7 +290,10 @@ impl Handler for Mux {
             None => {
                 let err = CodedError::new(
                     UNIMPLEMENTED,
-                    format!("protocol error: unknown rpc: {:?}", call.ctx.rpc()),
+                    format!(
+                        "protocol error: unknown rpc: {}",
+                        quote_bounded(call.ctx.rpc().as_bytes(), MAX_QUOTED_NAME)
+                    ),
                 );
                 Box::pin(async move { Err(err) })
             }

@@ -45,30 +45,39 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Whether an RPC is first run on its connection's reader task, and
     /// moved to a task of its own only if it does not finish in that first
-    /// step (default `true`).
+    /// step (default `false`: every RPC runs in a task of its own from the
+    /// start).
     ///
-    /// Most unary handlers finish without waiting on anything: run in
-    /// place, they cost no task, no wake-up and no hand-over to another
-    /// thread, which on a busy connection is most of the server's cost. A
-    /// handler that works synchronously for long holds up the connection's
-    /// other streams meanwhile, so steps over [`INLINE_STEP_LIMIT`] turn
-    /// this off for the rest of that connection: one step over
-    /// [`INLINE_STEP_HARD_LIMIT`], or slow steps close together (three in
-    /// a row, or more often than one in sixteen). A lone slow step is
-    /// forgiven, because on a busy or virtual machine a thread is
-    /// sometimes descheduled for a millisecond or two in the middle of a
-    /// quick step. Set `false` to give every RPC its own task from the
-    /// start.
+    /// The trade-off. Most unary handlers finish without waiting on
+    /// anything: run in place, they cost no task, no wake-up and no
+    /// hand-over to another thread, which on a busy connection is much of
+    /// the server's cost. But while a first step runs, the connection
+    /// reads nothing: a handler that blocks its thread in its first step
+    /// (synchronous I/O, a lock held elsewhere, heavy work) holds up every
+    /// other call of its connection for as long as it blocks. With a task
+    /// per RPC, such a handler delays the others by no more than the
+    /// runtime's own scheduling (on a multi-thread runtime, another worker
+    /// goes on reading and serving), which is why that is the default.
+    /// Turn this on only for handlers known never to block.
+    ///
+    /// When on, steps over [`INLINE_STEP_LIMIT`] turn it off for the rest
+    /// of that connection: one step over [`INLINE_STEP_HARD_LIMIT`], or
+    /// slow steps close together (three in a row, or more often than one
+    /// in sixteen). A lone slow step is forgiven, because on a busy or
+    /// virtual machine a thread is sometimes descheduled for a millisecond
+    /// or two in the middle of a quick step. That bounds how often a slow
+    /// handler stalls the connection, not for how long: the step that
+    /// trips the gate has already blocked the reader.
     pub inline_first_poll: bool,
 }
 
 /// How long an RPC's first step on the reader task may take without
-/// counting against the connection (see
-/// [`ServerOptions::inline_first_poll`]).
+/// counting against the connection, when
+/// [`ServerOptions::inline_first_poll`] is on.
 pub const INLINE_STEP_LIMIT: Duration = Duration::from_millis(1);
 
 /// A first step at least this long gives every later RPC of the connection
-/// its own task at once.
+/// its own task at once, when [`ServerOptions::inline_first_poll`] is on.
 pub const INLINE_STEP_HARD_LIMIT: Duration = Duration::from_millis(20);
 
 /// Whether a connection still runs RPCs' first steps on its reader task: a
@@ -114,7 +123,7 @@ impl Default for ServerOptions {
         ServerOptions {
             manager: ManagerOptions::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            inline_first_poll: true,
+            inline_first_poll: false,
         }
     }
 }
@@ -253,7 +262,12 @@ impl Server {
         let inner = &self.inner;
         let rpcs = TaskTracker::new();
         // Each stream is served by a task spawned right on the connection's
-        // reader task; once shutdown has begun, new streams are refused.
+        // reader task (or, opted in, first polled there); once shutdown has
+        // begun, new streams are refused. Spawned from a worker thread, the
+        // task goes to that worker's LIFO slot: it runs there as soon as
+        // the reader yields, with its request still warm in the cache, and
+        // the next spawn moves it to the run queue, where an idle worker
+        // can steal it.
         let on_incoming = {
             // The server's state goes to each RPC as one reference count:
             // cloning a token each time would take its lock.

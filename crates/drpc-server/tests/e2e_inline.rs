@@ -1,6 +1,6 @@
-//! An RPC's first step runs on its connection's reader task
-//! ([`ServerOptions::inline_first_poll`]): what that must and must not
-//! change.
+//! With [`ServerOptions::inline_first_poll`] on (it is off by default), an
+//! RPC's first step runs on its connection's reader task: what that must
+//! and must not change.
 
 mod common;
 
@@ -52,6 +52,14 @@ fn service(seen: Arc<Mutex<Vec<tokio::task::Id>>>) -> Mux {
     mux
 }
 
+/// Server options with first steps run inline.
+fn inline() -> ServerOptions {
+    ServerOptions {
+        inline_first_poll: true,
+        ..ServerOptions::default()
+    }
+}
+
 /// A client and a server over one in-memory connection.
 fn connect(opts: ServerOptions, seen: Arc<Mutex<Vec<tokio::task::Id>>>) -> Conn {
     let (client, server_io) = tokio::io::duplex(64 * 1024);
@@ -72,10 +80,10 @@ async fn who(conn: &Conn, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unary_handlers_run_on_the_reader_task_unless_turned_off() {
+async fn unary_handlers_run_on_the_reader_task_only_when_turned_on() {
     within(TEST_LIMIT, "inline", async {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        who(&connect(ServerOptions::default(), seen.clone()), 5).await;
+        who(&connect(inline(), seen.clone()), 5).await;
         let ids = std::mem::take(&mut *seen.lock().expect("lock"));
         assert_eq!(ids.len(), 5);
         assert!(
@@ -83,11 +91,9 @@ async fn unary_handlers_run_on_the_reader_task_unless_turned_off() {
             "every call ran on the connection's reader task: {ids:?}"
         );
 
-        let opts = ServerOptions {
-            inline_first_poll: false,
-            ..ServerOptions::default()
-        };
-        who(&connect(opts, seen.clone()), 5).await;
+        // The default: a task per call.
+        assert!(!ServerOptions::default().inline_first_poll);
+        who(&connect(ServerOptions::default(), seen.clone()), 5).await;
         let ids = std::mem::take(&mut *seen.lock().expect("lock"));
         let distinct: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), 5, "a task per call: {ids:?}");
@@ -117,7 +123,7 @@ fn got_own_tasks(ids: &[tokio::task::Id], reader: tokio::task::Id) -> bool {
 async fn slow_first_steps_close_together_give_later_calls_their_own_tasks() {
     within(TEST_LIMIT, "slow steps", async {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let conn = connect(ServerOptions::default(), seen.clone());
+        let conn = connect(inline(), seen.clone());
         let slow = INLINE_STEP_LIMIT * 3;
         who(&conn, 1).await;
         let reader = std::mem::take(&mut *seen.lock().expect("lock"))[0];
@@ -137,7 +143,7 @@ async fn slow_first_steps_close_together_give_later_calls_their_own_tasks() {
 async fn one_step_over_the_hard_limit_gives_later_calls_their_own_tasks() {
     within(TEST_LIMIT, "hard limit", async {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let conn = connect(ServerOptions::default(), seen.clone());
+        let conn = connect(inline(), seen.clone());
         who(&conn, 2).await;
         spin(&conn, 1, INLINE_STEP_HARD_LIMIT + INLINE_STEP_LIMIT).await;
         who(&conn, 3).await;
@@ -149,9 +155,16 @@ async fn one_step_over_the_hard_limit_gives_later_calls_their_own_tasks() {
 }
 
 /// More messages right behind the Invoke than the stream's queue holds:
-/// the reader must start the handler before it waits for queue room.
+/// the reader must start the handler before it waits for queue room,
+/// inline or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_queue_does_not_stall_the_reader() {
+    for inline_first_poll in [true, false] {
+        burst(inline_first_poll).await;
+    }
+}
+
+async fn burst(inline_first_poll: bool) {
     within(TEST_LIMIT, "burst", async {
         let (client, server_io) = tokio::io::duplex(1 << 20);
         let small_queue = ManagerOptions {
@@ -165,6 +178,7 @@ async fn a_burst_larger_than_the_queue_does_not_stall_the_reader() {
             service(Arc::default()),
             ServerOptions {
                 manager: small_queue,
+                inline_first_poll,
                 ..ServerOptions::default()
             },
         );
@@ -188,7 +202,7 @@ async fn a_burst_larger_than_the_queue_does_not_stall_the_reader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_inline_calls_on_one_connection() {
     within(TEST_LIMIT, "concurrent", async {
-        let conn = connect(ServerOptions::default(), Arc::default());
+        let conn = connect(inline(), Arc::default());
         let calls = (0..200).map(|i| {
             let conn = conn.clone();
             async move {
@@ -223,9 +237,19 @@ impl drpc_mux::Handler for PanicsAtOnce {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_panicking_in_its_first_step_fails_only_its_call() {
+    for inline_first_poll in [true, false] {
+        panic_at_once(inline_first_poll).await;
+    }
+}
+
+async fn panic_at_once(inline_first_poll: bool) {
     within(TEST_LIMIT, "panic", async {
         let (client, server_io) = tokio::io::duplex(64 * 1024);
-        let server = Server::new(PanicsAtOnce(service(Arc::default())));
+        let opts = ServerOptions {
+            inline_first_poll,
+            ..ServerOptions::default()
+        };
+        let server = Server::with_options(PanicsAtOnce(service(Arc::default())), opts);
         tokio::spawn(async move { server.serve_connection(server_io).await });
         let conn = Conn::new(client, ConnOptions::default());
         for _ in 0..3 {

@@ -1158,7 +1158,7 @@ mod tests {
         assert_matches!(
             feed(
                 &mut c,
-                frame(2, Kind::new(9).expect("kind"), true, true, b"")
+                frame(2, Kind::new(10).expect("kind"), true, true, b"")
             ),
             Inbound::Nothing
         );
@@ -1176,7 +1176,7 @@ mod tests {
     #[test]
     fn control_bit_of_any_frame_marks_the_packet() {
         let mut c = client();
-        let k9 = Kind::new(9).expect("kind");
+        let k9 = Kind::new(10).expect("kind");
         // Control only on the first frame of a two-frame unknown packet.
         assert_matches!(
             feed(&mut c, frame(1, k9, false, true, b"a")),
@@ -1201,7 +1201,7 @@ mod tests {
             frame(4, Kind::CANCEL, true, true, b""),
             pkt(5, Kind::INVOKE),
             pkt(6, Kind::INVOKE_METADATA),
-            pkt(7, Kind::new(9).expect("kind")),
+            pkt(7, Kind::new(10).expect("kind")),
             // Even an id regression.
             msg(1, b"y"),
         ] {

@@ -1,4 +1,5 @@
-//! Loom models of the stream's receive queue protocol and of the MuxWriter.
+//! Loom models of the stream's flow-control credit, its receive queue and
+//! the MuxWriter.
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg drpc_loom" CARGO_TARGET_DIR=target/loom cargo test -p drpc-stream --release --test loom`
@@ -13,10 +14,10 @@ use std::future::poll_fn;
 
 use bytes::{Bytes, BytesMut};
 use drpc_stream::{
-    ConnectionError, Initiator, MuxWriter, StreamError, StreamErrorKind, StreamKind, StreamOptions,
-    new_stream,
+    ConnectionError, FlowControl, Initiator, MuxWriter, StreamError, StreamErrorKind, StreamKind,
+    StreamOptions, new_stream,
 };
-use drpc_wire::{Frame, FrameDecoder, Id, Kind, Metadata, append_packet};
+use drpc_wire::{Frame, FrameDecoder, Id, Kind, Metadata, WindowUpdate, append_packet};
 use loom::future::block_on;
 use loom::sync::Arc;
 use loom::thread;
@@ -37,86 +38,218 @@ fn message(mid: u64) -> Frame {
     }
 }
 
-fn one_slot() -> StreamOptions {
+/// Fork-mode flow control with the smallest window the liveness rule
+/// allows (one frame and one byte) and a grant for every consumed byte.
+fn fork() -> StreamOptions {
     StreamOptions {
-        recv_queue_messages: 1,
+        flow_control: FlowControl::fork()
+            .with_window(WINDOW as u64, 1)
+            .expect("valid"),
         ..StreamOptions::default()
     }
 }
 
-/// (a) The connection's reader feeds 3 messages into a one-message queue
-/// (so it must wait for room) while the application receives them: all 3
-/// arrive, in order, and neither side is left waiting.
+const WINDOW: usize = FlowControl::FRAME as usize + 1;
+
+/// A Fork-mode client stream whose sender has used up its whole window.
+fn out_of_credit() -> (
+    std::sync::Arc<MuxWriter>,
+    drpc_stream::Stream,
+    drpc_stream::StreamHandle,
+) {
+    let w = std::sync::Arc::new(MuxWriter::new(usize::MAX));
+    let (s, h) = new_stream(1, StreamKind::Client, w.clone(), &fork());
+    block_on(s.send(&vec![0; WINDOW])).expect("the whole window");
+    // Drain it: the models only look at what is appended afterwards.
+    let mut spare = BytesMut::new();
+    let taken = block_on(poll_fn(|cx| w.poll_take(cx, &mut spare)));
+    assert!(taken.is_ok() && !spare.is_empty());
+    (w, s, h)
+}
+
+/// Everything the writer holds, as frames.
+fn drain(w: &MuxWriter) -> Vec<Frame> {
+    let mut spare = BytesMut::new();
+    if w.buffered() > 0 {
+        block_on(poll_fn(|cx| w.poll_take(cx, &mut spare))).expect("not stopped");
+    }
+    let dec = FrameDecoder::default();
+    let mut frames = Vec::new();
+    while let Some(f) = dec.decode(&mut spare).expect("whole frames") {
+        frames.push(f);
+    }
+    assert!(spare.is_empty());
+    frames
+}
+
+/// (a) A sender waiting for credit races the WindowUpdate that brings it:
+/// whichever comes first, the grant is never lost and the send completes.
 #[test]
-fn recv_queue_backpressure() {
+fn credit_wait_vs_window_update() {
     model(3, || {
-        let w = std::sync::Arc::new(MuxWriter::new(0));
-        let (s, h) = new_stream(1, StreamKind::Server, w, &one_slot());
-        let reader = thread::spawn(move || {
-            block_on(async {
-                for mid in 1..=3 {
-                    h.handle_frame(message(mid)).await.expect("frame");
-                }
-            })
-        });
-        let got = block_on(async {
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                let m = s.recv().await.expect("recv").expect("a message");
-                got.push(m[0]);
-            }
-            got
-        });
-        reader.join().expect("reader");
-        assert_eq!(got, [1, 2, 3]);
+        let (w, s, h) = out_of_credit();
+        let granter = thread::spawn(move || h.window_update(1));
+        block_on(s.send(b"m")).expect("sent once credited");
+        granter.join().expect("granter");
+        let frames = drain(&w);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(
+            (frames[0].kind, &frames[0].data[..]),
+            (Kind::MESSAGE, &b"m"[..])
+        );
     });
 }
 
-/// (b) As (a), with a concurrent local cancel: no deadlock, the reader's
-/// `handle_frame` always completes, and the application sees a prefix of
-/// the messages in order, then (if it asks) the cancellation.
+/// (b) A sender waiting for credit races a cancel (nobody ever grants):
+/// the send returns the cancellation, and only the Cancel is appended.
 #[test]
-fn recv_queue_backpressure_with_cancel() {
+fn credit_wait_vs_cancel() {
+    model(3, || {
+        let (w, s, h) = out_of_credit();
+        let canceller = thread::spawn(move || h.cancel(StreamErrorKind::DeadlineExceeded));
+        let err = block_on(s.send(b"m")).expect_err("cancelled");
+        canceller.join().expect("canceller");
+        assert!(matches!(err.kind(), StreamErrorKind::Eof), "{err:?}");
+        let err: StreamError = s.check_cancel(err);
+        assert!(matches!(err.kind(), StreamErrorKind::DeadlineExceeded));
+        let frames = drain(&w);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!((frames[0].kind, frames[0].control), (Kind::CANCEL, true));
+    });
+}
+
+/// (c) A sender waiting for credit races the end of the connection: the
+/// send fails, nothing is appended.
+#[test]
+fn credit_wait_vs_connection_lost() {
+    model(3, || {
+        let (w, s, h) = out_of_credit();
+        let reader = thread::spawn(move || {
+            h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof))
+        });
+        let err = block_on(s.send(b"m")).expect_err("connection lost");
+        reader.join().expect("reader");
+        assert!(matches!(err.kind(), StreamErrorKind::Eof), "{err:?}");
+        assert!(s.is_terminated());
+        assert_eq!(w.buffered(), 0);
+    });
+}
+
+/// (a) and (b) at once: a grant and a cancel race a waiting sender. The
+/// send completes or fails, never hangs; a message, if sent, comes before
+/// the Cancel.
+#[test]
+fn credit_wait_vs_window_update_and_cancel() {
+    model(2, || {
+        let (w, s, h) = out_of_credit();
+        let h2 = h.clone();
+        let granter = thread::spawn(move || h.window_update(1));
+        let canceller =
+            thread::spawn(move || h2.cancel(StreamErrorKind::Canceled(Initiator::Local)));
+        let r = block_on(s.send(b"m"));
+        granter.join().expect("granter");
+        canceller.join().expect("canceller");
+        let kinds: Vec<Kind> = drain(&w).iter().map(|f| f.kind).collect();
+        match r {
+            Ok(()) => assert_eq!(kinds, [Kind::MESSAGE, Kind::CANCEL]),
+            Err(e) => {
+                assert!(s.check_cancel(e).is_canceled());
+                assert_eq!(kinds, [Kind::CANCEL]);
+            }
+        }
+    });
+}
+
+/// (d) A receive that makes a grant due races a cancel: the grant goes out
+/// before the Cancel or not at all, never after it.
+#[test]
+fn grant_on_recv_vs_cancel() {
     model(3, || {
         let w = std::sync::Arc::new(MuxWriter::new(0));
-        let (s, h) = new_stream(1, StreamKind::Server, w, &one_slot());
-        let canceller = h.clone();
+        let (s, h) = new_stream(1, StreamKind::Server, w.clone(), &fork());
+        h.handle_frame(message(1), false).expect("queued");
+        let canceller =
+            thread::spawn(move || h.cancel(StreamErrorKind::Canceled(Initiator::Local)));
+        let r = block_on(s.recv());
+        canceller.join().expect("canceller");
+        let frames = drain(&w);
+        let kinds: Vec<Kind> = frames.iter().map(|f| f.kind).collect();
+        match r {
+            Ok(Some(m)) => {
+                assert_eq!(&m[..], &[1]);
+                assert_eq!(kinds, [Kind::WINDOW_UPDATE, Kind::CANCEL]);
+                assert_eq!(
+                    WindowUpdate::parse(&frames[0]),
+                    Some(WindowUpdate {
+                        stream: 1,
+                        delta: 1
+                    })
+                );
+            }
+            Err(e) => {
+                assert!(e.is_canceled(), "{e:?}");
+                assert_eq!(kinds, [Kind::CANCEL], "the message was discarded");
+            }
+            Ok(None) => panic!("clean end without a CloseSend"),
+        }
+    });
+}
+
+/// The connection's reader overflows a shared stream's one-message queue
+/// while the application receives: the application gets every message in
+/// order up to the failure, then `QueueOverflow`; at most one abortive
+/// Error is appended, and never a lost wake-up.
+#[test]
+fn queue_overflow_vs_recv() {
+    model(3, || {
+        let w = std::sync::Arc::new(MuxWriter::new(0));
+        let opts = StreamOptions {
+            recv_queue_messages: 1,
+            ..StreamOptions::default()
+        };
+        let (s, h) = new_stream(1, StreamKind::Server, w.clone(), &opts);
         let reader = thread::spawn(move || {
-            block_on(async {
-                for mid in 1..=3 {
-                    h.handle_frame(message(mid)).await.expect("frame");
-                }
-            })
-        });
-        let cancel = thread::spawn(move || {
-            canceller.cancel(StreamErrorKind::Canceled(Initiator::Local));
+            for mid in 1..=2 {
+                h.handle_frame(message(mid), false).expect("never fatal");
+            }
+            let close_send = Frame {
+                kind: Kind::CLOSE_SEND,
+                data: Bytes::new(),
+                ..message(3)
+            };
+            h.handle_frame(close_send, false).expect("never fatal");
         });
         let (got, end) = block_on(async {
             let mut got = Vec::new();
-            for _ in 0..3 {
+            loop {
                 match s.recv().await {
                     Ok(Some(m)) => got.push(m[0]),
-                    Ok(None) => panic!("clean end without a CloseSend"),
+                    Ok(None) => return (got, None),
                     Err(e) => return (got, Some(e)),
                 }
             }
-            (got, None)
         });
-        reader.join().expect("the reader's handle_frame completed");
-        cancel.join().expect("cancel");
-        let want: Vec<u8> = (1..=got.len() as u8).collect();
-        assert_eq!(got, want, "a prefix, in order");
-        if let Some(e) = end {
-            assert!(
-                matches!(e.kind(), StreamErrorKind::Canceled(Initiator::Local)),
-                "{e:?}"
-            );
+        reader.join().expect("reader");
+        let frames = drain(&w);
+        match end {
+            None => {
+                assert_eq!(got, [1, 2]);
+                assert!(frames.is_empty());
+            }
+            Some(e) => {
+                assert!(
+                    matches!(e.kind(), StreamErrorKind::QueueOverflow { .. }),
+                    "{e:?}"
+                );
+                assert_eq!(got, [1], "the queued message, then the error");
+                assert_eq!(frames.len(), 1);
+                assert_eq!(frames[0].header_byte(), 0x87);
+            }
         }
-        assert!(s.is_terminated());
     });
 }
 
-/// (c) Two threads append packets, one drains with `poll_take` until the
+/// Two threads append packets, one drains with `poll_take` until the
 /// writer stops, one stops it. Every append either fails with the stop
 /// reason, or its bytes are drained entirely or discarded entirely; the
 /// drainer always ends.
@@ -225,15 +358,13 @@ fn recv_races_message_and_remote_close() {
         let w = std::sync::Arc::new(MuxWriter::new(0));
         let (s, h) = new_stream(1, StreamKind::Client, w, &StreamOptions::default());
         let reader = thread::spawn(move || {
-            block_on(async {
-                h.handle_frame(message(1)).await.expect("message");
-                let close = Frame {
-                    kind: Kind::CLOSE,
-                    data: Bytes::new(),
-                    ..message(2)
-                };
-                h.handle_frame(close).await.expect("close");
-            })
+            h.handle_frame(message(1), true).expect("message");
+            let close = Frame {
+                kind: Kind::CLOSE,
+                data: Bytes::new(),
+                ..message(2)
+            };
+            h.handle_frame(close, true).expect("close");
         });
         let (first, second) = block_on(async { (s.recv().await, s.recv().await) });
         reader.join().expect("reader");

@@ -17,11 +17,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use drpc_stream::{
-    ConnectionError, Initiator, MessageBuf, MuxWriter, Stream, StreamError, StreamErrorKind,
-    StreamHandle, StreamKind, StreamOptions, new_stream,
+    ConnectionError, DEFAULT_RECV_QUEUE_BYTES, FlowControl, Initiator, MemoryBudget, MessageBuf,
+    MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle, StreamKind, StreamOptions,
+    new_stream,
 };
 use drpc_wire::{
-    CodedError, Frame, FrameDecoder, Id, Kind, Metadata, append_packet, decode_metadata,
+    CodedError, FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams, Frame, FrameDecoder, Id,
+    Kind, Metadata, RESOURCE_EXHAUSTED, WindowUpdate, append_packet, decode_metadata,
     packet_encoded_len,
 };
 use tokio::time::timeout;
@@ -73,6 +75,16 @@ fn pair(id: u64, kind: StreamKind, w: &Arc<MuxWriter>) -> (Stream, StreamHandle)
     new_stream(id, kind, w.clone(), &StreamOptions::default())
 }
 
+/// A stream without flow control, which opens streaming calls exactly as
+/// a stock peer does (an auto client adds its offer to InvokeMetadata).
+fn stock_pair(id: u64, kind: StreamKind, w: &Arc<MuxWriter>) -> (Stream, StreamHandle) {
+    let opts = StreamOptions {
+        flow_control: FlowControl::off(),
+        ..StreamOptions::default()
+    };
+    new_stream(id, kind, w.clone(), &opts)
+}
+
 fn pair_with(
     id: u64,
     kind: StreamKind,
@@ -86,12 +98,17 @@ fn pair_with(
 /// task does, through `poll_take`.
 async fn take_bytes(w: &MuxWriter) -> Bytes {
     let mut spare = BytesMut::new();
-    poll_fn(|cx| match w.poll_take(cx, &mut spare) {
-        Poll::Ready(Ok(())) => Poll::Ready(()),
-        Poll::Pending => Poll::Ready(()),
+    let taken = poll_fn(|cx| match w.poll_take(cx, &mut spare) {
+        Poll::Ready(Ok(())) => Poll::Ready(true),
+        Poll::Pending => Poll::Ready(false),
         Poll::Ready(Err(e)) => panic!("writer stopped: {e}"),
     })
     .await;
+    if taken {
+        // As the writer task does once the batch is on the wire: its bytes
+        // stop counting against the connection's budget.
+        w.batch_written();
+    }
     spare.freeze()
 }
 
@@ -145,7 +162,7 @@ fn kind_of(r: &Result<(), StreamError>) -> Option<&StreamErrorKind> {
 #[tokio::test]
 async fn unary_shape_is_invoke_message_close_send() {
     let w = writer();
-    let (s, _h) = pair(1, StreamKind::Client, &w);
+    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
     s.write_invoke(b"/service.Service/Method1", &Metadata::new())
         .expect("invoke");
     s.send(&[0x08, 0x05]).await.expect("send");
@@ -172,7 +189,7 @@ async fn unary_shape_is_invoke_message_close_send() {
 #[tokio::test]
 async fn write_invoke_with_metadata_uses_ids_one_and_two() {
     let w = writer();
-    let (s, _h) = pair(5, StreamKind::Client, &w);
+    let (s, _h) = stock_pair(5, StreamKind::Client, &w);
     let md = Metadata::from([
         ("authorization".to_owned(), "secret".to_owned()),
         ("trace".to_owned(), "abc".to_owned()),
@@ -194,6 +211,7 @@ async fn invoke_and_messages_are_split_at_split_size() {
     let w = writer();
     let opts = StreamOptions {
         split_size: 4,
+        flow_control: FlowControl::off(),
         ..StreamOptions::default()
     };
     let (s, _h) = pair_with(3, StreamKind::Client, &w, opts);
@@ -230,7 +248,7 @@ async fn send_error_frame_carries_code_and_text() {
 #[tokio::test]
 async fn close_frame() {
     let w = writer();
-    let (s, _h) = pair(1, StreamKind::Client, &w);
+    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
     s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     s.close().expect("close");
     let frames = take_frames(&w).await;
@@ -294,8 +312,7 @@ async fn cancel_right_after_invoke_with_metadata() {
 async fn both_close_send_still_sends_the_last_close_send() {
     let w = writer();
     let (s, h) = pair(1, StreamKind::Server, &w);
-    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""))
-        .await
+    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""), true)
         .expect("frame");
     assert!(!s.is_terminated());
     s.send(b"reply")
@@ -495,21 +512,19 @@ fn enders() -> Vec<(&'static str, Ender)> {
         }),
         ("remote close", |_, h| {
             Box::pin(async move {
-                h.handle_frame(whole(1, 1, Kind::CLOSE, b""))
-                    .await
+                h.handle_frame(whole(1, 1, Kind::CLOSE, b""), true)
                     .expect("ok")
             })
         }),
         ("remote error", |_, h| {
-            Box::pin(async move { h.handle_frame(error_frame(1, 1, 3, "x")).await.expect("ok") })
+            Box::pin(async move { h.handle_frame(error_frame(1, 1, 3, "x"), true).expect("ok") })
         }),
         ("remote cancel", |_, h| {
-            Box::pin(async move { h.handle_frame(cancel_frame(1, 1)).await.expect("ok") })
+            Box::pin(async move { h.handle_frame(cancel_frame(1, 1), true).expect("ok") })
         }),
         ("both close send", |s, h| {
             Box::pin(async move {
-                h.handle_frame(whole(1, 1, Kind::CLOSE_SEND, b""))
-                    .await
+                h.handle_frame(whole(1, 1, Kind::CLOSE_SEND, b""), true)
                     .expect("ok");
                 s.close_send().expect("close_send");
             })
@@ -618,8 +633,7 @@ async fn send_and_recv_results_after_each_termination() {
             name: "remote close",
             end: |_, h| {
                 Box::pin(async move {
-                    h.handle_frame(whole(1, 2, Kind::CLOSE, b""))
-                        .await
+                    h.handle_frame(whole(1, 2, Kind::CLOSE, b""), true)
                         .expect("ok")
                 })
             },
@@ -631,8 +645,7 @@ async fn send_and_recv_results_after_each_termination() {
             name: "remote error",
             end: |_, h| {
                 Box::pin(async move {
-                    h.handle_frame(error_frame(1, 2, 77, "bad"))
-                        .await
+                    h.handle_frame(error_frame(1, 2, 77, "bad"), true)
                         .expect("ok")
                 })
             },
@@ -646,7 +659,7 @@ async fn send_and_recv_results_after_each_termination() {
         Row {
             name: "remote cancel",
             end: |_, h| {
-                Box::pin(async move { h.handle_frame(cancel_frame(1, 2)).await.expect("ok") })
+                Box::pin(async move { h.handle_frame(cancel_frame(1, 2), true).expect("ok") })
             },
             send: |k| matches!(k, StreamErrorKind::Eof),
             recv_first: Some(b"queued"),
@@ -673,8 +686,7 @@ async fn send_and_recv_results_after_each_termination() {
     for row in rows {
         let w = writer();
         let (s, h) = pair(1, StreamKind::Client, &w);
-        h.handle_frame(whole(1, 1, Kind::MESSAGE, b"queued"))
-            .await
+        h.handle_frame(whole(1, 1, Kind::MESSAGE, b"queued"), true)
             .expect("queued");
         (row.end)(&s, &h).await;
         let err = s.send(b"x").await.expect_err(row.name);
@@ -701,15 +713,13 @@ async fn local_close_send_leaves_receiving_alone() {
         s.send(b"x").await.map_err(StreamError::into_kind),
         Err(StreamErrorKind::SendClosed)
     );
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"reply"))
-        .await
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"reply"), true)
         .expect("frame");
     assert_eq!(
         s.recv().await.expect("recv").as_deref(),
         Some(&b"reply"[..])
     );
-    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""))
-        .await
+    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""), true)
         .expect("frame");
     assert_matches!(s.recv().await, Ok(None));
     assert!(s.is_terminated());
@@ -719,14 +729,11 @@ async fn local_close_send_leaves_receiving_alone() {
 async fn remote_close_send_leaves_sending_alone_and_drops_later_messages() {
     let w = writer();
     let (s, h) = pair(1, StreamKind::Server, &w);
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"req"))
-        .await
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"req"), true)
         .expect("frame");
-    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""))
-        .await
+    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""), true)
         .expect("frame");
-    h.handle_frame(whole(1, 3, Kind::MESSAGE, b"dropped"))
-        .await
+    h.handle_frame(whole(1, 3, Kind::MESSAGE, b"dropped"), true)
         .expect("frame");
     assert_eq!(s.recv().await.expect("recv").as_deref(), Some(&b"req"[..]));
     assert_matches!(s.recv().await, Ok(None));
@@ -742,25 +749,22 @@ async fn unknown_kinds_and_invokes_through_the_handle() {
     let w = writer();
     let (s, h) = pair(1, StreamKind::Server, &w);
     let k9 = Kind::new(9).expect("kind");
-    h.handle_frame(fr(1, 1, k9, true, true, b""))
-        .await
+    h.handle_frame(fr(1, 1, k9, true, true, b""), true)
         .expect("ignored");
-    h.handle_frame(fr(1, 2, Kind::new(0).expect("kind"), true, true, b""))
-        .await
+    h.handle_frame(fr(1, 2, Kind::new(0).expect("kind"), true, true, b""), true)
         .expect("ignored");
-    h.handle_frame(whole(1, 3, Kind::MESSAGE, b"after"))
-        .await
+    h.handle_frame(whole(1, 3, Kind::MESSAGE, b"after"), true)
         .expect("message");
     assert_eq!(
         s.recv().await.expect("recv").as_deref(),
         Some(&b"after"[..])
     );
     assert_matches!(
-        h.handle_frame(whole(1, 4, k9, b"")).await,
+        h.handle_frame(whole(1, 4, k9, b""), true),
         Err(ConnectionError::UnknownKind { stream: 1, .. })
     );
     assert_matches!(
-        h.handle_frame(whole(1, 5, Kind::INVOKE, b"/s.S/M")).await,
+        h.handle_frame(whole(1, 5, Kind::INVOKE, b"/s.S/M"), true),
         Err(ConnectionError::InvokeOnExistingStream { stream: 1 })
     );
     // A fatal frame does not end the stream by itself: the connection does.
@@ -778,7 +782,7 @@ async fn unknown_kinds_and_invokes_through_the_handle() {
 #[tokio::test]
 async fn dropping_an_open_client_stream_sends_cancel() {
     let w = writer();
-    let (s, h) = pair(4, StreamKind::Client, &w);
+    let (s, h) = stock_pair(4, StreamKind::Client, &w);
     s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     s.close_send().expect("close_send");
     take_bytes(&w).await;
@@ -792,8 +796,7 @@ async fn dropping_a_terminated_stream_sends_nothing() {
     for kind in [StreamKind::Client, StreamKind::Server] {
         let w = writer();
         let (s, h) = pair(4, kind, &w);
-        h.handle_frame(whole(4, 1, Kind::CLOSE, b""))
-            .await
+        h.handle_frame(whole(4, 1, Kind::CLOSE, b""), true)
             .expect("frame");
         drop(s);
         assert_eq!(w.buffered(), 0, "{kind:?}");
@@ -809,8 +812,7 @@ async fn dropping_a_server_stream_whose_send_side_is_closed_sends_nothing() {
     h.on_terminate(move || {
         hk.fetch_add(1, Ordering::SeqCst);
     });
-    h.handle_frame(whole(2, 1, Kind::MESSAGE, b"unread"))
-        .await
+    h.handle_frame(whole(2, 1, Kind::MESSAGE, b"unread"), true)
         .expect("frame");
     s.send(b"resp").await.expect("send");
     s.close_send().expect("close_send");
@@ -821,8 +823,7 @@ async fn dropping_a_server_stream_whose_send_side_is_closed_sends_nothing() {
     assert!(h.is_terminated(), "the stream is let go");
     assert_eq!(hooked.load(Ordering::SeqCst), 1);
     // Later frames of the peer are ignored.
-    h.handle_frame(whole(2, 2, Kind::MESSAGE, b"late"))
-        .await
+    h.handle_frame(whole(2, 2, Kind::MESSAGE, b"late"), true)
         .expect("ignored");
     assert_eq!(w.buffered(), 0);
 }
@@ -854,9 +855,6 @@ type Event = fn(&Stream, &StreamHandle);
 type RecvCheck = fn(&Result<Option<Bytes>, StreamError>) -> bool;
 
 fn recv_wakers() -> Vec<(&'static str, Event, RecvCheck)> {
-    fn block<F: Future>(f: F) -> F::Output {
-        futures_executor::block_on(f)
-    }
     vec![
         (
             "close",
@@ -910,17 +908,20 @@ fn recv_wakers() -> Vec<(&'static str, Event, RecvCheck)> {
         ),
         (
             "remote close",
-            |_, h| block(h.handle_frame(whole(1, 1, Kind::CLOSE, b""))).expect("ok"),
+            |_, h| {
+                h.handle_frame(whole(1, 1, Kind::CLOSE, b""), true)
+                    .expect("ok")
+            },
             |r| matches!(r, Ok(None)),
         ),
         (
             "remote error",
-            |_, h| block(h.handle_frame(error_frame(1, 1, 9, "x"))).expect("ok"),
+            |_, h| h.handle_frame(error_frame(1, 1, 9, "x"), true).expect("ok"),
             |r| matches!(r.as_ref().map_err(StreamError::kind), Err(StreamErrorKind::Remote(e)) if e.code() == 9),
         ),
         (
             "remote cancel",
-            |_, h| block(h.handle_frame(cancel_frame(1, 1))).expect("ok"),
+            |_, h| h.handle_frame(cancel_frame(1, 1), true).expect("ok"),
             |r| {
                 matches!(
                     r.as_ref().map_err(StreamError::kind),
@@ -930,12 +931,18 @@ fn recv_wakers() -> Vec<(&'static str, Event, RecvCheck)> {
         ),
         (
             "remote close send",
-            |_, h| block(h.handle_frame(whole(1, 1, Kind::CLOSE_SEND, b""))).expect("ok"),
+            |_, h| {
+                h.handle_frame(whole(1, 1, Kind::CLOSE_SEND, b""), true)
+                    .expect("ok")
+            },
             |r| matches!(r, Ok(None)),
         ),
         (
             "message",
-            |_, h| block(h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m"))).expect("ok"),
+            |_, h| {
+                h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m"), true)
+                    .expect("ok")
+            },
             |r| matches!(r, Ok(Some(b)) if &b[..] == b"m"),
         ),
         (
@@ -981,7 +988,7 @@ async fn blocked_recv_on_another_thread_returns() {
         });
         tokio::time::sleep(Duration::from_millis(2)).await;
         let (s2, h2) = (s.clone(), h.clone());
-        // Events that drive handle_frame block on it: run them off the runtime.
+        // The event happens on a thread of its own, away from the reader's.
         tokio::task::spawn_blocking(move || event(&s2, &h2))
             .await
             .expect("event");
@@ -1001,7 +1008,7 @@ async fn send_blocked_on_writer_capacity_returns_when_cancelled() {
         StreamErrorKind::DeadlineExceeded,
     ] {
         let w = Arc::new(MuxWriter::new(8));
-        let (s, h) = pair(1, StreamKind::Client, &w);
+        let (s, h) = stock_pair(1, StreamKind::Client, &w);
         s.write_invoke(b"/service.Service/Method", &Metadata::new())
             .expect("invoke");
         assert!(w.buffered() >= w.high_water());
@@ -1061,7 +1068,7 @@ async fn send_blocked_on_writer_capacity_returns_when_cancelled_from_another_tas
 #[tokio::test]
 async fn send_blocked_on_writer_capacity_proceeds_once_drained() {
     let w = Arc::new(MuxWriter::new(4));
-    let (s, _h) = pair(1, StreamKind::Client, &w);
+    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
     s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     let mut send = pin!(s.send(b"m"));
     assert!(timeout(SHORT, send.as_mut()).await.is_err());
@@ -1082,7 +1089,7 @@ async fn send_blocked_on_writer_capacity_proceeds_once_drained() {
 #[tokio::test]
 async fn control_packets_do_not_wait_for_capacity() {
     let w = Arc::new(MuxWriter::new(1));
-    let (s, _h) = pair(1, StreamKind::Client, &w);
+    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
     s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     s.close_send().expect("close_send");
     s.close().expect("close");
@@ -1125,7 +1132,7 @@ async fn operations_on_a_stopped_writer() {
     );
 }
 
-// ---------------------------------------------------------------- receive backpressure
+// ---------------------------------------------------------------- receive queue bounds
 
 fn small_queue(n: usize) -> StreamOptions {
     StreamOptions {
@@ -1134,129 +1141,411 @@ fn small_queue(n: usize) -> StreamOptions {
     }
 }
 
-#[tokio::test]
-async fn full_queue_makes_handle_frame_wait_until_recv() {
-    let w = writer();
-    let (s, h) = pair_with(1, StreamKind::Client, &w, small_queue(2));
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1"))
-        .await
-        .expect("m1");
-    h.handle_frame(whole(1, 2, Kind::MESSAGE, b"m2"))
-        .await
-        .expect("m2");
-    let mut third = pin!(h.handle_frame(whole(1, 3, Kind::MESSAGE, b"m3")));
-    assert!(
-        timeout(SHORT, third.as_mut()).await.is_err(),
-        "handle_frame waits for room"
+/// A writer charging what it buffers, and what its streams hold, to a
+/// budget of its own.
+fn budgeted() -> (Arc<MuxWriter>, Arc<MemoryBudget>) {
+    let budget = Arc::new(MemoryBudget::unlimited());
+    (Arc::new(MuxWriter::with_budget(0, budget.clone())), budget)
+}
+
+/// Checks that `frames` is exactly one abortive Error (control bit,
+/// ResourceExhausted) with id `id` and a text starting with `prefix`.
+fn expect_abort(frames: &[Frame], id: Id, prefix: &str) -> CodedError {
+    assert_eq!(frames.len(), 1, "exactly one frame: {frames:?}");
+    let f = &frames[0];
+    assert_eq!(f.header_byte(), 0x87, "{f:?}");
+    assert_eq!(
+        (f.id, f.kind, f.control, f.done),
+        (id, Kind::ERROR, true, true)
     );
-    assert_eq!(s.recv().await.expect("recv").as_deref(), Some(&b"m1"[..]));
-    timeout(LONG, third)
-        .await
-        .expect("room was made")
-        .expect("ok");
-    assert_eq!(s.recv().await.expect("recv").as_deref(), Some(&b"m2"[..]));
-    assert_eq!(s.recv().await.expect("recv").as_deref(), Some(&b"m3"[..]));
-    let mut empty = pin!(s.recv());
-    assert!(timeout(SHORT, empty.as_mut()).await.is_err());
+    let err = CodedError::decode(&f.data);
+    assert_eq!(err.code(), RESOURCE_EXHAUSTED, "{err}");
+    assert!(err.message().starts_with(prefix), "{err}");
+    err
+}
+
+/// Receives `want`, in order.
+async fn expect_messages(s: &Stream, want: &[impl AsRef<[u8]>]) {
+    for (i, m) in want.iter().enumerate() {
+        let got = timeout(LONG, s.recv())
+            .await
+            .expect("a queued message")
+            .unwrap_or_else(|e| panic!("message {i}: {e}"));
+        assert_eq!(got.as_deref(), Some(m.as_ref()), "message {i}");
+    }
+}
+
+fn overflow_text(cap: usize) -> String {
+    format!("receive queue cap exceeded: receive queue exceeded its {cap}-byte cap")
 }
 
 #[tokio::test]
-async fn local_cancel_releases_a_waiting_handle_frame() {
-    let w = writer();
+async fn a_lone_stream_queues_past_its_bounds_and_delivers_everything_in_order() {
+    let (w, budget) = budgeted();
+    let opts = StreamOptions {
+        recv_queue_messages: 2,
+        recv_queue_bytes: 8,
+        ..StreamOptions::default()
+    };
+    let (s, h) = pair_with(1, StreamKind::Client, &w, opts);
+    let msgs: Vec<Vec<u8>> = (1..=6u8).map(|i| vec![i; 3]).collect();
+    for (mid, m) in (1u64..).zip(&msgs) {
+        h.handle_frame(whole(1, mid, Kind::MESSAGE, m), true)
+            .expect("queued past the bounds");
+        assert_eq!(budget.held(), 3 * mid as usize, "queued bytes are charged");
+    }
+    assert!(!s.is_terminated());
+    assert_eq!(w.buffered(), 0, "nothing is sent to the peer");
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(s.recv().await.expect("recv").as_deref(), Some(&m[..]));
+        assert_eq!(
+            budget.held(),
+            3 * (msgs.len() - i - 1),
+            "released as received"
+        );
+    }
+    let (_, waker) = counting_waker();
+    assert!(poll_with(pin!(s.recv()), &waker).is_pending(), "all taken");
+    h.handle_frame(whole(1, 7, Kind::MESSAGE, b"more"), true)
+        .expect("queued");
+    h.handle_frame(whole(1, 8, Kind::CLOSE_SEND, b""), true)
+        .expect("close send");
+    expect_messages(&s, &[b"more"]).await;
+    assert_matches!(s.recv().await, Ok(None));
+    assert_eq!(budget.held(), 0);
+    assert_eq!(w.buffered(), 0);
+}
+
+#[tokio::test]
+async fn a_shared_stream_over_its_message_bound_fails_alone() {
+    let (w, budget) = budgeted();
     let (s, h) = pair_with(1, StreamKind::Client, &w, small_queue(2));
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1"))
-        .await
+    // InvokeMetadata (the flow-control offer) and Invoke take ids 1 and 2.
+    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    take_bytes(&w).await;
+    assert_eq!(budget.held(), 0);
+    // Another stream of the same connection.
+    let (other, other_h) = pair_with(3, StreamKind::Client, &w, small_queue(2));
+
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1"), false)
         .expect("m1");
-    h.handle_frame(whole(1, 2, Kind::MESSAGE, b"m2"))
-        .await
+    h.handle_frame(whole(1, 2, Kind::MESSAGE, b"m2"), false)
         .expect("m2");
-    let mut third = pin!(h.handle_frame(whole(1, 3, Kind::MESSAGE, b"m3")));
-    assert!(timeout(SHORT, third.as_mut()).await.is_err());
+    assert_eq!(budget.held(), 4);
+    assert_eq!(w.buffered(), 0);
+    h.handle_frame(whole(1, 3, Kind::MESSAGE, b"m3"), false)
+        .expect("the stream fails, not the connection");
+    assert!(s.is_terminated() && h.is_terminated());
+    assert_eq!(
+        budget.held(),
+        4 + w.buffered(),
+        "m3 was dropped; the Error counts until it is written"
+    );
+    let err = expect_abort(
+        &take_frames(&w).await,
+        Id::new(1, 3),
+        "receive queue cap exceeded",
+    );
+    assert_eq!(err.message(), overflow_text(DEFAULT_RECV_QUEUE_BYTES));
+    assert_eq!(budget.held(), 4, "what was queued stays for delivery");
+
+    // Later frames are ignored and terminal operations are silent: nothing
+    // more is sent, and nothing queued is discarded.
+    h.handle_frame(whole(1, 4, Kind::MESSAGE, b"m4"), false)
+        .expect("ignored");
+    h.handle_frame(whole(1, 5, Kind::MESSAGE, b"m5"), true)
+        .expect("ignored");
+    s.close_send().expect("no-op");
+    s.close().expect("no-op");
     s.cancel(StreamErrorKind::Canceled(Initiator::Local));
-    timeout(LONG, third)
-        .await
-        .expect("released by the cancel")
-        .expect("ok");
-    // A local cancel discards what was queued.
+    assert_eq!(w.buffered(), 0);
+    assert_matches!(
+        s.send(b"x").await.map_err(StreamError::into_kind),
+        Err(StreamErrorKind::Eof)
+    );
+
+    expect_messages(&s, &[b"m1", b"m2"]).await;
+    for _ in 0..2 {
+        let err = s.recv().await.expect_err("the overflow");
+        assert_matches!(
+            err.kind(),
+            StreamErrorKind::QueueOverflow { cap } if *cap == DEFAULT_RECV_QUEUE_BYTES
+        );
+        assert!(err.is_resource_exhausted() && err.connection_survives());
+        assert!(!err.is_canceled());
+    }
+    assert_eq!(budget.held(), 0);
+
+    // The other stream goes on.
+    other_h
+        .handle_frame(whole(3, 1, Kind::MESSAGE, b"fine"), false)
+        .expect("fine");
+    expect_messages(&other, &[b"fine"]).await;
+    other.send(b"reply").await.expect("send");
+    assert_eq!(
+        take_frames(&w).await,
+        vec![whole(3, 1, Kind::MESSAGE, b"reply")]
+    );
+}
+
+#[tokio::test]
+async fn a_shared_stream_over_its_byte_bound_fails_alone() {
+    let (w, budget) = budgeted();
+    let opts = StreamOptions {
+        recv_queue_bytes: 4,
+        ..StreamOptions::default()
+    };
+    let (s, h) = pair_with(2, StreamKind::Server, &w, opts);
+    // An empty queue admits any message the connection accepts.
+    h.handle_frame(whole(2, 1, Kind::MESSAGE, b"much larger than four"), false)
+        .expect("fits an empty queue");
+    assert!(!s.is_terminated());
+    expect_messages(&s, &[b"much larger than four"]).await;
+    h.handle_frame(whole(2, 2, Kind::MESSAGE, b"abc"), false)
+        .expect("fits");
+    h.handle_frame(whole(2, 3, Kind::MESSAGE, b"de"), false)
+        .expect("the stream fails, not the connection");
+    assert!(s.is_terminated());
+    // Nothing was sent on this stream yet: the Error takes message id 1.
+    let err = expect_abort(
+        &take_frames(&w).await,
+        Id::new(2, 1),
+        "receive queue cap exceeded",
+    );
+    assert_eq!(err.message(), overflow_text(4));
+    expect_messages(&s, &[b"abc"]).await;
     assert_matches!(
         s.recv().await.map_err(StreamError::into_kind),
-        Err(StreamErrorKind::Canceled(Initiator::Local))
+        Err(StreamErrorKind::QueueOverflow { cap: 4 })
+    );
+    assert_eq!(budget.held(), 0);
+    drop(s);
+    assert_eq!(
+        w.buffered(),
+        0,
+        "a terminated stream sends nothing when dropped"
     );
 }
 
 #[tokio::test]
-async fn other_endings_release_a_waiting_handle_frame() {
-    let ends: [(&str, Event); 4] = [
-        ("close", |s, _| s.close().expect("close")),
-        ("handle cancel", |_, h| {
-            h.cancel(StreamErrorKind::DeadlineExceeded)
-        }),
-        ("connection lost", |_, h| {
-            h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof))
-        }),
-        ("send_error", |s, _| {
-            s.send_error(&CodedError::new(1, "x")).expect("send_error")
-        }),
+async fn endings_release_what_a_lone_stream_queued_past_its_bounds() {
+    // (name, ending, whether the queued messages are still delivered)
+    let ends: [(&str, Event, bool); 8] = [
+        ("close", |s, _| s.close().expect("close"), false),
+        (
+            "cancel",
+            |s, _| s.cancel(StreamErrorKind::Canceled(Initiator::Local)),
+            false,
+        ),
+        (
+            "handle cancel",
+            |_, h| h.cancel(StreamErrorKind::DeadlineExceeded),
+            false,
+        ),
+        (
+            "send_error",
+            |s, _| s.send_error(&CodedError::new(1, "x")).expect("send_error"),
+            false,
+        ),
+        (
+            "connection lost",
+            |_, h| h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof)),
+            true,
+        ),
+        (
+            "remote close",
+            |_, h| {
+                h.handle_frame(whole(1, 5, Kind::CLOSE, b""), true)
+                    .expect("ok")
+            },
+            true,
+        ),
+        (
+            "remote error",
+            |_, h| h.handle_frame(error_frame(1, 5, 3, "x"), true).expect("ok"),
+            true,
+        ),
+        (
+            "remote cancel",
+            |_, h| h.handle_frame(cancel_frame(1, 5), true).expect("ok"),
+            true,
+        ),
     ];
-    for (name, end) in ends {
-        let w = writer();
+    for (name, end, delivered) in ends {
+        let (w, budget) = budgeted();
         let (s, h) = pair_with(1, StreamKind::Client, &w, small_queue(1));
-        h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1"))
-            .await
-            .expect("m1");
-        let mut second = pin!(h.handle_frame(whole(1, 2, Kind::MESSAGE, b"m2")));
-        assert!(timeout(SHORT, second.as_mut()).await.is_err(), "{name}");
+        for mid in 1..=4 {
+            h.handle_frame(whole(1, mid, Kind::MESSAGE, b"abcd"), true)
+                .expect(name);
+        }
+        assert_eq!(budget.held(), 16, "{name}");
         end(&s, &h);
-        timeout(LONG, second).await.expect(name).expect(name);
+        assert!(s.is_terminated(), "{name}");
+        if delivered {
+            assert_eq!(
+                budget.held(),
+                16 + w.buffered(),
+                "{name}: kept for delivery"
+            );
+            expect_messages(&s, &[b"abcd"; 4]).await;
+        }
+        let r = s.recv().await;
+        assert!(!matches!(r, Ok(Some(_))), "{name}: {r:?}");
+        assert_eq!(
+            budget.held(),
+            w.buffered(),
+            "{name}: only the writer's bytes are left"
+        );
+        take_bytes(&w).await;
+        assert_eq!(budget.held(), 0, "{name}");
+        drop(s);
+        drop(h);
+        assert_eq!(budget.held(), 0, "{name}");
     }
-    // Dropping the application's stream releases it too.
-    let w = writer();
-    let (s, h) = pair_with(1, StreamKind::Client, &w, small_queue(1));
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1"))
-        .await
-        .expect("m1");
-    let mut second = pin!(h.handle_frame(whole(1, 2, Kind::MESSAGE, b"m2")));
-    assert!(timeout(SHORT, second.as_mut()).await.is_err());
-    drop(s);
-    timeout(LONG, second)
-        .await
-        .expect("released by the drop")
-        .expect("ok");
-}
 
-#[tokio::test]
-async fn connection_lost_delivers_queued_messages_first() {
-    let w = writer();
-    let (s, h) = pair_with(1, StreamKind::Client, &w, small_queue(4));
-    for (mid, m) in [(1, &b"a"[..]), (2, b"b"), (3, b"c")] {
-        h.handle_frame(whole(1, mid, Kind::MESSAGE, m))
-            .await
+    // Dropping the application's stream cancels it, discarding the queue.
+    let (w, budget) = budgeted();
+    let (s, h) = pair_with(1, StreamKind::Client, &w, small_queue(1));
+    for mid in 1..=3 {
+        h.handle_frame(whole(1, mid, Kind::MESSAGE, b"abcd"), true)
+            .expect("queued");
+    }
+    drop(s);
+    assert!(h.is_terminated());
+    assert_eq!(take_frames(&w).await, vec![cancel_frame(1, 1)]);
+    assert_eq!(budget.held(), 0);
+
+    // Messages that stay deliverable but are never read are released with
+    // the stream itself, once the connection lets go of it too.
+    let (w, budget) = budgeted();
+    let (s, h) = pair_with(1, StreamKind::Client, &w, small_queue(1));
+    for mid in 1..=3 {
+        h.handle_frame(whole(1, mid, Kind::MESSAGE, b"abcd"), true)
             .expect("queued");
     }
     h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof));
-    for m in [&b"a"[..], b"b", b"c"] {
-        assert_eq!(s.recv().await.expect("recv").as_deref(), Some(m));
-    }
-    assert_matches!(
-        s.recv().await.map_err(StreamError::into_kind),
-        Err(StreamErrorKind::ConnectionLost(ConnectionError::Eof))
+    drop(s);
+    assert_eq!(
+        budget.held(),
+        12,
+        "the connection's handle keeps the stream"
     );
+    drop(h);
+    assert_eq!(budget.held(), 0);
+    assert_eq!(w.buffered(), 0);
+}
+
+#[tokio::test]
+async fn half_assembled_messages_are_charged_until_released() {
+    let (w, budget) = budgeted();
+    let (s, h) = pair(1, StreamKind::Server, &w);
+    h.handle_frame(fr(1, 1, Kind::MESSAGE, false, false, b"hello "), true)
+        .expect("first frame");
+    assert_eq!(budget.held(), 6, "the half-built message counts");
+    h.handle_frame(fr(1, 1, Kind::MESSAGE, true, false, b"world"), true)
+        .expect("last frame");
+    assert_eq!(budget.held(), 11);
+    expect_messages(&s, &[b"hello world"]).await;
+    assert_eq!(budget.held(), 0);
+    // A higher message id drops what was under assembly.
+    h.handle_frame(fr(1, 2, Kind::MESSAGE, false, false, b"lost"), true)
+        .expect("first frame");
+    h.handle_frame(fr(1, 3, Kind::MESSAGE, false, false, b"kept"), true)
+        .expect("first frame");
+    assert_eq!(budget.held(), 4);
+    // Released with the stream.
+    h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof));
+    drop(s);
+    drop(h);
+    assert_eq!(budget.held(), 0);
+}
+
+/// A terminated stream's half-built message can never complete (later
+/// frames are ignored), so a termination should release it at once. It is
+/// released only when the stream itself is dropped: `StreamCore::terminate`
+/// (and the ReceivedTooLarge failure) leave the assembler's partial packet
+/// in place, and `held()` keeps counting it.
+#[tokio::test]
+#[ignore = "drpc-stream bug: termination keeps a half-assembled packet charged to the budget"]
+async fn termination_releases_a_half_assembled_message() {
+    let ends: [(&str, Event); 5] = [
+        ("cancel", |s, _| {
+            s.cancel(StreamErrorKind::Canceled(Initiator::Local))
+        }),
+        ("close", |s, _| s.close().expect("close")),
+        ("connection lost", |_, h| {
+            h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof))
+        }),
+        ("remote cancel", |_, h| {
+            h.handle_frame(cancel_frame(1, 2), true).expect("ok")
+        }),
+        ("oversized", |_, h| {
+            h.handle_frame(fr(1, 1, Kind::MESSAGE, true, false, b"-more"), true)
+                .expect("the stream fails alone")
+        }),
+    ];
+    for (name, end) in ends {
+        let (w, budget) = budgeted();
+        let opts = StreamOptions {
+            max_packet_size: 8,
+            ..StreamOptions::default()
+        };
+        let (s, h) = pair_with(1, StreamKind::Server, &w, opts);
+        h.handle_frame(fr(1, 1, Kind::MESSAGE, false, false, b"half"), true)
+            .expect("first frame");
+        assert_eq!(budget.held(), 4, "{name}");
+        end(&s, &h);
+        take_bytes(&w).await;
+        assert_eq!(
+            budget.held(),
+            0,
+            "{name}: a dead half-built message is still charged"
+        );
+    }
+}
+
+/// Empty messages take memory too (a `Bytes` and a queue slot each), so a
+/// peer flooding a lone stream, or a flow-controlled one, with them must
+/// eventually stop the connection's reader through the budget. Today
+/// `StreamCore::held` counts payload bytes only: an empty message is
+/// admitted by the window cap and charged nothing, and the queue grows
+/// without bound.
+#[tokio::test]
+#[ignore = "drpc-stream bug: empty messages are queued without bound and charged nothing"]
+async fn queued_empty_messages_are_charged() {
+    for (name, opts, alone) in [
+        ("lone stream", small_queue(1), true),
+        ("fork", fork(FRAME as u64 + 1, 1, 1 << 20), false),
+    ] {
+        let (w, budget) = budgeted();
+        let (s, h) = pair_with(1, StreamKind::Server, &w, opts);
+        for mid in 1..=10_000 {
+            h.handle_frame(whole(1, mid, Kind::MESSAGE, b""), alone)
+                .expect(name);
+        }
+        assert!(!s.is_terminated(), "{name}");
+        assert!(
+            budget.held() > 0,
+            "{name}: 10000 queued messages cost nothing"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
-async fn backpressure_through_a_tiny_queue_delivers_everything_in_order() {
+async fn a_lone_stream_read_concurrently_delivers_everything_in_order() {
     const N: u64 = 500;
-    let w = writer();
+    let (w, budget) = budgeted();
     let (s, h) = pair_with(1, StreamKind::Server, &w, small_queue(1));
     let reader = tokio::spawn(async move {
         for mid in 1..=N {
             let data = mid.to_be_bytes();
-            h.handle_frame(whole(1, mid, Kind::MESSAGE, &data))
-                .await
+            h.handle_frame(whole(1, mid, Kind::MESSAGE, &data), true)
                 .expect("frame");
+            if mid % 16 == 0 {
+                tokio::task::yield_now().await;
+            }
         }
-        h.handle_frame(whole(1, N + 1, Kind::CLOSE_SEND, b""))
-            .await
+        h.handle_frame(whole(1, N + 1, Kind::CLOSE_SEND, b""), true)
             .expect("frame");
     });
     let mut got = 0u64;
@@ -1270,6 +1559,742 @@ async fn backpressure_through_a_tiny_queue_delivers_everything_in_order() {
     }
     assert_eq!(got, N);
     reader.await.expect("reader");
+    assert_eq!(w.buffered(), 0, "a lone stream never fails for its queue");
+    assert_eq!(budget.held(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_shared_stream_read_concurrently_delivers_a_prefix_then_at_most_one_overflow() {
+    const N: u64 = 2000;
+    let (w, budget) = budgeted();
+    let (s, h) = pair_with(1, StreamKind::Server, &w, small_queue(4));
+    let reader = tokio::spawn(async move {
+        for mid in 1..=N {
+            let data = mid.to_be_bytes();
+            h.handle_frame(whole(1, mid, Kind::MESSAGE, &data), false)
+                .expect("never a connection error");
+            if mid % 8 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        h.handle_frame(whole(1, N + 1, Kind::CLOSE_SEND, b""), false)
+            .expect("frame");
+    });
+    let mut got = 0u64;
+    let end = loop {
+        match timeout(LONG, s.recv()).await.expect("no lost wake-up") {
+            Ok(Some(m)) => {
+                got += 1;
+                assert_eq!(&m[..], &got.to_be_bytes(), "in order, none lost");
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    reader.await.expect("reader");
+    let frames = take_frames(&w).await;
+    match end {
+        None => {
+            assert_eq!(got, N);
+            assert!(frames.is_empty(), "{frames:?}");
+        }
+        Some(e) => {
+            assert_matches!(e.kind(), StreamErrorKind::QueueOverflow { .. });
+            assert!(got < N);
+            expect_abort(&frames, Id::new(1, 1), "receive queue cap exceeded");
+        }
+    }
+    assert_eq!(budget.held(), 0);
+}
+
+// ---------------------------------------------------------------- flow control
+
+const FRAME: usize = FlowControl::FRAME as usize;
+
+/// Fork-mode options: a window of `window` bytes granted back in batches
+/// of at least `threshold`, and messages of at most `max` bytes.
+fn fork(window: u64, threshold: u64, max: usize) -> StreamOptions {
+    StreamOptions {
+        max_packet_size: max,
+        flow_control: FlowControl::fork()
+            .with_window(window, threshold)
+            .expect("valid settings"),
+        ..StreamOptions::default()
+    }
+}
+
+/// A writer that never makes senders wait for room.
+fn roomy_writer() -> Arc<MuxWriter> {
+    Arc::new(MuxWriter::new(usize::MAX))
+}
+
+/// Checks that `frames` is exactly one WindowUpdate granting `delta` to
+/// stream `sid`.
+fn expect_grant(frames: &[Frame], sid: u64, delta: u64) {
+    assert_eq!(frames.len(), 1, "one grant: {frames:?}");
+    let f = &frames[0];
+    assert_eq!(f.header_byte(), 0x91, "{f:?}");
+    assert_eq!(f.id, Id::new(sid, 0), "message id 0");
+    assert_eq!(
+        WindowUpdate::parse(f),
+        Some(WindowUpdate { stream: sid, delta })
+    );
+}
+
+/// The frame a negotiation packet is on the wire.
+fn negotiation(n: FlowNegotiation, id: Id) -> Frame {
+    let mut buf = Vec::new();
+    n.append_to(&mut buf, id);
+    let len = buf.len();
+    let (f, used) = Frame::parse(&Bytes::from(buf))
+        .expect("valid")
+        .expect("whole");
+    assert_eq!(used, len);
+    f
+}
+
+fn expect_gating(frames: &[Frame], id: Id) {
+    assert_eq!(frames.len(), 1, "one marker: {frames:?}");
+    let f = &frames[0];
+    assert_eq!(f.header_byte(), 0x93, "{f:?}");
+    assert_eq!(f.id, id);
+    assert_eq!(
+        FlowNegotiation::parse(&f.data),
+        Some(FlowNegotiation::Gating)
+    );
+}
+
+#[tokio::test]
+async fn fork_sender_waits_for_credit_until_a_window_update() {
+    let w = roomy_writer();
+    let (s, h) = pair_with(
+        1,
+        StreamKind::Client,
+        &w,
+        fork(FRAME as u64 + 1, 1, 1 << 20),
+    );
+    let (count, waker) = counting_waker();
+    s.send(&[1; 40_000]).await.expect("within the window");
+    assert_eq!(take_frames(&w).await.len(), 1);
+    {
+        // 25537 bytes of credit left; the message's first frame needs 30000.
+        let mut send = pin!(s.send(&[2; 30_000]));
+        assert!(poll_with(send.as_mut(), &waker).is_pending());
+        assert!(
+            timeout(SHORT, send.as_mut()).await.is_err(),
+            "still waiting"
+        );
+        assert_eq!(w.buffered(), 0, "nothing appended while waiting");
+        h.window_update(4_000);
+        assert!(count.count() >= 1, "a grant wakes the waiting sender");
+        assert!(
+            poll_with(send.as_mut(), &waker).is_pending(),
+            "29537 is still short"
+        );
+        let before = count.count();
+        h.window_update(463);
+        assert!(count.count() > before);
+        assert_matches!(poll_with(send.as_mut(), &waker), Poll::Ready(Ok(())));
+    }
+    assert_eq!(
+        take_frames(&w).await,
+        vec![whole(1, 2, Kind::MESSAGE, &[2; 30_000])]
+    );
+
+    // No credit left: a message starts once its first frame fits, and its
+    // other frames overdraw the window.
+    let big = vec![3u8; 200_000];
+    {
+        let mut send = pin!(s.send(&big));
+        assert!(poll_with(send.as_mut(), &waker).is_pending());
+        h.window_update(FRAME as u64 - 1);
+        assert!(poll_with(send.as_mut(), &waker).is_pending(), "1 short");
+        h.window_update(1);
+        assert_matches!(poll_with(send.as_mut(), &waker), Poll::Ready(Ok(())));
+    }
+    let frames = take_frames(&w).await;
+    assert_eq!(frames.len(), 4, "frames of at most 64 KiB");
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.id == Id::new(1, 3) && f.data.len() <= FRAME)
+    );
+    assert_eq!(
+        frames.iter().map(|f| f.data.len()).sum::<usize>(),
+        big.len()
+    );
+    // Overdrawn by 200000 - 65536: even an empty message waits for that.
+    {
+        let mut send = pin!(s.send(b""));
+        assert!(poll_with(send.as_mut(), &waker).is_pending());
+        h.window_update((big.len() - FRAME - 1) as u64);
+        assert!(poll_with(send.as_mut(), &waker).is_pending(), "1 short");
+        h.window_update(1);
+        assert_matches!(poll_with(send.as_mut(), &waker), Poll::Ready(Ok(())));
+    }
+    let mut send = pin!(s.send(b"x"));
+    assert!(poll_with(send.as_mut(), &waker).is_pending(), "balance 0");
+    h.window_update(u64::MAX);
+    assert_matches!(poll_with(send.as_mut(), &waker), Poll::Ready(Ok(())));
+    assert_eq!(
+        take_frames(&w).await,
+        vec![
+            whole(1, 4, Kind::MESSAGE, b""),
+            whole(1, 5, Kind::MESSAGE, b"x")
+        ]
+    );
+    // A saturated balance never wraps.
+    h.window_update(u64::MAX);
+    s.send(&[4; 1000]).await.expect("plenty of credit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_update_from_another_thread_releases_a_waiting_sender() {
+    let w = roomy_writer();
+    let (s, h) = pair_with(
+        1,
+        StreamKind::Client,
+        &w,
+        fork(FRAME as u64 + 1, 1, 1 << 20),
+    );
+    s.send(&vec![0; FRAME + 1]).await.expect("the whole window");
+    let s = Arc::new(s);
+    let mut sender = tokio::spawn({
+        let s = s.clone();
+        async move { s.send(b"next").await }
+    });
+    assert!(
+        timeout(SHORT, &mut sender).await.is_err(),
+        "waiting for credit"
+    );
+    std::thread::spawn(move || h.window_update(4))
+        .join()
+        .expect("grant");
+    timeout(LONG, sender)
+        .await
+        .expect("released by the grant")
+        .expect("join")
+        .expect("sent");
+    let frames = take_frames(&w).await;
+    assert_eq!(frames.last(), Some(&whole(1, 2, Kind::MESSAGE, b"next")));
+}
+
+#[tokio::test]
+async fn endings_release_a_sender_waiting_for_credit() {
+    type Check = fn(&StreamErrorKind) -> bool;
+    // (name, ending, what the send returns, what check_cancel makes of it)
+    let ends: [(&str, Event, Check, Check); 9] = [
+        (
+            "cancel",
+            |s, _| s.cancel(StreamErrorKind::Canceled(Initiator::Local)),
+            |k| matches!(k, StreamErrorKind::Eof),
+            |k| matches!(k, StreamErrorKind::Canceled(Initiator::Local)),
+        ),
+        (
+            "deadline",
+            |_, h| h.cancel(StreamErrorKind::DeadlineExceeded),
+            |k| matches!(k, StreamErrorKind::Eof),
+            |k| matches!(k, StreamErrorKind::DeadlineExceeded),
+        ),
+        (
+            "close",
+            |s, _| s.close().expect("close"),
+            |k| matches!(k, StreamErrorKind::TerminatedByClose),
+            |k| matches!(k, StreamErrorKind::TerminatedByClose),
+        ),
+        (
+            "close_send",
+            |s, _| s.close_send().expect("close_send"),
+            |k| matches!(k, StreamErrorKind::SendClosed),
+            |k| matches!(k, StreamErrorKind::SendClosed),
+        ),
+        (
+            "send_error",
+            |s, _| s.send_error(&CodedError::new(1, "x")).expect("send_error"),
+            |k| matches!(k, StreamErrorKind::Eof),
+            |k| matches!(k, StreamErrorKind::Eof),
+        ),
+        (
+            "remote close",
+            |_, h| {
+                h.handle_frame(whole(1, 1, Kind::CLOSE, b""), true)
+                    .expect("ok")
+            },
+            |k| matches!(k, StreamErrorKind::ClosedByRemote),
+            |k| matches!(k, StreamErrorKind::ClosedByRemote),
+        ),
+        (
+            "remote error",
+            |_, h| h.handle_frame(error_frame(1, 1, 3, "x"), true).expect("ok"),
+            |k| matches!(k, StreamErrorKind::Eof),
+            |k| matches!(k, StreamErrorKind::Eof),
+        ),
+        (
+            "remote cancel",
+            |_, h| h.handle_frame(cancel_frame(1, 1), true).expect("ok"),
+            |k| matches!(k, StreamErrorKind::Eof),
+            |k| matches!(k, StreamErrorKind::Canceled(Initiator::Remote)),
+        ),
+        (
+            "connection lost",
+            |_, h| h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof)),
+            |k| matches!(k, StreamErrorKind::Eof),
+            |k| matches!(k, StreamErrorKind::Eof),
+        ),
+    ];
+    for (name, end, send_check, cancel_check) in ends {
+        let w = roomy_writer();
+        let (s, h) = pair_with(
+            1,
+            StreamKind::Client,
+            &w,
+            fork(FRAME as u64 + 1, 1, 1 << 20),
+        );
+        s.send(&vec![0; FRAME + 1]).await.expect("the whole window");
+        take_bytes(&w).await;
+        let (count, waker) = counting_waker();
+        let mut send = pin!(s.send(b"x"));
+        assert!(poll_with(send.as_mut(), &waker).is_pending(), "{name}");
+        end(&s, &h);
+        assert!(
+            count.count() >= 1,
+            "{name}: the waiting sender was not woken"
+        );
+        let err = match poll_with(send.as_mut(), &waker) {
+            Poll::Ready(Err(e)) => e,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(send_check(err.kind()), "{name}: send gave {err:?}");
+        let err = s.check_cancel(err);
+        assert!(
+            cancel_check(err.kind()),
+            "{name}: check_cancel gave {err:?}"
+        );
+        // Credit arriving late changes nothing.
+        h.window_update(1 << 20);
+        assert!(s.send(b"late").await.is_err(), "{name}");
+        let frames = take_frames(&w).await;
+        assert!(
+            frames.iter().all(|f| f.kind != Kind::MESSAGE),
+            "{name}: a message went out: {frames:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn received_bytes_are_granted_back_once_the_threshold_is_consumed() {
+    let ends: [(&str, Event); 3] = [
+        ("remote close", |_, h| {
+            h.handle_frame(whole(5, 7, Kind::CLOSE, b""), false)
+                .expect("ok")
+        }),
+        ("remote error", |_, h| {
+            h.handle_frame(error_frame(5, 7, 1, "x"), false)
+                .expect("ok")
+        }),
+        ("connection lost", |_, h| {
+            h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof))
+        }),
+    ];
+    for (name, end) in ends {
+        let w = writer();
+        let (s, h) = pair_with(
+            5,
+            StreamKind::Server,
+            &w,
+            fork(128 << 10, 32 << 10, 100_000),
+        );
+        let chunk = vec![7u8; 20 << 10];
+        for mid in 1..=6 {
+            h.handle_frame(whole(5, mid, Kind::MESSAGE, &chunk), false)
+                .expect("within the window");
+        }
+        assert_eq!(w.buffered(), 0, "{name}: nothing consumed yet");
+        expect_messages(&s, &[&chunk]).await;
+        assert_eq!(w.buffered(), 0, "{name}: 20 KiB is under the threshold");
+        expect_messages(&s, &[&chunk]).await;
+        expect_grant(&take_frames(&w).await, 5, 40 << 10);
+        expect_messages(&s, &[&chunk]).await;
+        assert_eq!(w.buffered(), 0, "{name}");
+        end(&s, &h);
+        // Queued messages are still delivered; nothing more is granted,
+        // though more than the threshold is consumed.
+        expect_messages(&s, &[&chunk; 3]).await;
+        let r = s.recv().await;
+        assert!(!matches!(r, Ok(Some(_))), "{name}: {r:?}");
+        assert!(s.is_terminated());
+        assert_eq!(
+            take_frames(&w).await,
+            vec![],
+            "{name}: a WindowUpdate after termination"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_flow_controlled_queue_is_capped_at_the_window_plus_one_message() {
+    let max = 10_000;
+    let cap = FRAME + 1 + max;
+    let (w, budget) = budgeted();
+    let (s, h) = pair_with(1, StreamKind::Server, &w, fork(FRAME as u64 + 1, 1, max));
+    let m = vec![9u8; max];
+    for mid in 1..=7 {
+        h.handle_frame(whole(1, mid, Kind::MESSAGE, &m), false)
+            .expect("within the cap");
+    }
+    assert!(!s.is_terminated());
+    // Alone or not, a flow-controlled stream is held to its cap: its peer
+    // broke the window it was given.
+    h.handle_frame(whole(1, 8, Kind::MESSAGE, &m), true)
+        .expect("the stream fails, not the connection");
+    assert!(s.is_terminated());
+    let err = expect_abort(
+        &take_frames(&w).await,
+        Id::new(1, 1),
+        "receive queue cap exceeded",
+    );
+    assert_eq!(err.message(), overflow_text(cap));
+    expect_messages(&s, &[&m; 7]).await;
+    assert_matches!(
+        s.recv().await.map_err(StreamError::into_kind),
+        Err(StreamErrorKind::QueueOverflow { cap: c }) if c == cap
+    );
+    assert_eq!(w.buffered(), 0, "no grant after the failure");
+    assert_eq!(budget.held(), 0);
+}
+
+#[tokio::test]
+async fn an_oversized_inbound_message_fails_only_its_stream() {
+    for flow in [FlowControl::off(), FlowControl::auto(), FlowControl::fork()] {
+        let mode = flow.mode();
+        let (w, budget) = budgeted();
+        let opts = StreamOptions {
+            max_packet_size: 100,
+            flow_control: flow,
+            ..StreamOptions::default()
+        };
+        let (s, h) = pair_with(1, StreamKind::Server, &w, opts.clone());
+        let (other, other_h) = pair_with(3, StreamKind::Server, &w, opts);
+        h.handle_frame(whole(1, 1, Kind::MESSAGE, b"ok"), false)
+            .expect("ok");
+        h.handle_frame(fr(1, 2, Kind::MESSAGE, false, false, &[1; 60]), false)
+            .expect("first frame");
+        assert_eq!(budget.held(), 62, "{mode:?}");
+        h.handle_frame(fr(1, 2, Kind::MESSAGE, true, false, &[2; 60]), false)
+            .expect("the stream fails, not the connection");
+        assert!(s.is_terminated(), "{mode:?}");
+        let err = expect_abort(&take_frames(&w).await, Id::new(1, 1), "message too large");
+        assert_eq!(
+            err.message(),
+            "message too large: message size 120 exceeds maximum of 100 bytes"
+        );
+        // Later frames of the stream are ignored.
+        h.handle_frame(whole(1, 3, Kind::MESSAGE, b"late"), false)
+            .expect("ignored");
+        expect_messages(&s, &[b"ok"]).await;
+        let e = s.recv().await.expect_err("too large");
+        assert_matches!(
+            e.kind(),
+            StreamErrorKind::ReceivedTooLarge {
+                size: 120,
+                limit: 100
+            }
+        );
+        assert!(e.is_too_large() && e.is_resource_exhausted() && e.connection_survives());
+        assert_eq!(w.buffered(), 0, "{mode:?}");
+        // The other stream goes on.
+        other_h
+            .handle_frame(whole(3, 1, Kind::MESSAGE, b"fine"), false)
+            .expect("fine");
+        expect_messages(&other, &[b"fine"]).await;
+        other.send(b"reply").await.expect("send");
+        assert_eq!(
+            take_frames(&w).await,
+            vec![whole(3, 1, Kind::MESSAGE, b"reply")]
+        );
+        drop((s, h));
+        assert_eq!(budget.held(), 0, "{mode:?}");
+    }
+}
+
+/// The frames opening a client stream with `metadata`: through
+/// `write_invoke`, or `write_unary` with `unary` as the request.
+async fn opening_frames(
+    flow: FlowControl,
+    metadata: &Metadata,
+    unary: Option<&[u8]>,
+) -> Vec<Frame> {
+    let w = writer();
+    let opts = StreamOptions {
+        max_packet_size: 1 << 20,
+        flow_control: flow,
+        ..StreamOptions::default()
+    };
+    let (s, _h) = pair_with(1, StreamKind::Client, &w, opts);
+    match unary {
+        Some(m) => s
+            .write_unary(b"/s.S/M", metadata, &Bytes::copy_from_slice(m))
+            .expect("unary"),
+        None => s.write_invoke(b"/s.S/M", metadata).expect("invoke"),
+    }
+    take_frames(&w).await
+}
+
+#[tokio::test]
+async fn auto_write_invoke_offers_flow_control_and_unary_calls_do_not() {
+    let offer = FlowParams {
+        window: FlowControl::DEFAULT_WINDOW,
+        max_message: 1 << 20,
+    }
+    .to_metadata_value();
+    let with_offer = |md: &Metadata| {
+        let mut md = md.clone();
+        md.insert(FLOW_CONTROL_METADATA_KEY.to_owned(), offer.clone());
+        md
+    };
+    let md = Metadata::from([("k".to_owned(), "v".to_owned())]);
+    let none = Metadata::new();
+    // The application's own value for the key never reaches the peer.
+    let spoof = Metadata::from([(FLOW_CONTROL_METADATA_KEY.to_owned(), "1;w=1;m=1".to_owned())]);
+    let auto = FlowControl::auto();
+
+    // A streaming call offers, next to the application's metadata.
+    for (given, want) in [
+        (&md, with_offer(&md)),
+        (&none, with_offer(&none)),
+        (&spoof, with_offer(&none)),
+    ] {
+        let frames = opening_frames(auto, given, None).await;
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(
+            (frames[0].id, frames[0].kind),
+            (Id::new(1, 1), Kind::INVOKE_METADATA)
+        );
+        assert_eq!(decode_metadata(&frames[0].data), Ok(want));
+        assert_eq!(frames[1], whole(1, 2, Kind::INVOKE, b"/s.S/M"));
+    }
+    // A unary call never does.
+    let frames = opening_frames(auto, &md, Some(b"req")).await;
+    assert_eq!(decode_metadata(&frames[0].data), Ok(md.clone()));
+    assert_eq!(
+        frames[1..],
+        [
+            whole(1, 2, Kind::INVOKE, b"/s.S/M"),
+            whole(1, 3, Kind::MESSAGE, b"req"),
+            whole(1, 4, Kind::CLOSE_SEND, b""),
+        ]
+    );
+    for given in [&none, &spoof] {
+        assert_eq!(
+            opening_frames(auto, given, Some(b"req")).await,
+            vec![
+                whole(1, 1, Kind::INVOKE, b"/s.S/M"),
+                whole(1, 2, Kind::MESSAGE, b"req"),
+                whole(1, 3, Kind::CLOSE_SEND, b""),
+            ]
+        );
+    }
+    // Off and Fork never offer: the fork cannot announce itself.
+    for flow in [FlowControl::off(), FlowControl::fork()] {
+        assert_eq!(
+            opening_frames(flow, &none, None).await,
+            vec![whole(1, 1, Kind::INVOKE, b"/s.S/M")],
+            "{:?}",
+            flow.mode()
+        );
+    }
+}
+
+#[tokio::test]
+async fn auto_client_sends_freely_until_accepted_then_gates() {
+    let w = roomy_writer();
+    let (s, h) = pair(1, StreamKind::Client, &w);
+    // InvokeMetadata (the offer) and Invoke: ids 1 and 2.
+    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    let (count, waker) = counting_waker();
+    // 3 MiB, more than the 2 MiB default window: an auto client never waits
+    // before the acceptance, since a stock server never grants.
+    let mib = vec![5u8; 1 << 20];
+    for _ in 0..3 {
+        assert_matches!(poll_with(pin!(s.send(&mib)), &waker), Poll::Ready(Ok(())));
+    }
+    let frames = take_frames(&w).await;
+    assert_eq!(
+        frames[2..].len(),
+        3 * 16,
+        "split into 64 KiB frames already"
+    );
+    // Messages from a server that has not accepted are not granted.
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, &[0; 1 << 10]), true)
+        .expect("message");
+    expect_messages(&s, &[&[0; 1 << 10]]).await;
+    assert_eq!(w.buffered(), 0);
+
+    // The server accepts, with a 1 MiB window: the client announces that it
+    // gates from here on.
+    let accept = FlowNegotiation::Accept(FlowParams {
+        window: 1 << 20,
+        max_message: 4 << 20,
+    });
+    h.handle_frame(negotiation(accept, Id::new(1, 2)), true)
+        .expect("accept");
+    expect_gating(&take_frames(&w).await, Id::new(1, 6));
+    // What was sent before counts: 2 MiB overdrawn, even an empty message
+    // waits.
+    {
+        let mut send = pin!(s.send(b""));
+        assert!(poll_with(send.as_mut(), &waker).is_pending());
+        assert!(
+            timeout(SHORT, send.as_mut()).await.is_err(),
+            "still waiting"
+        );
+        h.window_update((2 << 20) - 1);
+        assert!(poll_with(send.as_mut(), &waker).is_pending(), "1 short");
+        h.window_update(1);
+        assert_matches!(poll_with(send.as_mut(), &waker), Poll::Ready(Ok(())));
+    }
+    {
+        let mut send = pin!(s.send(b"x"));
+        assert!(poll_with(send.as_mut(), &waker).is_pending());
+        h.window_update(1);
+        assert_matches!(poll_with(send.as_mut(), &waker), Poll::Ready(Ok(())));
+    }
+    assert!(count.count() >= 2);
+    assert_eq!(
+        take_frames(&w).await,
+        vec![
+            whole(1, 7, Kind::MESSAGE, b""),
+            whole(1, 8, Kind::MESSAGE, b"x")
+        ]
+    );
+    // A second acceptance is ignored.
+    h.handle_frame(negotiation(accept, Id::new(1, 3)), true)
+        .expect("ignored");
+    assert_eq!(w.buffered(), 0);
+    // The server's messages are now granted back as they are consumed
+    // (default threshold: 512 KiB).
+    h.handle_frame(whole(1, 4, Kind::MESSAGE, &vec![1; 600 << 10]), true)
+        .expect("message");
+    assert_eq!(w.buffered(), 0);
+    assert_eq!(
+        s.recv().await.expect("recv").map(|m| m.len()),
+        Some(600 << 10)
+    );
+    expect_grant(&take_frames(&w).await, 1, 600 << 10);
+}
+
+#[tokio::test]
+async fn an_acceptance_needs_no_marker_once_sending_is_over_and_is_ignored_without_an_offer() {
+    let accept = FlowNegotiation::Accept(FlowParams {
+        window: 1 << 20,
+        max_message: 4 << 20,
+    });
+    // Offered, then half closed: nothing more will be sent, so no marker.
+    let w = writer();
+    let (s, h) = pair(1, StreamKind::Client, &w);
+    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    s.close_send().expect("close_send");
+    take_bytes(&w).await;
+    h.handle_frame(negotiation(accept, Id::new(1, 1)), true)
+        .expect("accept");
+    assert_eq!(w.buffered(), 0);
+    // A unary call offered nothing.
+    let w = writer();
+    let (s, h) = pair(1, StreamKind::Client, &w);
+    s.write_unary(b"/s.S/M", &Metadata::new(), &Bytes::from_static(b"req"))
+        .expect("unary");
+    take_bytes(&w).await;
+    h.handle_frame(negotiation(accept, Id::new(1, 1)), true)
+        .expect("ignored");
+    assert_eq!(w.buffered(), 0);
+    // Nor did a stream that never sent an Invoke, nor a server; neither
+    // starts gating.
+    for kind in [StreamKind::Client, StreamKind::Server] {
+        let w = writer();
+        let (s, h) = pair(1, kind, &w);
+        h.handle_frame(negotiation(accept, Id::new(1, 1)), true)
+            .expect("ignored");
+        assert_eq!(w.buffered(), 0, "{kind:?}");
+        for _ in 0..3 {
+            s.send(&[0; 1 << 20]).await.expect("never gated");
+            take_bytes(&w).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn auto_server_accepts_then_gates_by_the_clients_window_and_grants() {
+    let w = roomy_writer();
+    let own = FlowControl::auto()
+        .with_window(2 * FRAME as u64, FRAME as u64)
+        .expect("valid");
+    let opts = StreamOptions {
+        max_packet_size: 1 << 20,
+        flow_control: own,
+        ..StreamOptions::default()
+    };
+    let (s, h) = pair_with(1, StreamKind::Server, &w, opts);
+    // Ungated before the offer is taken.
+    s.send(&[0; 100]).await.expect("no flow control yet");
+    take_bytes(&w).await;
+    let offer = FlowParams {
+        window: FRAME as u64 + 1,
+        max_message: 1 << 20,
+    };
+    assert!(h.accept_flow_control(offer));
+    assert!(!h.accept_flow_control(offer), "once");
+    let frames = take_frames(&w).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].header_byte(), 0x93);
+    assert_eq!(frames[0].id, Id::new(1, 2));
+    assert_eq!(
+        FlowNegotiation::parse(&frames[0].data),
+        Some(FlowNegotiation::Accept(FlowParams {
+            window: 2 * FRAME as u64,
+            max_message: 1 << 20,
+        }))
+    );
+    // Its sends are gated by the client's window at once.
+    s.send(&vec![0; FRAME + 1]).await.expect("the whole window");
+    let (_, waker) = counting_waker();
+    {
+        let mut send = pin!(s.send(b"y"));
+        assert!(poll_with(send.as_mut(), &waker).is_pending());
+        h.window_update(1);
+        assert_matches!(poll_with(send.as_mut(), &waker), Poll::Ready(Ok(())));
+    }
+    take_bytes(&w).await;
+    // It grants what its application consumes.
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, &vec![1; FRAME]), true)
+        .expect("message");
+    // The client's marker is taken silently.
+    h.handle_frame(negotiation(FlowNegotiation::Gating, Id::new(1, 2)), true)
+        .expect("gating");
+    assert_eq!(w.buffered(), 0);
+    expect_messages(&s, &[&vec![1; FRAME]]).await;
+    expect_grant(&take_frames(&w).await, 1, FRAME as u64);
+
+    // Fork and Off streams, client streams and terminated streams take no
+    // offer.
+    for (kind, flow) in [
+        (StreamKind::Server, FlowControl::off()),
+        (StreamKind::Server, FlowControl::fork()),
+        (StreamKind::Client, FlowControl::auto()),
+    ] {
+        let w = writer();
+        let opts = StreamOptions {
+            flow_control: flow,
+            ..StreamOptions::default()
+        };
+        let (_s, h) = pair_with(1, kind, &w, opts);
+        assert!(!h.accept_flow_control(offer), "{kind:?} {:?}", flow.mode());
+        assert_eq!(w.buffered(), 0);
+    }
+    let w = writer();
+    let (_s, h) = pair(1, StreamKind::Server, &w);
+    h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof));
+    assert!(!h.accept_flow_control(offer), "terminated");
+    assert_eq!(w.buffered(), 0);
 }
 
 // ---------------------------------------------------------------- termination hooks
@@ -1297,7 +2322,8 @@ fn on_terminate_runs_once_outside_the_lock() {
         s.close().expect("close");
         s.cancel(StreamErrorKind::Canceled(Initiator::Local));
         h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof));
-        futures_executor::block_on(h.handle_frame(whole(1, 1, Kind::CLOSE, b""))).expect("ok");
+        h.handle_frame(whole(1, 1, Kind::CLOSE, b""), true)
+            .expect("ok");
         drop(s);
         tx.send((runs.load(Ordering::SeqCst), seen.load(Ordering::SeqCst)))
             .expect("send");
@@ -1311,17 +2337,18 @@ fn on_terminate_runs_once_outside_the_lock() {
 fn on_terminate_runs_for_every_kind_of_ending() {
     let ways: [(&str, Event); 6] = [
         ("remote close", |_, h| {
-            futures_executor::block_on(h.handle_frame(whole(1, 1, Kind::CLOSE, b""))).expect("ok")
+            h.handle_frame(whole(1, 1, Kind::CLOSE, b""), true)
+                .expect("ok")
         }),
         ("remote error", |_, h| {
-            futures_executor::block_on(h.handle_frame(error_frame(1, 1, 1, "x"))).expect("ok")
+            h.handle_frame(error_frame(1, 1, 1, "x"), true).expect("ok")
         }),
         ("remote cancel", |_, h| {
-            futures_executor::block_on(h.handle_frame(cancel_frame(1, 1))).expect("ok")
+            h.handle_frame(cancel_frame(1, 1), true).expect("ok")
         }),
         ("both close send", |s, h| {
             s.close_send().expect("close_send");
-            futures_executor::block_on(h.handle_frame(whole(1, 1, Kind::CLOSE_SEND, b"")))
+            h.handle_frame(whole(1, 1, Kind::CLOSE_SEND, b""), true)
                 .expect("ok")
         }),
         ("send_error", |s, _| {
@@ -1373,8 +2400,7 @@ async fn terminated_resolves_on_termination() {
         let mut a = pin!(s.terminated());
         let mut b = pin!(h.terminated());
         assert!(timeout(SHORT, a.as_mut()).await.is_err());
-        h.handle_frame(whole(1, 1, Kind::CLOSE_SEND, b""))
-            .await
+        h.handle_frame(whole(1, 1, Kind::CLOSE_SEND, b""), true)
             .expect("frame");
         assert!(
             timeout(SHORT, b.as_mut()).await.is_err(),
@@ -1399,7 +2425,7 @@ async fn terminated_resolves_across_threads() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    h.handle_frame(cancel_frame(1, 1)).await.expect("frame");
+    h.handle_frame(cancel_frame(1, 1), true).expect("frame");
     for wt in waiters {
         timeout(LONG, wt).await.expect("woken").expect("join");
     }
@@ -1408,37 +2434,73 @@ async fn terminated_resolves_across_threads() {
 
 // ---------------------------------------------------------------- end to end
 
-/// Moves frames from `from` to the stream handles of the other side,
-/// skipping Invoke packets (the connection's job), until `from` stops.
-async fn pump(from: Arc<MuxWriter>, to: StreamHandle) {
+/// What a pump passed on besides stream frames.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pumped {
+    /// WindowUpdates applied to the other side's sender.
+    grants: usize,
+    /// Flow-negotiation packets (Accept or Gating).
+    negotiations: usize,
+}
+
+/// Moves frames from `from` to the stream handle of the other side until
+/// `from` stops, doing the connection's jobs on the way: Invoke packets are
+/// skipped, a flow-control offer in InvokeMetadata is taken, and
+/// WindowUpdates go to the sender they credit.
+async fn pump(from: Arc<MuxWriter>, to: StreamHandle) -> Pumped {
     let dec = FrameDecoder::default();
     let mut pending = BytesMut::new();
+    let mut metadata = Vec::new();
+    let mut pumped = Pumped::default();
     loop {
         let mut spare = BytesMut::new();
         let r = poll_fn(|cx| from.poll_take(cx, &mut spare)).await;
         if r.is_err() {
-            return;
+            return pumped;
         }
+        from.batch_written();
         pending.extend_from_slice(&spare);
         while let Some(f) = dec.decode(&mut pending).expect("frames") {
-            if matches!(f.kind, Kind::INVOKE | Kind::INVOKE_METADATA) {
-                continue;
+            match f.kind {
+                Kind::INVOKE => {}
+                Kind::INVOKE_METADATA => {
+                    metadata.extend_from_slice(&f.data);
+                    if f.done {
+                        let md = decode_metadata(&metadata).expect("metadata");
+                        metadata.clear();
+                        if let Some(offer) = md
+                            .get(FLOW_CONTROL_METADATA_KEY)
+                            .and_then(|v| FlowParams::parse_metadata_value(v))
+                        {
+                            assert!(to.accept_flow_control(offer), "offer taken");
+                        }
+                    }
+                }
+                Kind::WINDOW_UPDATE => {
+                    let update = WindowUpdate::parse(&f).expect("a well-formed grant");
+                    assert_eq!(update.stream, to.id());
+                    to.window_update(update.delta);
+                    pumped.grants += 1;
+                }
+                kind => {
+                    if kind == Kind::FLOW_NEGOTIATION {
+                        pumped.negotiations += 1;
+                    }
+                    to.handle_frame(f, true).expect("accepted");
+                }
             }
-            to.handle_frame(f).await.expect("accepted");
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bidi_exchange_with_backpressure_on_both_sides() {
-    const N: usize = 300;
+/// A client sends `messages` while it receives their echoes from a server,
+/// each side's frames pumped to the other through writers with a tiny
+/// high-water mark. Returns what the client's and the server's pumps
+/// passed on.
+async fn echo_exchange(opts: StreamOptions, messages: Vec<Vec<u8>>) -> (Pumped, Pumped) {
+    let n = messages.len();
     let c2s = Arc::new(MuxWriter::new(64));
     let s2c = Arc::new(MuxWriter::new(64));
-    let opts = StreamOptions {
-        split_size: 7,
-        recv_queue_messages: 2,
-        ..StreamOptions::default()
-    };
     let (client, client_h) = new_stream(1, StreamKind::Client, c2s.clone(), &opts);
     let (server, server_h) = new_stream(1, StreamKind::Server, s2c.clone(), &opts);
     let p1 = tokio::spawn(pump(c2s.clone(), server_h.clone()));
@@ -1459,32 +2521,82 @@ async fn bidi_exchange_with_backpressure_on_both_sides() {
         .expect("invoke");
     let sender = tokio::spawn({
         let client = client.clone();
+        let messages = messages.clone();
         async move {
-            for i in 0..N {
-                let m = format!("message number {i}");
-                client.send(m.as_bytes()).await.expect("send");
+            for m in &messages {
+                client.send(m).await.expect("send");
             }
             client.close_send().expect("close_send");
         }
     });
-    for i in 0..N {
+    for (i, want) in messages.iter().enumerate() {
         let m = timeout(LONG, client.recv())
             .await
             .expect("progress")
             .expect("recv");
-        assert_eq!(m.as_deref(), Some(format!("message number {i}").as_bytes()));
+        assert_eq!(m.as_deref(), Some(&want[..]), "message {i}");
     }
     assert_matches!(timeout(LONG, client.recv()).await.expect("end"), Ok(None));
     sender.await.expect("sender");
-    assert_eq!(echo.await.expect("echo"), N);
+    assert_eq!(echo.await.expect("echo"), n);
     assert!(client.is_terminated());
     timeout(LONG, server_h.terminated())
         .await
         .expect("server terminated");
     c2s.stop(ConnectionError::Closed);
     s2c.stop(ConnectionError::Closed);
-    p1.await.expect("pump");
-    p2.await.expect("pump");
+    (p1.await.expect("pump"), p2.await.expect("pump"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bidi_exchange_with_writer_backpressure_on_both_sides() {
+    let opts = StreamOptions {
+        split_size: 7,
+        recv_queue_messages: 2,
+        flow_control: FlowControl::off(),
+        ..StreamOptions::default()
+    };
+    let messages = (0..300)
+        .map(|i| format!("message number {i}").into_bytes())
+        .collect();
+    let (c, s) = echo_exchange(opts, messages).await;
+    assert_eq!(
+        (c.grants, c.negotiations, s.grants, s.negotiations),
+        (0, 0, 0, 0)
+    );
+}
+
+/// Messages of varied sizes, several times the window in all.
+fn flow_messages() -> Vec<Vec<u8>> {
+    (0..300u32)
+        .map(|i| {
+            let len = (i as usize * 997) % 9000 + 1;
+            (0..len).map(|j| (i as usize + j) as u8).collect()
+        })
+        .collect()
+}
+
+fn small_window(flow: FlowControl) -> StreamOptions {
+    StreamOptions {
+        split_size: 1000,
+        flow_control: flow.with_window(FRAME as u64 + 4096, 4096).expect("valid"),
+        ..StreamOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bidi_exchange_with_fork_flow_control() {
+    let (c, s) = echo_exchange(small_window(FlowControl::fork()), flow_messages()).await;
+    assert!(c.grants > 0 && s.grants > 0, "{c:?} {s:?}");
+    assert_eq!((c.negotiations, s.negotiations), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bidi_exchange_with_negotiated_flow_control() {
+    let (c, s) = echo_exchange(small_window(FlowControl::auto()), flow_messages()).await;
+    assert!(c.grants > 0 && s.grants > 0, "{c:?} {s:?}");
+    // The server's Accept, then the client's Gating marker.
+    assert_eq!((c.negotiations, s.negotiations), (1, 1));
 }
 
 // ---------------------------------------------------------------- MuxWriter
@@ -1743,12 +2855,10 @@ async fn concurrent_receivers_are_all_woken_at_the_end() {
     let mut b = pin!(s.recv());
     assert!(poll_with(a.as_mut(), &wa).is_pending());
     assert!(poll_with(b.as_mut(), &wb).is_pending());
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m"))
-        .await
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m"), true)
         .expect("message");
     assert!(poll_with(b.as_mut(), &wb).is_ready());
-    h.handle_frame(whole(1, 2, Kind::CLOSE, b""))
-        .await
+    h.handle_frame(whole(1, 2, Kind::CLOSE, b""), true)
         .expect("close");
     assert!(count_a.count() >= 1, "the first receiver was never woken");
     assert_matches!(poll_with(a.as_mut(), &wa), Poll::Ready(Ok(None)));
@@ -1760,11 +2870,9 @@ async fn concurrent_receivers_are_all_woken_at_the_end() {
 async fn discarded_messages_after_remote_close_send_report_the_cancel() {
     let w = writer();
     let (s, h) = pair(1, StreamKind::Client, &w);
-    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1"))
-        .await
+    h.handle_frame(whole(1, 1, Kind::MESSAGE, b"m1"), true)
         .expect("message");
-    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""))
-        .await
+    h.handle_frame(whole(1, 2, Kind::CLOSE_SEND, b""), true)
         .expect("close send");
     h.cancel(StreamErrorKind::DeadlineExceeded);
     let err = s.recv().await.expect_err("not a clean end");
@@ -1797,7 +2905,7 @@ async fn ready_to_take_leaves_the_bytes_in_place() {
     let (count, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     assert!(w.poll_ready_to_take(&mut cx).is_pending());
-    let (s, _h) = pair(1, StreamKind::Client, &w);
+    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
     s.write_invoke(b"/a/b", &Metadata::new()).expect("invoke");
     assert_eq!(count.count(), 1, "the first append wakes the waiting task");
     assert_matches!(w.poll_ready_to_take(&mut cx), Poll::Ready(Ok(())));

@@ -537,7 +537,7 @@ fn kind_change_inside_a_packet() {
     );
 
     // Unassigned kinds print as Go does.
-    let nine = Kind::new(9).expect("in range");
+    let nine = Kind::new(10).expect("in range");
     let mut asm = PacketAssembler::default();
     assert_eq!(asm.push(frame(1, 1, nine, false, true, b"")), Ok(None));
     let err = asm
@@ -545,7 +545,7 @@ fn kind_change_inside_a_packet() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol error: packet kind change (fr:Invoke pkt:Kind(9))"
+        "protocol error: packet kind change (fr:Invoke pkt:Kind(10))"
     );
 }
 
