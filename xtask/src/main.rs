@@ -21,7 +21,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-const FUZZ_TARGETS: &[&str] = &["frame_parser", "metadata", "coalescing_reader"];
+const FUZZ_TARGETS: &[&str] = &[
+    "frame_parser",
+    "metadata",
+    "coalescing_reader",
+    "flow_frames",
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -470,3 +470,58 @@ proptest! {
         prop_assert_eq!(whole, chunked);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Flow-control frames
+// ---------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Every valid grant survives encoding and parsing; whatever else is
+    /// in a frame of kind 8 or 9 is dropped without a panic.
+    #[test]
+    fn window_updates_round_trip(stream in any_id_part(), delta in any_id_part()) {
+        let update = drpc_wire::WindowUpdate { stream: stream.max(1), delta: delta.max(1) };
+        let mut buf = Vec::new();
+        update.append_to(&mut buf);
+        prop_assert_eq!(buf.len(), update.encoded_len());
+        let (frame, used) = Frame::parse(&Bytes::from(buf)).expect("ok").expect("whole");
+        prop_assert_eq!(used, update.encoded_len());
+        prop_assert_eq!(drpc_wire::WindowUpdate::parse(&frame), Some(update));
+    }
+
+    #[test]
+    fn flow_frames_never_panic(
+        stream in any_id_part(),
+        message in any_id_part(),
+        header in any::<u8>(),
+        payload in vec(any::<u8>(), 0..24),
+    ) {
+        let frame = Frame {
+            id: Id::new(stream, message),
+            kind: Kind::from_header(header),
+            done: header & 1 == 1,
+            control: header & 0x80 != 0,
+            data: Bytes::from(payload.clone()),
+        };
+        if let Some(update) = drpc_wire::WindowUpdate::parse(&frame) {
+            prop_assert!(update.stream != 0 && update.delta != 0);
+            prop_assert_eq!(update.stream, stream);
+        }
+        if let Some(n) = drpc_wire::FlowNegotiation::parse(&payload) {
+            let mut again = Vec::new();
+            n.append_to(&mut again, Id::new(1, 1));
+            let (f, _) = Frame::parse(&Bytes::from(again)).expect("ok").expect("whole");
+            prop_assert_eq!(drpc_wire::FlowNegotiation::parse(&f.data), Some(n));
+        }
+        if let Ok(text) = std::str::from_utf8(&payload)
+            && let Some(p) = drpc_wire::FlowParams::parse_metadata_value(text)
+        {
+            prop_assert_eq!(
+                drpc_wire::FlowParams::parse_metadata_value(&p.to_metadata_value()),
+                Some(p)
+            );
+        }
+    }
+}
