@@ -745,23 +745,34 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
                     }
                 }
             };
-            let reserved = match len {
+            let len = match len {
                 Ok(Some(len)) => usize::try_from(len).unwrap_or(usize::MAX),
                 // The end, or an error: `read_frame` reports it.
                 _ => 0,
             };
-            let mut room = poll_fn(|cx| budget.poll_reserve(reserved, cx));
-            if poll_once(&mut room).await.is_none() {
-                accept.flush();
-                tracing::trace!(parent: &inner.span, held = budget.held(), next = reserved, "over budget: reading paused");
-                tokio::select! {
-                    biased;
-                    _ = room => {}
-                    _ = ended.as_mut() => return Ok(()),
+            // A join may return a whole packet: reserve for that if it
+            // fits, else read this frame alone.
+            let joins = reader.joins_next();
+            let mut reserved = if joins { max_packet_size.max(len) } else { len };
+            if !budget.try_reserve(reserved) {
+                if joins {
+                    reader.pause_joins(true);
+                    reserved = len;
+                }
+                let mut room = poll_fn(|cx| budget.poll_reserve(reserved, cx));
+                if poll_once(&mut room).await.is_none() {
+                    accept.flush();
+                    tracing::trace!(parent: &inner.span, held = budget.held(), next = reserved, "over budget: reading paused");
+                    tokio::select! {
+                        biased;
+                        _ = room => {}
+                        _ = ended.as_mut() => return Ok(()),
+                    }
                 }
             }
             let routed = read_and_route(&inner, &mut reader, &mut pending, &mut accept, &mut order, ended.as_mut()).await;
             budget.release(reserved);
+            reader.pause_joins(false);
             if routed? {
                 return Ok(());
             }

@@ -97,9 +97,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use drpc_manager::{Manager, ManagerOptions, Role};
 use drpc_stream::{
-    ConnectionError, Initiator, Stream, StreamError, StreamErrorKind, StreamKind, StreamOptions,
+    ConnectionError, FlowControl, Initiator, MemoryBudget, Stream, StreamError, StreamErrorKind,
+    StreamKind, StreamOptions,
 };
-use drpc_wire::{CodedError, Metadata};
+use drpc_wire::{CodedError, Metadata, RESOURCE_EXHAUSTED};
 
 const CLIENT: usize = 0;
 const SERVER: usize = 1;
@@ -114,8 +115,11 @@ const DEFAULT_OPS: usize = 400;
 const DEFAULT_LONG_OPS: usize = 1000;
 /// Streams open at once (either side present or waiting to be accepted).
 const MAX_LIVE_STREAMS: usize = 24;
-/// Unreceived bytes across the connection, to bound memory.
-const MAX_PENDING_BYTES: usize = 48 << 20;
+/// What the model leaves of a connection's memory budget for what it does
+/// not count: frame headers, Invokes, control packets, Errors.
+const BUDGET_SLACK: usize = 1 << 20;
+/// The largest frame of a flow-controlled message.
+const FC_FRAME: usize = FlowControl::FRAME as usize;
 /// Operation descriptions kept for the failure report.
 const LOG_LINES: usize = 60;
 /// How long a registry may lag behind the streams' observable termination
@@ -182,6 +186,12 @@ fn refusal_text(limit: usize) -> String {
     format!("too many concurrent streams: refused: at most {limit} concurrent streams")
 }
 
+/// The text of the abortive Error a stream whose receive queue overflowed
+/// sends its peer (code `RESOURCE_EXHAUSTED`).
+fn overflow_text(cap: usize) -> String {
+    format!("receive queue cap exceeded: receive queue exceeded its {cap}-byte cap")
+}
+
 async fn within<F: Future>(what: impl std::fmt::Display, fut: F) -> R<F::Output> {
     tokio::time::timeout(OP_TIMEOUT, fut)
         .await
@@ -236,6 +246,21 @@ struct Side {
     dropped: bool,
     /// The drop may have sent a Cancel.
     drop_may_cancel: bool,
+    /// This side's receive queue overflowed (a stream without flow control
+    /// that shares its connection): it failed with `QueueOverflow` and
+    /// sent its peer an abortive Error (`RESOURCE_EXHAUSTED`). Set once the
+    /// model knows it happened (predicted, or observed and then waited
+    /// for), and then both sides have terminated.
+    overflow: bool,
+    /// How many of the peer's messages this side receives before the
+    /// overflow is reported (the messages queued when it happened), when
+    /// known.
+    overflow_at: Option<usize>,
+    /// Flow control, as the receiver: bytes of the peer's messages this
+    /// side consumed and has not granted back yet, and bytes granted back
+    /// in all (each grant is sent by the receive that makes it due).
+    ungranted: u64,
+    granted: u64,
 }
 
 impl Side {
@@ -259,6 +284,13 @@ impl Side {
         self.close_send || self.discard() || self.dropped
     }
 
+    /// The stream may have been abandoned silently: a server side dropped
+    /// after its CloseSend, which sends nothing; the peer's stream goes on
+    /// (and a gated sender there gets no more credit).
+    fn maybe_abandoned(&self) -> bool {
+        self.dropped && !self.drop_may_cancel && !self.discard()
+    }
+
     fn summary(&self) -> String {
         let mut s = String::new();
         if let Some(stream) = &self.stream {
@@ -279,6 +311,12 @@ impl Side {
         ));
         if let Some(e) = &self.end {
             s.push_str(&format!(" end={e}"));
+        }
+        if self.overflow {
+            s.push_str(&format!(" OVERFLOW(after {:?})", self.overflow_at));
+        }
+        if self.granted > 0 || self.ungranted > 0 {
+            s.push_str(&format!(" granted={}+{}", self.granted, self.ungranted));
         }
         if self.send_failed {
             s.push_str(" send-failed");
@@ -314,18 +352,27 @@ struct StreamModel {
     side: [Side; 2],
     /// The server refused the Invoke (stream limit).
     refused: bool,
+    /// Opened with `open_unary*` (never flow-controlled in auto mode).
+    unary: bool,
+    /// Auto mode: the client received a message of the server's, so the
+    /// server's acceptance of flow control had arrived before: what the
+    /// client sends from now on follows its gating marker, and the server
+    /// holds it to its window.
+    confirmed: bool,
 }
 
 impl StreamModel {
     fn describe(&self) -> String {
         format!(
-            "stream {}{}: client[{}] server[{}]",
+            "stream {}{}{}{}: client[{}] server[{}]",
             self.id,
             if self.refused {
                 " (refused by server)"
             } else {
                 ""
             },
+            if self.unary { " (unary)" } else { "" },
+            if self.confirmed { " (confirmed)" } else { "" },
             self.side[CLIENT].summary(),
             self.side[SERVER].summary()
         )
@@ -341,11 +388,18 @@ impl StreamModel {
             || s.locally_terminated()
             || c.locally_terminated()
             || (c.close_send && s.close_send)
+            || self.overflowed()
     }
 
-    /// The client's stream is terminated by its own operations.
+    /// Either side's receive queue overflowed (both sides have terminated).
+    fn overflowed(&self) -> bool {
+        self.side[CLIENT].overflow || self.side[SERVER].overflow
+    }
+
+    /// The client's stream is terminated by its own operations, or by an
+    /// overflow the model waited for.
     fn client_certainly_gone(&self) -> bool {
-        self.side[CLIENT].locally_terminated()
+        self.side[CLIENT].locally_terminated() || self.overflowed()
     }
 
     /// The client's stream may have been terminated by the server.
@@ -359,6 +413,44 @@ impl StreamModel {
     }
 }
 
+/// Flow control of an epoch's streams (both sides alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FcMode {
+    Off,
+    /// Negotiated on streams opened with `open_stream`.
+    Auto,
+    /// Every stream gated and granted from the start.
+    Fork,
+}
+
+/// What governs one direction of a stream when its next message arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Regime {
+    /// The receive queue's bounds (`recv_queue_messages`,
+    /// `recv_queue_bytes`): over them the receiver queues anyway when it is
+    /// its connection's only stream, and fails with `QueueOverflow`
+    /// otherwise. The sender never waits for credit.
+    Off,
+    /// Flow control: the sender waits for credit, the receiver holds it to
+    /// its window plus one message, which a sender that waits never
+    /// exceeds.
+    Flow,
+    /// Auto mode, client to server, before the model knows that the server
+    /// enforces the window (the client's gating marker may not have
+    /// arrived): either of the above. The client may wait for credit.
+    Unsettled,
+}
+
+/// The budgets the managers charge besides their own.
+#[derive(Debug, Clone, Copy)]
+enum SharedCfg {
+    /// A budget of each manager's own without a limit: a probe of what the
+    /// connection holds, readable after the manager is dropped.
+    Probe,
+    /// One budget with this limit, shared by both managers.
+    Common(usize),
+}
+
 #[derive(Debug, Clone)]
 struct EpochCfg {
     duplex: usize,
@@ -370,37 +462,106 @@ struct EpochCfg {
     client_limit: usize,
     server_limit: usize,
     backlog: usize,
+    fc: FcMode,
+    /// Per side: the window it grants its peer, and its grant threshold.
+    window: [u64; 2],
+    threshold: [u64; 2],
+    /// `max_connection_memory` of both sides.
+    memory: usize,
+    shared: SharedCfg,
 }
 
 impl EpochCfg {
     fn random(rng: &mut Rng) -> EpochCfg {
+        let max_packet = rng.pick(&[4 << 20, 4 << 20, 300 << 10]);
+        let fc = rng.pick(&[FcMode::Off, FcMode::Auto, FcMode::Fork]);
+        let (mut window, mut threshold) = ([0; 2], [0; 2]);
+        for l in [CLIENT, SERVER] {
+            let w = match rng.below(4) {
+                0 => FC_FRAME + 1,
+                1 => rng.range(FC_FRAME + 1, 512 << 10),
+                2 => rng.range(512 << 10, 4 << 20),
+                _ => FlowControl::DEFAULT_WINDOW as usize,
+            };
+            let t = match rng.below(3) {
+                0 => 1,
+                1 => w - FC_FRAME,
+                _ => rng.range(1, w - FC_FRAME),
+            };
+            (window[l], threshold[l]) = (w as u64, t as u64);
+        }
+        if fc == FcMode::Fork {
+            // The fork's sides must agree on the window.
+            window[SERVER] = window[CLIENT];
+            threshold[SERVER] = threshold[CLIENT];
+        }
+        let memory = if rng.one_in(4) {
+            2 * max_packet + (4 << 20)
+        } else {
+            drpc_manager::DEFAULT_CONNECTION_MEMORY
+        };
         EpochCfg {
             duplex: rng.pick(&[1 << 10, 8 << 10, 64 << 10, 1 << 20]),
             split: rng.pick(&[0, 0, 1000, 16 << 10]),
             high_water: rng.pick(&[0, 0, 4096, 64 << 10]),
             q_msgs: rng.pick(&[256, 256, 8, 1]),
             q_bytes: rng.pick(&[8 << 20, 8 << 20, 256 << 10]),
-            max_packet: rng.pick(&[4 << 20, 4 << 20, 300 << 10]),
+            max_packet,
             client_limit: if rng.one_in(4) { rng.range(2, 6) } else { 4096 },
             server_limit: if rng.one_in(4) { rng.range(2, 6) } else { 4096 },
             backlog: rng.pick(&[128, 128, 4, 1]),
+            fc,
+            window,
+            threshold,
+            memory,
+            shared: match rng.below(4) {
+                0 => SharedCfg::Common(memory),
+                1 => SharedCfg::Common(256 << 20),
+                _ => SharedCfg::Probe,
+            },
         }
     }
 
-    fn options(&self, limit: usize) -> ManagerOptions {
+    fn options(&self, l: usize, shared: Arc<MemoryBudget>) -> ManagerOptions {
+        let flow = match self.fc {
+            FcMode::Off => FlowControl::off(),
+            FcMode::Auto => FlowControl::auto(),
+            FcMode::Fork => FlowControl::fork(),
+        };
+        let flow = flow
+            .with_window(self.window[l], self.threshold[l])
+            .expect("a valid window");
         ManagerOptions {
             stream: StreamOptions {
                 split_size: self.split,
                 max_packet_size: self.max_packet,
                 recv_queue_messages: self.q_msgs,
                 recv_queue_bytes: self.q_bytes,
-                flow_control: drpc_stream::FlowControl::off(),
+                flow_control: flow,
             },
             writer_high_water: self.high_water,
-            max_concurrent_streams: limit,
+            max_concurrent_streams: [self.client_limit, self.server_limit][l],
             accept_backlog: self.backlog,
+            max_connection_memory: self.memory,
+            shared_memory: Some(shared),
             ..ManagerOptions::default()
         }
+    }
+
+    /// The most unreceived bytes (both directions) the model lets the
+    /// connection hold. A reader waits while its connection's budget (or
+    /// the common one) cannot take the next frame (up to `max_packet`
+    /// bytes) on top of what is held: the model never lets it, since the
+    /// single-threaded driver could then wait for a message behind it. Each
+    /// byte sent and not received is held by one side at most (its
+    /// sender's writer, or its receiver's queue).
+    fn pending_cap(&self) -> usize {
+        (self.memory - 2 * self.max_packet) / 8 * 7 - BUDGET_SLACK
+    }
+
+    /// The first frame of a gated message of `len` bytes (at most).
+    fn first_frame(len: usize) -> i64 {
+        len.min(FC_FRAME) as i64
     }
 }
 
@@ -418,15 +579,36 @@ struct Conn {
     /// Streams whose Invoke the server will hand to `accept`, in order.
     pending: VecDeque<u64>,
     last_id: u64,
+    /// The shared budget of each manager (the same one twice when common).
+    budgets: [Arc<MemoryBudget>; 2],
 }
 
 impl Conn {
     fn new(cfg: EpochCfg) -> Conn {
+        let budgets = match cfg.shared {
+            SharedCfg::Probe => [
+                Arc::new(MemoryBudget::unlimited()),
+                Arc::new(MemoryBudget::unlimited()),
+            ],
+            SharedCfg::Common(limit) => {
+                let common = Arc::new(MemoryBudget::new(limit, None));
+                [common.clone(), common]
+            }
+        };
         let (a, b) = tokio::io::duplex(cfg.duplex);
-        let client = Manager::new(a, Role::Client, cfg.options(cfg.client_limit));
-        let server = Manager::new(b, Role::Server, cfg.options(cfg.server_limit));
+        let client = Manager::new(
+            a,
+            Role::Client,
+            cfg.options(CLIENT, budgets[CLIENT].clone()),
+        );
+        let server = Manager::new(
+            b,
+            Role::Server,
+            cfg.options(SERVER, budgets[SERVER].clone()),
+        );
         Conn {
             mgr: [Some(client), Some(server)],
+            budgets,
             cfg,
             closed_by: None,
             flushed: false,
@@ -492,21 +674,106 @@ impl Conn {
             || me.received < peer.sent.len()
             || (st.refused && l == CLIENT)
             || peer.end_op()
+            || st.overflowed()
             || self.closed_by.is_some()
     }
 
-    /// The peer's receive queue has room for one more message of `len`
-    /// bytes from side `l`, counting everything sent and not yet received.
-    fn room_for(&self, id: u64, l: usize, len: usize) -> bool {
+    /// How many of the peer's messages side `l` may still receive: up to
+    /// the overflow, when its queue overflowed.
+    fn deliverable(&self, id: u64, l: usize) -> usize {
         let st = self.st(id);
         let (me, peer) = (&st.side[l], &st.side[1 - l]);
-        if (st.refused && l == CLIENT) || peer.locally_terminated() || me.send_ended() {
-            return true;
+        let upto = match (me.overflow, me.overflow_at) {
+            (true, Some(at)) => at,
+            _ => peer.sent.len(),
+        };
+        upto.saturating_sub(me.received)
+    }
+
+    /// What governs the direction from side `l` of a stream.
+    fn regime(&self, st: &StreamModel, l: usize) -> Regime {
+        match self.cfg.fc {
+            FcMode::Off => Regime::Off,
+            FcMode::Fork => Regime::Flow,
+            FcMode::Auto if st.unary => Regime::Off,
+            FcMode::Auto if l == SERVER || st.confirmed => Regime::Flow,
+            FcMode::Auto => Regime::Unsettled,
         }
+    }
+
+    /// The credit of side `l`'s sender, as the model knows it: the window
+    /// its peer granted, less everything it sent, plus every grant its peer
+    /// made due (a grant in flight arrives without further operations, so a
+    /// send waiting for it completes).
+    fn balance(&self, id: u64, l: usize) -> i64 {
+        let st = self.st(id);
+        let r = 1 - l;
+        self.cfg.window[r] as i64 - st.side[l].sent_bytes as i64 + st.side[r].granted as i64
+    }
+
+    /// A send of `len` bytes from side `l` does not wait for credit beyond
+    /// what is granted or in flight.
+    fn credit_for(&self, id: u64, l: usize, len: usize) -> bool {
+        self.regime(self.st(id), l) == Regime::Off
+            || self.balance(id, l) >= EpochCfg::first_frame(len)
+    }
+
+    /// Bounds on the streams registered on side `r` when a message sent now
+    /// arrives there: every frame sent before it has been processed by then.
+    fn registered_at_arrival(&self, r: usize) -> (usize, usize) {
+        if r == CLIENT {
+            self.client_bounds()
+        } else {
+            let exact = self.server_registered_at_next_invoke();
+            (exact, self.server_bounds().1.max(exact))
+        }
+    }
+
+    /// What a send of `len` bytes from side `l` leads to. The model sends
+    /// only when it knows the outcome and the send cannot wait for
+    /// something only a later operation would bring.
+    fn send_fate(&self, id: u64, l: usize, len: usize) -> Fate {
+        let st = self.st(id);
+        let r = 1 - l;
+        let (me, peer) = (&st.side[l], &st.side[r]);
+        if len > self.cfg.max_packet
+            || self.closed_by.is_some()
+            || me.send_ended()
+            || me.send_failed
+            || st.overflowed()
+            || (st.refused && l == CLIENT)
+        {
+            // Fails at once (or races the end of the connection).
+            return Fate::Send;
+        }
+        let credit = self.credit_for(id, l, len);
+        if peer.locally_terminated() {
+            // The message is dropped. A gated send may wait for credit
+            // until the peer's terminal packet arrives, unless it sent none.
+            return if credit || !peer.maybe_abandoned() {
+                Fate::Send
+            } else {
+                Fate::Skip
+            };
+        }
+        if self.pending_bytes() + len > self.cfg.pending_cap() {
+            return Fate::MakeRoom;
+        }
+        // The receiver is alive when the message arrives, with every earlier
+        // message it has not received still queued.
         let msgs = me.sent.len() - peer.received;
         let bytes = me.sent_bytes - peer.received_bytes;
         let fits = msgs == 0 || (msgs < self.cfg.q_msgs && bytes + len <= self.cfg.q_bytes);
-        fits && self.pending_bytes() + len <= MAX_PENDING_BYTES
+        let (shared, possibly) = self.registered_at_arrival(r);
+        let alone = possibly <= 1;
+        match self.regime(st, l) {
+            Regime::Flow if credit => Fate::Send,
+            Regime::Unsettled if credit && (fits || alone) => Fate::Send,
+            Regime::Off if fits => Fate::Send,
+            Regime::Off if alone => Fate::Forced,
+            Regime::Off if shared >= 2 => Fate::Overflow,
+            _ => Fate::MakeRoom,
+        }
     }
 
     fn pending_bytes(&self) -> usize {
@@ -517,6 +784,12 @@ impl Conn {
                     let (me, peer) = (&st.side[l], &st.side[1 - l]);
                     if peer.locally_terminated() {
                         0
+                    } else if let (true, Some(at)) = (peer.overflow, peer.overflow_at) {
+                        // What came after the overflow was dropped.
+                        me.sent[peer.received.min(at)..at]
+                            .iter()
+                            .map(|m| m.len)
+                            .sum()
                     } else {
                         me.sent_bytes - peer.received_bytes
                     }
@@ -556,7 +829,7 @@ impl Conn {
         let possible = self
             .streams
             .values()
-            .filter(|st| !st.refused && !st.side[SERVER].locally_terminated())
+            .filter(|st| !st.refused && !st.side[SERVER].locally_terminated() && !st.overflowed())
             .count();
         (certain, possible)
     }
@@ -575,8 +848,27 @@ impl Conn {
                 && !me.send_ended()
                 && !peer.locally_terminated()
                 && peer.end.is_none()
+                && !st.overflowed()
         })
     }
+}
+
+/// What a send leads to (see [`Conn::send_fate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It succeeds and the message arrives, or it fails at once.
+    Send,
+    /// The message is over the receive queue's bounds, and the receiver is
+    /// its connection's only stream: it is queued anyway.
+    Forced,
+    /// The message is over the receive queue's bounds of a receiver that
+    /// shares its connection: the receiver fails with `QueueOverflow` and
+    /// the sender gets an abortive Error.
+    Overflow,
+    /// The outcome is not known, or the send could wait: receive first.
+    MakeRoom,
+    /// The send could wait forever: do something else.
+    Skip,
 }
 
 /// What an ended receive returned: `Ok(())` for the clean end (`None`).
@@ -643,12 +935,17 @@ fn peer_termination_ok(err: &ConnectionError) -> bool {
 /// comes after all the peer's messages. An end the connection caused does
 /// too when the side that closed it flushed first and this side read to the
 /// end of file (`flushed`).
+///
+/// A side whose receive queue overflowed reports `QueueOverflow` after the
+/// messages queued before the one that overflowed it (not complete); its
+/// peer reports the abortive Error after everything the side sent (it sent
+/// them before its Error), unless it had ended already.
 fn judge_end(
     st: &StreamModel,
     l: usize,
     closer: Option<usize>,
     flushed: bool,
-    server_limit: usize,
+    cfg: &EpochCfg,
     end: &End,
 ) -> (bool, bool) {
     let (me, peer) = (&st.side[l], &st.side[1 - l]);
@@ -657,11 +954,18 @@ fn judge_end(
         Ok(()) => (peer.close_send || peer.close, true),
         Err(StreamErrorKind::Remote(e)) => {
             let expected = if st.refused && l == CLIENT {
-                Some((0, refusal_text(server_limit)))
+                Some((0, refusal_text(cfg.server_limit)))
             } else {
                 peer.send_error.map(|c| (c, error_text(c)))
             };
-            (expected == Some((e.code(), e.message().to_string())), true)
+            let got = Some((e.code(), e.message().to_string()));
+            let overflow =
+                peer.overflow && got == Some((RESOURCE_EXHAUSTED, overflow_text(cfg.q_bytes)));
+            (expected == got || overflow, true)
+        }
+        Err(StreamErrorKind::QueueOverflow { cap }) => {
+            let at = me.overflow_at.is_none_or(|at| at == me.received);
+            (me.overflow && *cap == cfg.q_bytes && at, false)
         }
         Err(k @ StreamErrorKind::Canceled(Initiator::Remote)) => {
             let by_peer = peer.cancel.is_some() || peer.drop_may_cancel;
@@ -697,7 +1001,8 @@ fn judge_send_error(
         StreamErrorKind::TerminatedByClose => me.close,
         StreamErrorKind::ClosedByRemote => peer.close,
         StreamErrorKind::Eof => {
-            me.send_error.is_some()
+            st.overflowed()
+                || me.send_error.is_some()
                 || me.cancel.is_some()
                 || peer.send_error.is_some()
                 || peer.cancel.is_some()
@@ -793,6 +1098,14 @@ struct Stats {
     registry_lag: usize,
     close_lag: usize,
     raw_writer_errors: usize,
+    /// Epochs by flow-control mode (off, auto, fork).
+    fc_epochs: [usize; 3],
+    overflows: usize,
+    overflow_races: usize,
+    burst_overflows: usize,
+    forced: usize,
+    made_room: usize,
+    held_lag: usize,
 }
 
 impl Stats {
@@ -821,6 +1134,15 @@ impl Stats {
         self.registry_lag += o.registry_lag;
         self.close_lag += o.close_lag;
         self.raw_writer_errors += o.raw_writer_errors;
+        for (a, b) in self.fc_epochs.iter_mut().zip(o.fc_epochs) {
+            *a += b;
+        }
+        self.overflows += o.overflows;
+        self.overflow_races += o.overflow_races;
+        self.burst_overflows += o.burst_overflows;
+        self.forced += o.forced;
+        self.made_room += o.made_room;
+        self.held_lag += o.held_lag;
     }
 }
 
@@ -831,7 +1153,9 @@ impl std::fmt::Display for Stats {
             "seeds={} ops={} connections={} conn-ends={} streams={} refused(client/server)={}/{} \
              accepted={} late-accepts={} sends ok/failed={}/{} sent={:.1}MiB received={} \
              verified={:.1}MiB ends={} wakes={} bursts={} chaos={} terminal-ops={} drops={} \
-             too-large={} registry-lag={} close-lag={} raw-writer-errors={}",
+             too-large={} registry-lag={} close-lag={} raw-writer-errors={} \
+             fc(off/auto/fork)={:?} overflows={} (races {}) burst-overflows={} forced={} \
+             made-room={} held-lag={}",
             self.seeds,
             self.ops,
             self.epochs,
@@ -856,6 +1180,13 @@ impl std::fmt::Display for Stats {
             self.registry_lag,
             self.close_lag,
             self.raw_writer_errors,
+            self.fc_epochs,
+            self.overflows,
+            self.overflow_races,
+            self.burst_overflows,
+            self.forced,
+            self.made_room,
+            self.held_lag,
         )
     }
 }
@@ -939,6 +1270,7 @@ impl Soak {
             log: VecDeque::new(),
             conn: Conn::new(cfg.clone()),
         };
+        soak.stats.fc_epochs[cfg.fc as usize] += 1;
         soak.note(format!("connection 1: {cfg:?}"));
         soak
     }
@@ -1193,7 +1525,7 @@ impl Soak {
         let client = self.conn.mgr(CLIENT)?;
         let (opened, request) = if unary {
             let len = self.random_len();
-            if self.conn.pending_bytes() + len > MAX_PENDING_BYTES {
+            if self.conn.pending_bytes() + len > self.conn.cfg.pending_cap() {
                 return Ok(());
             }
             let msg = Msg {
@@ -1260,6 +1592,8 @@ impl Soak {
                     metadata,
                     side: Default::default(),
                     refused: server_refuses,
+                    unary,
+                    confirmed: false,
                 };
                 let client_side = &mut st.side[CLIENT];
                 client_side.stream = Some(stream);
@@ -1398,15 +1732,103 @@ impl Soak {
             return Ok(());
         };
         let len = self.random_len();
-        if !self.conn.room_for(id, l, len) {
-            // Make room instead: the receiver reads (once accepted).
-            let peer = 1 - l;
-            if self.conn.present(id, peer) {
-                return self.do_recv(id, peer).await;
+        match self.conn.send_fate(id, l, len) {
+            Fate::Send => self.do_send(id, l, len).await,
+            Fate::Forced => {
+                self.stats.forced += 1;
+                self.do_send(id, l, len).await
             }
+            // Not always: a stream that overflows is over.
+            Fate::Overflow if self.rng.one_in(3) => self.send_overflow(id, l, len).await,
+            Fate::Overflow | Fate::MakeRoom => self.make_room(id, 1 - l).await,
+            Fate::Skip => Ok(()),
+        }
+    }
+
+    /// Lets side `r` of a stream receive what is sent to it, to make room
+    /// in its queue, credit for its peer, or room in the connection's
+    /// budget: it receives (once accepted), or another side that has
+    /// messages waiting does.
+    async fn make_room(&mut self, id: u64, r: usize) -> R<()> {
+        self.stats.made_room += 1;
+        if self.conn.present(id, r) && self.conn.deliverable(id, r) > 0 {
+            return self.do_recv(id, r).await;
+        }
+        if !self.conn.present(id, r) && !self.conn.pending.is_empty() {
             return self.op_accept().await;
         }
-        self.do_send(id, l, len).await
+        if let Some((id, r)) = self.pick_side(|c, id, r| c.deliverable(id, r) > 0) {
+            return self.do_recv(id, r).await;
+        }
+        if !self.conn.pending.is_empty() {
+            return self.op_accept().await;
+        }
+        Ok(())
+    }
+
+    /// Sends a message that overflows the receive queue of side `1 - l`,
+    /// which shares its connection: that side fails with `QueueOverflow`
+    /// after the messages it had queued, and sends side `l` an abortive
+    /// Error, which ends it too. Sometimes an operation on either side
+    /// races the overflow: on the sender, against the Error (whichever
+    /// comes first ends its stream); on the receiver, against the message
+    /// (a terminal operation that comes first ends the stream, and the
+    /// message is dropped without an overflow).
+    async fn send_overflow(&mut self, id: u64, l: usize, len: usize) -> R<()> {
+        let r = 1 - l;
+        let at = self.conn.st(id).side[l].sent.len();
+        self.note(format!(
+            "  overflow of stream {id} {} after {} messages",
+            SIDE_NAMES[r],
+            at - self.conn.st(id).side[r].received
+        ));
+        self.do_send(id, l, len).await?;
+        if self.conn.st(id).side[l].sent.len() != at + 1 {
+            return self.fail(id, "a send that overflows its peer's queue failed".into());
+        }
+        let term = match self.rng.below(4) {
+            0 => Term::CloseSend,
+            1 => Term::Close,
+            2 => Term::SendError(self.rng.range(1, 1000) as u64),
+            _ => Term::Cancel(CancelReason::Canceled),
+        };
+        let overflowed = match self.rng.below(4) {
+            0 => {
+                // The sender's operation races the Error; the overflow
+                // happens whatever its outcome (its packet follows the
+                // message).
+                self.stats.overflow_races += 1;
+                self.do_term(id, l, term)?;
+                true
+            }
+            1 if self.conn.present(id, r) => {
+                // The receiver's operation races the message: a terminal
+                // one that found the stream running came first.
+                self.stats.overflow_races += 1;
+                let recorded = self.do_term_recorded(id, r, term)?;
+                !recorded || matches!(term, Term::CloseSend)
+            }
+            _ => true,
+        };
+        if overflowed {
+            self.stats.overflows += 1;
+            let side = &mut self.conn.st_mut(id).side[r];
+            side.overflow = true;
+            side.overflow_at = Some(at);
+        }
+        self.note(format!("  overflowed: {overflowed}"));
+        // Both sides end without further operations.
+        for side in [l, r] {
+            if self.conn.present(id, side) {
+                let s = self.conn.stream(id, side);
+                let what = format!(
+                    "stream {id} {} terminated() after overflow",
+                    SIDE_NAMES[side]
+                );
+                within(what, s.terminated()).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn do_send(&mut self, id: u64, l: usize, len: usize) -> R<()> {
@@ -1472,7 +1894,7 @@ impl Soak {
             Ok(()) => {
                 // (A send racing the end of the connection may succeed;
                 // sends after it are checked by `drain_terminated`.)
-                if !racing && (me.send_ended() || me.send_failed) {
+                if !racing && (me.send_ended() || me.send_failed || st.overflowed()) {
                     return self.fail(id, format!("send on {} succeeded", SIDE_NAMES[l]));
                 }
                 let me = &mut self.conn.st_mut(id).side[l];
@@ -1511,7 +1933,6 @@ impl Soak {
 
     fn on_recv(&mut self, id: u64, l: usize, result: Result<Option<Bytes>, StreamError>) -> R<()> {
         let closer = self.conn.closed_by;
-        let server_limit = self.conn.cfg.server_limit;
         let end: End = match result {
             Ok(Some(data)) => return self.on_message(id, l, &data),
             Ok(None) => Ok(()),
@@ -1540,7 +1961,7 @@ impl Soak {
             }
             return Ok(());
         }
-        let (allowed, complete) = judge_end(st, l, closer, self.conn.flushed, server_limit, &end);
+        let (allowed, complete) = judge_end(st, l, closer, self.conn.flushed, &self.conn.cfg, &end);
         if !allowed {
             return self.fail(
                 id,
@@ -1589,6 +2010,16 @@ impl Soak {
                 ),
             );
         }
+        if me.overflow && me.overflow_at.is_some_and(|at| me.received >= at) {
+            return self.fail(
+                id,
+                format!(
+                    "{} received a message ({} bytes) its queue overflowed on, or a later one",
+                    SIDE_NAMES[l],
+                    data.len()
+                ),
+            );
+        }
         let Some(&msg) = peer.sent.get(me.received) else {
             return self.fail(
                 id,
@@ -1612,17 +2043,43 @@ impl Soak {
                 ),
             );
         }
-        let me = &mut self.conn.st_mut(id).side[l];
-        me.received += 1;
-        me.received_bytes += msg.len;
+        self.consumed(id, l, msg.len);
         self.stats.msgs_received += 1;
         self.stats.bytes_verified += msg.len;
         Ok(())
     }
 
+    /// Side `l` took the next of its peer's messages, of `len` bytes: a
+    /// receiver with flow control grants consumed bytes back once they
+    /// reach its threshold; a client that gets a server's message knows
+    /// that the server's acceptance of flow control came first.
+    fn consumed(&mut self, id: u64, l: usize, len: usize) {
+        let flow = self.conn.regime(self.conn.st(id), 1 - l) != Regime::Off;
+        let threshold = self.conn.cfg.threshold[l];
+        let st = self.conn.st_mut(id);
+        if l == CLIENT {
+            st.confirmed = true;
+        }
+        let me = &mut st.side[l];
+        me.received += 1;
+        me.received_bytes += len;
+        if flow {
+            me.ungranted += len as u64;
+            if me.ungranted >= threshold {
+                me.granted += std::mem::take(&mut me.ungranted);
+            }
+        }
+    }
+
     // ---- terminal operations and drops ----
 
     fn do_term(&mut self, id: u64, l: usize, term: Term) -> R<()> {
+        self.do_term_recorded(id, l, term).map(drop)
+    }
+
+    /// As [`Soak::do_term`]; returns whether the stream was still running
+    /// (the operation was recorded).
+    fn do_term_recorded(&mut self, id: u64, l: usize, term: Term) -> R<bool> {
         let s = self.conn.stream(id, l);
         let was_terminated = s.is_terminated();
         let result = match term {
@@ -1658,7 +2115,7 @@ impl Soak {
             );
         }
         if was_terminated {
-            return Ok(());
+            return Ok(false);
         }
         let me = &mut self.conn.st_mut(id).side[l];
         match term {
@@ -1671,7 +2128,7 @@ impl Soak {
                 me.cancel.get_or_insert(reason);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn do_drop(&mut self, id: u64, l: usize) -> R<()> {
@@ -1726,6 +2183,23 @@ impl Soak {
                 CancelReason::Canceled
             })),
             _ => Act::PeerDrop,
+        };
+        let act = match act {
+            Act::PeerSend(len) => {
+                // Within the budget, and (the queue being empty, the credit
+                // at least a frame) never waiting.
+                let room = self.conn.cfg.pending_cap()
+                    - self.conn.pending_bytes().min(self.conn.cfg.pending_cap());
+                let len = len.min(room);
+                match self.conn.send_fate(id, p, len) {
+                    Fate::Send => Act::PeerSend(len),
+                    fate => {
+                        self.note(format!("  (send of {len} bytes: {fate:?})"));
+                        Act::PeerTerm(Term::CloseSend)
+                    }
+                }
+            }
+            act => act,
         };
         self.note(format!("  wake stream {id} {} by {act:?}", SIDE_NAMES[l]));
         // The receive runs in its own task, which is polled again only when
@@ -1833,6 +2307,9 @@ impl Soak {
             l: usize,
             msgs: Vec<Msg>,
             earlier: usize,
+            /// Everything the receiver gets fits its queue's bounds, or it
+            /// has flow control: it cannot overflow.
+            safe: bool,
             send: tokio::task::JoinHandle<(usize, Option<StreamError>)>,
             recv: tokio::task::JoinHandle<RecvReport>,
         }
@@ -1842,7 +2319,7 @@ impl Soak {
         for (id, l) in chosen {
             let n = self.rng.range(1, 12);
             let mut big = 0;
-            let msgs: Vec<Msg> = (0..n)
+            let mut msgs: Vec<Msg> = (0..n)
                 .map(|_| {
                     let len = if big < 2 && self.rng.one_in(8) {
                         big += 1;
@@ -1859,6 +2336,28 @@ impl Soak {
             let st = self.conn.st(id);
             let (me, peer) = (&st.side[l], &st.side[1 - l]);
             let earlier = me.sent.len() - peer.received;
+            // Without flow control (or before it is known to be in force),
+            // the receiver may fall behind and overflow (then the stream
+            // ends, which the model checks); half the time the burst keeps
+            // within the queue's bounds instead, and must not.
+            let regime = self.conn.regime(st, l);
+            let (q_msgs, q_bytes) = (self.conn.cfg.q_msgs, self.conn.cfg.q_bytes);
+            let mut bytes = me.sent_bytes - peer.received_bytes;
+            if regime != Regime::Flow && self.rng.one_in(2) {
+                let mut keep = 0;
+                while keep < msgs.len()
+                    && earlier + keep < q_msgs
+                    && bytes + msgs[keep].len <= q_bytes
+                {
+                    bytes += msgs[keep].len;
+                    keep += 1;
+                }
+                msgs.truncate(keep);
+            } else {
+                bytes += msgs.iter().map(|m| m.len).sum::<usize>();
+            }
+            let safe =
+                regime == Regime::Flow || (earlier + msgs.len() <= q_msgs && bytes <= q_bytes);
             let mut expect: Vec<Msg> = me.sent[peer.received..].to_vec();
             expect.extend(msgs.iter().copied());
             desc.push(format!("{id}:{}x{}", SIDE_NAMES[l], msgs.len()));
@@ -1919,6 +2418,7 @@ impl Soak {
                 l,
                 msgs,
                 earlier,
+                safe,
                 send,
                 recv,
             });
@@ -1944,20 +2444,48 @@ impl Soak {
             let recvd = within(format!("burst recv on stream {}", d.id), d.recv)
                 .await?
                 .map_err(|e| format!("burst recv task: {e}"))?;
-            results.push((d.id, d.l, d.msgs, d.earlier, sent, recvd));
+            results.push((d.id, d.l, d.msgs, d.earlier, d.safe, sent, recvd));
         }
-        // Senders first: the receivers are judged against what was sent.
-        for (id, l, msgs, _, (oks, err), _) in &results {
+        // Overflows first: a receiver that overflowed saw its end after the
+        // messages queued before (it was waiting for the rest); its peer's
+        // sends then failed.
+        let mut overflowed = Vec::new();
+        for (id, l, _, _, safe, _, report) in &results {
+            let r = 1 - l;
+            if let Some(Err(e)) = &report.end
+                && let StreamErrorKind::QueueOverflow { .. } = e.kind()
+            {
+                if *safe {
+                    return self.fail(
+                        *id,
+                        format!(
+                            "burst receiver {} overflowed ({e:?}) although everything sent to it \
+                             fits its queue or is flow-controlled",
+                            SIDE_NAMES[r]
+                        ),
+                    );
+                }
+                self.stats.burst_overflows += 1;
+                self.note(format!("  burst overflow of stream {id} {}", SIDE_NAMES[r]));
+                let side = &mut self.conn.st_mut(*id).side[r];
+                side.overflow = true;
+                side.overflow_at = Some(side.received + report.got);
+                overflowed.push(*id);
+            }
+        }
+        // Senders next: the receivers are judged against what was sent.
+        for (id, l, msgs, _, _, (oks, err), _) in &results {
+            let racing = chaos || overflowed.contains(id);
             for m in &msgs[..*oks] {
-                self.judge_send(*id, *l, *m, Ok(()), chaos)?;
+                self.judge_send(*id, *l, *m, Ok(()), racing)?;
             }
             if let Some(e) = err {
-                self.judge_send(*id, *l, msgs[*oks], Err(e.clone()), chaos)?;
+                self.judge_send(*id, *l, msgs[*oks], Err(e.clone()), racing)?;
             } else if *oks != msgs.len() {
                 return Err("internal: burst sender stopped early".into());
             }
         }
-        for (id, l, msgs, earlier, (oks, err), report) in results {
+        for (id, l, msgs, earlier, _, (oks, err), report) in results {
             let r = 1 - l;
             if let Some(bad) = report.bad {
                 return self.fail(id, format!("burst receiver {}: {bad}", SIDE_NAMES[r]));
@@ -1971,7 +2499,8 @@ impl Soak {
                     ),
                 );
             }
-            if !chaos && (err.is_some() || report.end.is_some() || oks != msgs.len()) {
+            let cause = chaos || overflowed.contains(&id);
+            if !cause && (err.is_some() || report.end.is_some() || oks != msgs.len()) {
                 return self.fail(
                     id,
                     format!(
@@ -1984,9 +2513,11 @@ impl Soak {
                     ),
                 );
             }
-            let me = &mut self.conn.st_mut(id).side[r];
-            me.received += report.got;
-            me.received_bytes += report.bytes;
+            for _ in 0..report.got {
+                let st = self.conn.st(id);
+                let len = st.side[l].sent[st.side[r].received].len;
+                self.consumed(id, r, len);
+            }
             self.stats.msgs_received += report.got;
             self.stats.bytes_verified += report.bytes;
             if let Some(end) = report.end {
@@ -1994,7 +2525,18 @@ impl Soak {
             }
         }
         if chaos {
-            self.after_connection_closed().await?;
+            return self.after_connection_closed().await;
+        }
+        // Both sides of a stream that overflowed end without further
+        // operations.
+        for id in overflowed {
+            for side in [CLIENT, SERVER] {
+                if self.conn.present(id, side) {
+                    let s = self.conn.stream(id, side);
+                    let what = format!("stream {id} {} terminated() after overflow", SIDE_NAMES[side]);
+                    within(what, s.terminated()).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -2179,7 +2721,75 @@ impl Soak {
                 }
             }
         }
+        self.check_memory().await?;
         self.new_connection();
+        Ok(())
+    }
+
+    /// The end of a connection, once both managers are closed: with every
+    /// stream handle dropped, neither connection holds a byte for its peer
+    /// (`held_bytes()`, or the probe budget of a dropped manager), and a
+    /// common budget is back to 0. A dropped manager's tasks may still be
+    /// exiting: it gets [`LAG_GRACE`].
+    async fn check_memory(&mut self) -> R<()> {
+        if std::env::var_os("DRPC_SOAK_DRAIN_ACCEPT").is_some() {
+            if let Some(server) = self.conn.mgr[SERVER].clone() {
+                for _ in 0..self.conn.pending.len() {
+                    if within("accept after close()", server.accept()).await?.is_ok() {
+                        return Err("accept after close() gave a stream".into());
+                    }
+                }
+            }
+        }
+        for st in self.conn.streams.values_mut() {
+            for side in &mut st.side {
+                side.stream = None;
+            }
+        }
+        let start = Instant::now();
+        loop {
+            let mut held = Vec::new();
+            for l in [CLIENT, SERVER] {
+                match (&self.conn.mgr[l], self.conn.cfg.shared) {
+                    (Some(m), shared) => {
+                        held.push((format!("{} held_bytes()", SIDE_NAMES[l]), m.held_bytes()));
+                        if let SharedCfg::Probe = shared {
+                            let what = format!("{} probe budget", SIDE_NAMES[l]);
+                            held.push((what, self.conn.budgets[l].held()));
+                        }
+                    }
+                    (None, SharedCfg::Probe) => {
+                        let what = format!("{} (dropped) probe budget", SIDE_NAMES[l]);
+                        held.push((what, self.conn.budgets[l].held()));
+                    }
+                    (None, SharedCfg::Common(_)) => {}
+                }
+            }
+            if let SharedCfg::Common(_) = self.conn.cfg.shared {
+                held.push(("common budget".into(), self.conn.budgets[CLIENT].held()));
+            }
+            if held.iter().all(|(_, n)| *n == 0) {
+                break;
+            }
+            let closed = self.conn.mgr.iter().all(Option::is_some);
+            if closed || start.elapsed() > LAG_GRACE {
+                return Err(format!(
+                    "memory still held after the connection ended and every stream was \
+                     dropped{}: {held:?} (unaccepted streams: {:?})\n{}",
+                    if closed {
+                        " (both managers closed)"
+                    } else {
+                        ""
+                    },
+                    self.conn.pending,
+                    self.describe_all()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if start.elapsed() > Duration::ZERO && self.conn.mgr.iter().any(Option::is_none) {
+            self.stats.held_lag += 1;
+        }
         Ok(())
     }
 
@@ -2302,6 +2912,7 @@ impl Soak {
     fn new_connection(&mut self) {
         let cfg = EpochCfg::random(&mut self.rng);
         self.stats.epochs += 1;
+        self.stats.fc_epochs[cfg.fc as usize] += 1;
         self.note(format!("connection {}: {cfg:?}", self.stats.epochs));
         self.conn = Conn::new(cfg);
     }

@@ -242,7 +242,10 @@ mod tests {
         assert_eq!(b.held(), 0, "a refused reservation charges nothing");
         assert!(b.try_reserve(20));
         a.release(80);
-        assert!(count.0.load(Ordering::SeqCst) >= 1, "the waiting reader was woken");
+        assert!(
+            count.0.load(Ordering::SeqCst) >= 1,
+            "the waiting reader was woken"
+        );
         assert!(a.poll_reserve(1, &mut cx).is_ready());
         assert_eq!(shared.held(), 21);
     }

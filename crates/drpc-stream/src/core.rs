@@ -14,6 +14,11 @@ use crate::flow::{FlowControl, FlowControlMode, RecvWindow, SendWindow};
 use crate::queue::RecvQueue;
 use crate::{ConnectionError, Initiator, StreamErrorKind, StreamKind, StreamOptions};
 
+/// What a received message waiting in a stream's queue is charged to its
+/// connection's memory budget beyond its bytes: its handle and its slot,
+/// so that a flood of empty messages counts too.
+pub const QUEUED_MESSAGE_COST: usize = 64;
+
 /// What a receive sees once the queue is empty.
 #[derive(Debug, Clone)]
 enum RecvEnd {
@@ -130,9 +135,10 @@ impl StreamCore {
         core
     }
 
-    /// Bytes held for the peer: queued messages and a half-built packet.
+    /// Bytes held for the peer: queued messages (each also at its handle's
+    /// cost, so that empty ones count) and a half-built packet.
     pub(crate) fn held(&self) -> usize {
-        self.queue.bytes() + self.assembler.buffered()
+        self.queue.bytes() + self.queue.len() * QUEUED_MESSAGE_COST + self.assembler.buffered()
     }
 
     /// Whether Message sends of this stream are split into frames of at
@@ -262,6 +268,8 @@ impl StreamCore {
         if self.recv_end.is_none() {
             self.recv_end = Some(RecvEnd::Error(reason.clone()));
         }
+        // A half-built packet will never complete: what it held is freed.
+        self.assembler = PacketAssembler::for_stream(self.id, self.max_message);
         if discard && self.queue.pop().is_some() {
             // Messages the application will never see: it must not take
             // the end that follows them for a clean one.
@@ -492,10 +500,11 @@ impl StreamCore {
     /// queue is empty.
     pub(crate) fn recv(&mut self) -> Recv {
         if let Some(data) = self.queue.pop() {
-            // Credit behind a terminal frame would only invite doomed data.
+            // Credit behind a terminal frame, or once the peer has finished
+            // sending, would only invite doomed data.
             if let Some(w) = &mut self.recv_window
                 && let Some(delta) = w.consumed(data.len())
-                && !self.terminated
+                && self.recv_end.is_none()
             {
                 self.grant_due = Some(self.grant_due.unwrap_or(0).saturating_add(delta));
             }
@@ -1313,7 +1322,11 @@ mod tests {
         assert_eq!(&held[..], b"m3");
         // The connection's only stream keeps queueing.
         c.force_enqueue(held);
-        assert_eq!(c.held(), 6);
+        assert_eq!(
+            c.held(),
+            6 + 3 * QUEUED_MESSAGE_COST,
+            "empty messages count too"
+        );
         assert_matches!(feed(&mut c, msg(4, b"m4")), Inbound::QueueFull(_));
         // A stream that shares its connection fails alone: its queued
         // messages come first, then the overflow; the peer gets an
@@ -1379,7 +1392,11 @@ mod tests {
             feed(&mut c, frame(2, Kind::MESSAGE, false, false, b"abc")),
             Inbound::Nothing
         );
-        assert_eq!(c.held(), 5, "the half-built packet counts");
+        assert_eq!(
+            c.held(),
+            2 + QUEUED_MESSAGE_COST + 3,
+            "the half-built packet counts"
+        );
         match c.handle_frame(frame(2, Kind::MESSAGE, true, false, b"de")) {
             Ok(Inbound::Failed(id, err)) => {
                 assert_eq!(id, Id::new(SID, 1));

@@ -52,11 +52,13 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use drpc_stream::{MuxWriter, StreamKind, StreamOptions, new_stream};
+//! use drpc_stream::{FlowControl, MuxWriter, StreamKind, StreamOptions, new_stream};
 //!
 //! # futures_executor::block_on(async {
 //! let writer = Arc::new(MuxWriter::new(0));
-//! let (stream, _handle) = new_stream(1, StreamKind::Client, writer.clone(), &StreamOptions::default());
+//! // Without flow control, as with a stock peer: nothing to negotiate.
+//! let opts = StreamOptions { flow_control: FlowControl::off(), ..StreamOptions::default() };
+//! let (stream, _handle) = new_stream(1, StreamKind::Client, writer.clone(), &opts);
 //! stream.write_invoke(b"/service.Service/Method1", &Default::default())?;
 //! stream.send(&[0x08, 0x05]).await?;
 //! stream.close_send()?;
@@ -77,6 +79,7 @@ mod stream;
 mod sync;
 
 pub use budget::MemoryBudget;
+pub use core::QUEUED_MESSAGE_COST;
 #[cfg(feature = "prost")]
 pub use encoding::Prost;
 pub use encoding::{Encoding, EncodingError, MessageBuf, Raw};

@@ -837,12 +837,9 @@ impl StreamHandle {
     /// terminated.
     pub fn release_on_termination(&self, live: Arc<AtomicUsize>) {
         let mut inner = lock(&self.shared.inner);
-        match inner.live.replace(live) {
-            // Already counted: keep one unit only.
-            Some(previous) => {
-                previous.fetch_sub(1, Ordering::AcqRel);
-            }
-            None => {}
+        // Already counted: keep one unit only.
+        if let Some(previous) = inner.live.replace(live) {
+            previous.fetch_sub(1, Ordering::AcqRel);
         }
         settle(&mut inner);
     }

@@ -14,8 +14,8 @@ use std::future::poll_fn;
 
 use bytes::{Bytes, BytesMut};
 use drpc_stream::{
-    ConnectionError, FlowControl, Initiator, MuxWriter, StreamError, StreamErrorKind, StreamKind,
-    StreamOptions, new_stream,
+    ConnectionError, FlowControl, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind,
+    StreamHandle, StreamKind, StreamOptions, new_stream,
 };
 use drpc_wire::{Frame, FrameDecoder, Id, Kind, Metadata, WindowUpdate, append_packet};
 use loom::future::block_on;
@@ -38,8 +38,11 @@ fn message(mid: u64) -> Frame {
     }
 }
 
-/// Fork-mode flow control with the smallest window the liveness rule
-/// allows (one frame and one byte) and a grant for every consumed byte.
+/// The smallest window the liveness rule allows: one frame and one byte.
+const WINDOW: usize = FlowControl::FRAME as usize + 1;
+
+/// Fork-mode flow control with a [`WINDOW`] of credit and a grant for every
+/// consumed byte.
 fn fork() -> StreamOptions {
     StreamOptions {
         flow_control: FlowControl::fork()
@@ -49,14 +52,8 @@ fn fork() -> StreamOptions {
     }
 }
 
-const WINDOW: usize = FlowControl::FRAME as usize + 1;
-
 /// A Fork-mode client stream whose sender has used up its whole window.
-fn out_of_credit() -> (
-    std::sync::Arc<MuxWriter>,
-    drpc_stream::Stream,
-    drpc_stream::StreamHandle,
-) {
+fn out_of_credit() -> (std::sync::Arc<MuxWriter>, Stream, StreamHandle) {
     let w = std::sync::Arc::new(MuxWriter::new(usize::MAX));
     let (s, h) = new_stream(1, StreamKind::Client, w.clone(), &fork());
     block_on(s.send(&vec![0; WINDOW])).expect("the whole window");

@@ -1,6 +1,9 @@
 //! Async tests of `Stream`, `StreamHandle` and `MuxWriter`: the exact frames a
-//! stream appends, wake-ups of blocked operations, backpressure, termination
-//! hooks, and the writer's atomicity and stop semantics.
+//! stream appends, wake-ups of blocked operations, writer backpressure, the
+//! receive queue's bounds (a lone stream keeps queueing, a shared one fails
+//! alone), memory-budget accounting, flow control (Fork and negotiated
+//! Auto: credit, grants, caps), termination hooks, and the writer's
+//! atomicity and stop semantics.
 //!
 //! Frames are read back by draining the writer with `poll_take` and decoding
 //! with `drpc_wire::FrameDecoder`.
@@ -8,6 +11,7 @@
 // Under loom the crate's mutex only works inside `loom::model`.
 #![cfg(not(drpc_loom))]
 
+use drpc_stream::QUEUED_MESSAGE_COST as Q;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -748,23 +752,26 @@ async fn remote_close_send_leaves_sending_alone_and_drops_later_messages() {
 async fn unknown_kinds_and_invokes_through_the_handle() {
     let w = writer();
     let (s, h) = pair(1, StreamKind::Server, &w);
-    let k9 = Kind::new(9).expect("kind");
-    h.handle_frame(fr(1, 1, k9, true, true, b""), true)
+    let unknown = Kind::new(10).expect("kind");
+    h.handle_frame(fr(1, 1, unknown, true, true, b""), true)
         .expect("ignored");
     h.handle_frame(fr(1, 2, Kind::new(0).expect("kind"), true, true, b""), true)
         .expect("ignored");
-    h.handle_frame(whole(1, 3, Kind::MESSAGE, b"after"), true)
+    // A negotiation packet this stream cannot use is ignored too.
+    h.handle_frame(fr(1, 3, Kind::FLOW_NEGOTIATION, true, true, b"\xff"), true)
+        .expect("ignored");
+    h.handle_frame(whole(1, 4, Kind::MESSAGE, b"after"), true)
         .expect("message");
     assert_eq!(
         s.recv().await.expect("recv").as_deref(),
         Some(&b"after"[..])
     );
     assert_matches!(
-        h.handle_frame(whole(1, 4, k9, b""), true),
+        h.handle_frame(whole(1, 5, unknown, b""), true),
         Err(ConnectionError::UnknownKind { stream: 1, .. })
     );
     assert_matches!(
-        h.handle_frame(whole(1, 5, Kind::INVOKE, b"/s.S/M"), true),
+        h.handle_frame(whole(1, 6, Kind::INVOKE, b"/s.S/M"), true),
         Err(ConnectionError::InvokeOnExistingStream { stream: 1 })
     );
     // A fatal frame does not end the stream by itself: the connection does.
@@ -1192,7 +1199,11 @@ async fn a_lone_stream_queues_past_its_bounds_and_delivers_everything_in_order()
     for (mid, m) in (1u64..).zip(&msgs) {
         h.handle_frame(whole(1, mid, Kind::MESSAGE, m), true)
             .expect("queued past the bounds");
-        assert_eq!(budget.held(), 3 * mid as usize, "queued bytes are charged");
+        assert_eq!(
+            budget.held(),
+            (3 + Q) * mid as usize,
+            "queued bytes are charged"
+        );
     }
     assert!(!s.is_terminated());
     assert_eq!(w.buffered(), 0, "nothing is sent to the peer");
@@ -1200,7 +1211,7 @@ async fn a_lone_stream_queues_past_its_bounds_and_delivers_everything_in_order()
         assert_eq!(s.recv().await.expect("recv").as_deref(), Some(&m[..]));
         assert_eq!(
             budget.held(),
-            3 * (msgs.len() - i - 1),
+            (3 + Q) * (msgs.len() - i - 1),
             "released as received"
         );
     }
@@ -1231,14 +1242,14 @@ async fn a_shared_stream_over_its_message_bound_fails_alone() {
         .expect("m1");
     h.handle_frame(whole(1, 2, Kind::MESSAGE, b"m2"), false)
         .expect("m2");
-    assert_eq!(budget.held(), 4);
+    assert_eq!(budget.held(), 4 + 2 * Q);
     assert_eq!(w.buffered(), 0);
     h.handle_frame(whole(1, 3, Kind::MESSAGE, b"m3"), false)
         .expect("the stream fails, not the connection");
     assert!(s.is_terminated() && h.is_terminated());
     assert_eq!(
         budget.held(),
-        4 + w.buffered(),
+        4 + 2 * Q + w.buffered(),
         "m3 was dropped; the Error counts until it is written"
     );
     let err = expect_abort(
@@ -1247,7 +1258,11 @@ async fn a_shared_stream_over_its_message_bound_fails_alone() {
         "receive queue cap exceeded",
     );
     assert_eq!(err.message(), overflow_text(DEFAULT_RECV_QUEUE_BYTES));
-    assert_eq!(budget.held(), 4, "what was queued stays for delivery");
+    assert_eq!(
+        budget.held(),
+        4 + 2 * Q,
+        "what was queued stays for delivery"
+    );
 
     // Later frames are ignored and terminal operations are silent: nothing
     // more is sent, and nothing queued is discarded.
@@ -1378,13 +1393,13 @@ async fn endings_release_what_a_lone_stream_queued_past_its_bounds() {
             h.handle_frame(whole(1, mid, Kind::MESSAGE, b"abcd"), true)
                 .expect(name);
         }
-        assert_eq!(budget.held(), 16, "{name}");
+        assert_eq!(budget.held(), 16 + 4 * Q, "{name}");
         end(&s, &h);
         assert!(s.is_terminated(), "{name}");
         if delivered {
             assert_eq!(
                 budget.held(),
-                16 + w.buffered(),
+                16 + 4 * Q + w.buffered(),
                 "{name}: kept for delivery"
             );
             expect_messages(&s, &[b"abcd"; 4]).await;
@@ -1427,7 +1442,7 @@ async fn endings_release_what_a_lone_stream_queued_past_its_bounds() {
     drop(s);
     assert_eq!(
         budget.held(),
-        12,
+        12 + 3 * Q,
         "the connection's handle keeps the stream"
     );
     drop(h);
@@ -1444,7 +1459,7 @@ async fn half_assembled_messages_are_charged_until_released() {
     assert_eq!(budget.held(), 6, "the half-built message counts");
     h.handle_frame(fr(1, 1, Kind::MESSAGE, true, false, b"world"), true)
         .expect("last frame");
-    assert_eq!(budget.held(), 11);
+    assert_eq!(budget.held(), 11 + Q);
     expect_messages(&s, &[b"hello world"]).await;
     assert_eq!(budget.held(), 0);
     // A higher message id drops what was under assembly.
@@ -1461,12 +1476,9 @@ async fn half_assembled_messages_are_charged_until_released() {
 }
 
 /// A terminated stream's half-built message can never complete (later
-/// frames are ignored), so a termination should release it at once. It is
-/// released only when the stream itself is dropped: `StreamCore::terminate`
-/// (and the ReceivedTooLarge failure) leave the assembler's partial packet
-/// in place, and `held()` keeps counting it.
+/// frames are ignored), so a termination releases it at once, whatever
+/// ended the stream.
 #[tokio::test]
-#[ignore = "drpc-stream bug: termination keeps a half-assembled packet charged to the budget"]
 async fn termination_releases_a_half_assembled_message() {
     let ends: [(&str, Event); 5] = [
         ("cancel", |s, _| {
@@ -1505,13 +1517,10 @@ async fn termination_releases_a_half_assembled_message() {
 }
 
 /// Empty messages take memory too (a `Bytes` and a queue slot each), so a
-/// peer flooding a lone stream, or a flow-controlled one, with them must
-/// eventually stop the connection's reader through the budget. Today
-/// `StreamCore::held` counts payload bytes only: an empty message is
-/// admitted by the window cap and charged nothing, and the queue grows
-/// without bound.
+/// peer flooding a lone stream, or a flow-controlled one, with them
+/// eventually stops the connection's reader through the budget: each
+/// queued message is charged `QUEUED_MESSAGE_COST`.
 #[tokio::test]
-#[ignore = "drpc-stream bug: empty messages are queued without bound and charged nothing"]
 async fn queued_empty_messages_are_charged() {
     for (name, opts, alone) in [
         ("lone stream", small_queue(1), true),
@@ -1524,10 +1533,7 @@ async fn queued_empty_messages_are_charged() {
                 .expect(name);
         }
         assert!(!s.is_terminated(), "{name}");
-        assert!(
-            budget.held() > 0,
-            "{name}: 10000 queued messages cost nothing"
-        );
+        assert_eq!(budget.held(), 10_000 * Q, "{name}");
     }
 }
 
@@ -1979,7 +1985,7 @@ async fn an_oversized_inbound_message_fails_only_its_stream() {
             .expect("ok");
         h.handle_frame(fr(1, 2, Kind::MESSAGE, false, false, &[1; 60]), false)
             .expect("first frame");
-        assert_eq!(budget.held(), 62, "{mode:?}");
+        assert_eq!(budget.held(), 62 + Q, "{mode:?}");
         h.handle_frame(fr(1, 2, Kind::MESSAGE, true, false, &[2; 60]), false)
             .expect("the stream fails, not the connection");
         assert!(s.is_terminated(), "{mode:?}");

@@ -53,6 +53,8 @@ pub struct FrameReader<R> {
     /// The transport ended inside a frame after the complete frames of a
     /// join were handed out: the next call reports it.
     ended_in_frame: bool,
+    /// Joins are paused ([`FrameReader::pause_joins`]).
+    joins_paused: bool,
 }
 
 /// A large message's frames being joined into one.
@@ -121,6 +123,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             coalesce_min: usize::MAX,
             merge: None,
             ended_in_frame: false,
+            joins_paused: false,
         }
     }
 
@@ -158,11 +161,31 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self
     }
 
-    /// Waits until the next frame's header has arrived, and returns how
-    /// many data bytes the next [`FrameReader::read_frame`] may return at
-    /// most: the frame's length, or the maximum packet size when it starts
-    /// (or continues) a join. `Ok(None)` when the transport ended cleanly;
-    /// a malformed header is left for `read_frame` to report, as 0.
+    /// Whether the next [`FrameReader::read_frame`] joins frames (or goes
+    /// on with a join), as far as the buffered header tells: it may then
+    /// return up to the maximum packet size.
+    pub fn joins_next(&self) -> bool {
+        self.merge.is_some()
+            || FrameHead::parse(&self.buf)
+                .ok()
+                .flatten()
+                .is_some_and(|head| self.starts_merge(&head))
+    }
+
+    /// Stops (`true`) or resumes starting joins: while paused, frames are
+    /// returned one by one, each within its own announced length. A
+    /// connection pauses them when its memory budget has room for the next
+    /// frame but not for a whole joined packet.
+    pub fn pause_joins(&mut self, paused: bool) {
+        self.joins_paused = paused;
+    }
+
+    /// Waits until the next frame's header has arrived, and returns its
+    /// data length, which bounds what the next [`FrameReader::read_frame`]
+    /// returns unless it joins ([`FrameReader::joins_next`]); the maximum
+    /// packet size while a join is under way. `Ok(None)` when the transport
+    /// ended cleanly; a malformed header is left for `read_frame` to
+    /// report, as 0.
     ///
     /// A connection uses it to reserve memory for a frame before reading
     /// its data. Cancel safe, like `read_frame`.
@@ -175,9 +198,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(self.decoder.max_packet_size() as u64));
             }
             match FrameHead::parse(&self.buf) {
-                Ok(Some(head)) if self.starts_merge(&head) => {
-                    return Ok(Some(self.decoder.max_packet_size() as u64));
-                }
                 Ok(Some(head)) => return Ok(Some(head.data_len)),
                 Err(_) => return Ok(Some(0)),
                 Ok(None) => {}
@@ -250,6 +270,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// frame that does not end its packet, on a coalescing reader.
     fn starts_merge(&self, head: &FrameHead) -> bool {
         self.coalesce_min != usize::MAX
+            && !self.joins_paused
             && head.kind == Kind::MESSAGE
             && !head.done
             && !head.control
@@ -535,11 +556,8 @@ mod tests {
                 .len(),
             3
         );
-        assert_eq!(
-            r.next_frame_len().await.expect("len"),
-            Some(1 << 20),
-            "a join"
-        );
+        assert_eq!(r.next_frame_len().await.expect("len"), Some(65_536));
+        assert!(r.joins_next(), "a join");
         assert_eq!(
             r.read_frame()
                 .await
@@ -553,5 +571,28 @@ mod tests {
         assert!(r.read_frame().await.expect("read").is_some());
         assert_eq!(r.next_frame_len().await.expect("end"), None);
         assert!(r.read_frame().await.expect("clean end").is_none());
+    }
+
+    #[tokio::test]
+    async fn paused_joins_return_frames_one_by_one() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut bytes = Vec::new();
+        crate::append_packet(
+            &mut bytes,
+            Id::new(1, 1),
+            Kind::MESSAGE,
+            false,
+            &[7; 80_000],
+            0,
+        );
+        a.write_all(&bytes).await.expect("write");
+        let mut r = FrameReader::coalescing(b, 1 << 20);
+        r.pause_joins(true);
+        assert_eq!(r.next_frame_len().await.expect("len"), Some(65_536));
+        let first = r.read_frame().await.expect("read").expect("frame");
+        assert_eq!((first.data.len(), first.done), (65_536, false));
+        r.pause_joins(false);
+        let second = r.read_frame().await.expect("read").expect("frame");
+        assert_eq!((second.data.len(), second.done), (80_000 - 65_536, true));
     }
 }

@@ -495,6 +495,14 @@ impl Harness {
         }
     }
 
+    /// The TCP address served, for raw peers.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.endpoint {
+            Endpoint::Tcp(addr) => Some(*addr),
+            _ => None,
+        }
+    }
+
     /// A new client connection with default options.
     pub async fn connect(&mut self) -> Conn {
         self.connect_with(ConnOptions::default()).await
