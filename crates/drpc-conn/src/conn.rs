@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use drpc_manager::{Manager, ManagerOptions, Role};
 use drpc_stream::{
     ConnectionError, Encoding, Initiator, MessageBuf, Prost, Stream, StreamError, StreamErrorKind,
-    StreamHandle,
+    StreamWatch,
 };
 use drpc_wire::{Metadata, TIMEOUT_METADATA_KEY, encode_timeout};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -249,7 +249,7 @@ impl Conn {
         )
         .await?;
         let watchdog = (opts.deadline.is_some() || opts.cancel.is_some())
-            .then(|| spawn_watchdog(stream.handle(), opts.deadline, opts.cancel.clone()));
+            .then(|| spawn_watchdog(stream.watch(), opts.deadline, opts.cancel.clone()));
         Ok(ClientStream {
             stream: Arc::new(stream),
             encoding: Arc::new(encoding),
@@ -339,14 +339,14 @@ async fn ended(deadline: Option<Instant>, cancel: Option<CancellationToken>) -> 
 /// Cancels a stream when its deadline passes or its token is cancelled,
 /// unless it terminates first.
 fn spawn_watchdog(
-    handle: StreamHandle,
+    watch: StreamWatch,
     deadline: Option<Instant>,
     cancel: Option<CancellationToken>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         tokio::select! {
-            _ = handle.terminated() => {}
-            reason = ended(deadline, cancel) => handle.cancel(reason),
+            _ = watch.terminated() => {}
+            reason = ended(deadline, cancel) => watch.cancel(reason),
         }
     })
 }

@@ -11,7 +11,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use drpc_stream::{
     Batch, ConnectionError, FlowControl, FlowControlMode, Initiator, MemoryBudget, MessageBuf,
-    MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle, StreamKind, new_stream,
+    MuxDrain, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle, StreamKind, new_stream,
 };
 use drpc_wire::{
     CodedError, ConnectionIdOrder, FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameReader, Id,
@@ -132,6 +132,8 @@ struct Inner {
     role: Role,
     opts: ManagerOptions,
     writer: Arc<MuxWriter>,
+    /// The writer task's side of `writer`, which only the connection holds.
+    drain: MuxDrain,
     registry: Mutex<Registry>,
     term: OnceLock<ConnectionError>,
     term_token: CancellationToken,
@@ -231,9 +233,14 @@ impl Manager {
             opts.max_connection_memory,
             opts.shared_memory.clone(),
         ));
+        let writer = Arc::new(MuxWriter::with_budget(opts.writer_high_water, budget));
+        let Some(drain) = writer.drain() else {
+            unreachable!("a new writer's drain is free");
+        };
         let inner = Arc::new(Inner {
             role,
-            writer: Arc::new(MuxWriter::with_budget(opts.writer_high_water, budget)),
+            writer,
+            drain,
             registry: Mutex::new(Registry::default()),
             term: OnceLock::new(),
             term_token: CancellationToken::new(),
@@ -274,8 +281,8 @@ impl Manager {
     /// In sequential mode this first waits until the previous stream has
     /// terminated. Errors before an id was allocated carry stream id 0.
     pub async fn open_stream(&self, rpc: &str, metadata: &Metadata) -> Result<Stream, StreamError> {
-        let stream = self.new_client_stream(rpc).await?;
-        stream.write_invoke(rpc.as_bytes(), metadata)?;
+        let (stream, handle) = self.new_client_stream(rpc).await?;
+        handle.write_invoke(rpc.as_bytes(), metadata)?;
         Ok(stream)
     }
 
@@ -295,8 +302,8 @@ impl Manager {
             .stream
             .check_message_size(message.len())
             .map_err(|e| StreamError::new(0, e))?;
-        let stream = self.new_client_stream(rpc).await?;
-        stream.write_unary(rpc.as_bytes(), metadata, &message)?;
+        let (stream, handle) = self.new_client_stream(rpc).await?;
+        handle.write_unary(rpc.as_bytes(), metadata, &message)?;
         Ok(stream)
     }
 
@@ -313,20 +320,20 @@ impl Manager {
             buf.clear();
             return Err(StreamError::new(0, e));
         }
-        let stream = match self.new_client_stream(rpc).await {
-            Ok(stream) => stream,
+        let (stream, handle) = match self.new_client_stream(rpc).await {
+            Ok(opened) => opened,
             Err(e) => {
                 buf.clear();
                 return Err(e);
             }
         };
-        stream.write_unary_encoded(rpc.as_bytes(), metadata, buf)?;
+        handle.write_unary_encoded(rpc.as_bytes(), metadata, buf)?;
         Ok(stream)
     }
 
     /// Allocates and registers a client stream (waiting for its turn in
     /// sequential mode); nothing is written yet.
-    async fn new_client_stream(&self, rpc: &str) -> Result<Stream, StreamError> {
+    async fn new_client_stream(&self, rpc: &str) -> Result<(Stream, StreamHandle), StreamError> {
         let inner = &self.handle.inner;
         if let Some(err) = inner.term.get() {
             return Err(StreamError::new(
@@ -355,7 +362,7 @@ impl Manager {
             return Err(err);
         }
         tracing::debug!(parent: &inner.span, stream = id, rpc, "open stream");
-        Ok(stream)
+        Ok((stream, handle))
     }
 
     /// Waits for the next stream the peer opens. Fails with the
@@ -460,7 +467,7 @@ impl Inner {
         // Then stop the writer: appends fail and buffered bytes are
         // dropped. Then stop the tasks, which drops both halves of the
         // transport, closing it.
-        self.writer.stop(err.clone());
+        self.drain.stop(err.clone());
         self.term_token.cancel();
         if let Some(sem) = &self.sequential {
             sem.close();
@@ -835,7 +842,7 @@ async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W)
     let mut batch = Batch::default();
     let mut ended = pin!(inner.term_token.cancelled());
     loop {
-        if poll_fn(|cx| inner.writer.poll_ready_to_take(cx))
+        if poll_fn(|cx| inner.drain.poll_ready_to_take(cx))
             .await
             .is_err()
         {
@@ -847,7 +854,7 @@ async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W)
         if inner.active_streams() > 1 {
             tokio::task::yield_now().await;
         }
-        if poll_fn(|cx| inner.writer.poll_take_batch(cx, &mut batch))
+        if poll_fn(|cx| inner.drain.poll_take_batch(cx, &mut batch))
             .await
             .is_err()
         {
@@ -865,7 +872,7 @@ async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W)
             inner.terminate(ConnectionError::from_io(e));
             break;
         }
-        inner.writer.batch_written();
+        inner.drain.batch_written();
     }
 }
 

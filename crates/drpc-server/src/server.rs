@@ -394,7 +394,7 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
         .and_then(|v| parse_timeout(&v))
         .map(|t| Instant::now() + t);
     let stream = Arc::new(stream);
-    let watch = stream.handle();
+    let watch = stream.watch();
     let cancel = CancellationToken::new();
     let ctx = RequestContext::new(
         rpc,

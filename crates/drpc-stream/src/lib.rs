@@ -58,8 +58,9 @@
 //! let writer = Arc::new(MuxWriter::new(0));
 //! // Without flow control, as with a stock peer: nothing to negotiate.
 //! let opts = StreamOptions { flow_control: FlowControl::off(), ..StreamOptions::default() };
-//! let (stream, _handle) = new_stream(1, StreamKind::Client, writer.clone(), &opts);
-//! stream.write_invoke(b"/service.Service/Method1", &Default::default())?;
+//! let (stream, handle) = new_stream(1, StreamKind::Client, writer.clone(), &opts);
+//! // The connection's side writes the opening; the application's sends.
+//! handle.write_invoke(b"/service.Service/Method1", &Default::default())?;
 //! stream.send(&[0x08, 0x05]).await?;
 //! stream.close_send()?;
 //! // Invoke, Message and CloseSend wait together for the connection's writer task.
@@ -85,6 +86,6 @@ pub use encoding::Prost;
 pub use encoding::{Encoding, EncodingError, MessageBuf, Raw};
 pub use error::{ConnectionError, Initiator, StreamError, StreamErrorKind};
 pub use flow::{FlowControl, FlowControlError, FlowControlMode};
-pub use mux_writer::{Batch, DEFAULT_WRITER_HIGH_WATER, MuxWriter, ZERO_COPY_MIN};
+pub use mux_writer::{Batch, DEFAULT_WRITER_HIGH_WATER, MuxDrain, MuxWriter, ZERO_COPY_MIN};
 pub use queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
-pub use stream::{Stream, StreamHandle, StreamKind, StreamOptions, new_stream};
+pub use stream::{Stream, StreamHandle, StreamKind, StreamOptions, StreamWatch, new_stream};

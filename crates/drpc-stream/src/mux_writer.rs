@@ -9,6 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use drpc_wire::{Id, Kind, append_frame_header, effective_split_size};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sync::{Mutex, lock};
 use crate::{ConnectionError, MemoryBudget};
@@ -35,9 +36,9 @@ const INITIAL_CAPACITY: usize = 4096;
 ///   [`Bytes`] slices, and the writer task hands all of it to one
 ///   vectored write.
 /// * The writer task takes everything buffered with
-///   [`MuxWriter::poll_take_batch`] in one step, so appends go on while it
+///   [`MuxDrain::poll_take_batch`] in one step, so appends go on while it
 ///   writes: whatever piles up meanwhile leaves in the next single write.
-/// * [`MuxWriter::stop`] is immediate: later appends fail, buffered bytes
+/// * [`MuxDrain::stop`] is immediate: later appends fail, buffered bytes
 ///   are discarded, and the task's next `poll_take_batch` says so. It does
 ///   not wait for the task; the task's own exit is the completion signal.
 /// * Backpressure: [`MuxWriter::poll_capacity`] is ready while fewer than
@@ -45,6 +46,8 @@ const INITIAL_CAPACITY: usize = 4096;
 ///   appending; control packets (CloseSend, Close, Error, Cancel) do not.
 #[derive(Debug)]
 pub struct MuxWriter {
+    /// Whether the one [`MuxDrain`] was handed out.
+    drained: AtomicBool,
     state: Mutex<State>,
     high_water: usize,
     /// What the connection holds for its peer; buffered bytes count until
@@ -161,6 +164,7 @@ impl MuxWriter {
     /// connection's streams hold, to `budget`.
     pub fn with_budget(high_water: usize, budget: Arc<MemoryBudget>) -> MuxWriter {
         MuxWriter {
+            drained: AtomicBool::new(false),
             budget,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -316,14 +320,14 @@ impl MuxWriter {
 
     /// The writer task's side: ready once bytes are buffered (or with the
     /// stop reason), without taking them.
-    pub fn poll_ready_to_take(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+    pub(crate) fn poll_ready_to_take_impl(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
         lock(&self.state).poll_buffered(cx)
     }
 
     /// The writer task's side: once bytes are buffered, moves all of them
     /// into `batch` (which must be empty) and returns `Ready(Ok(()))`;
     /// returns the stop reason once stopped, discarding what was buffered.
-    pub fn poll_take_batch(
+    pub(crate) fn poll_take_batch_impl(
         &self,
         cx: &mut Context<'_>,
         batch: &mut Batch,
@@ -346,15 +350,15 @@ impl MuxWriter {
         Poll::Ready(Ok(()))
     }
 
-    /// As [`MuxWriter::poll_take_batch`], copying the batch into `spare`
+    /// As [`MuxDrain::poll_take_batch`], copying the batch into `spare`
     /// (which must be empty): for tests and simple drivers.
-    pub fn poll_take(
+    pub(crate) fn poll_take_impl(
         &self,
         cx: &mut Context<'_>,
         spare: &mut BytesMut,
     ) -> Poll<Result<(), ConnectionError>> {
         let mut batch = Batch::default();
-        let taken = self.poll_take_batch(cx, &mut batch);
+        let taken = self.poll_take_batch_impl(cx, &mut batch);
         batch.copy_to(spare);
         taken
     }
@@ -362,7 +366,7 @@ impl MuxWriter {
     /// Stops the writer: later appends fail with `err`, buffered bytes are
     /// dropped, and every waiter wakes. Returns `false` (and changes nothing)
     /// if it was already stopped: the first reason wins.
-    pub fn stop(&self, err: ConnectionError) -> bool {
+    pub(crate) fn stop_impl(&self, err: ConnectionError) -> bool {
         let (drain, capacity) = {
             let mut state = lock(&self.state);
             if state.stopped.is_some() {
@@ -384,8 +388,8 @@ impl MuxWriter {
     }
 
     /// The writer task's side: the batch taken by the last
-    /// [`MuxWriter::poll_take_batch`] is now written to the transport.
-    pub fn batch_written(&self) {
+    /// [`MuxDrain::poll_take_batch`] is now written to the transport.
+    pub(crate) fn batch_written_impl(&self) {
         let wakers = {
             let mut state = lock(&self.state);
             state.writing = false;
@@ -431,9 +435,113 @@ impl MuxWriter {
         self.high_water
     }
 
+    /// The writer task's side, handed out once: whoever drives the
+    /// connection takes it when it creates the writer, so that nobody else
+    /// (an application holding a stream) can take its batches or stop it.
+    /// `None` after the first call.
+    pub fn drain(self: &Arc<Self>) -> Option<MuxDrain> {
+        if self.drained.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(MuxDrain {
+            writer: self.clone(),
+        })
+    }
+
     /// The budget of the connection this writer serves.
     pub fn budget(&self) -> &Arc<MemoryBudget> {
         &self.budget
+    }
+}
+
+/// The writer task's side of a [`MuxWriter`] ([`MuxWriter::drain`]): takes
+/// the buffered frames in batches and stops the writer.
+#[derive(Debug)]
+pub struct MuxDrain {
+    writer: Arc<MuxWriter>,
+}
+
+impl MuxDrain {
+    /// Ready once bytes are buffered (or with the stop reason), without
+    /// taking them.
+    pub fn poll_ready_to_take(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        self.writer.poll_ready_to_take_impl(cx)
+    }
+
+    /// Once bytes are buffered, moves all of them into `batch` (which must
+    /// be empty) and returns `Ready(Ok(()))`; returns the stop reason once
+    /// stopped, discarding what was buffered.
+    pub fn poll_take_batch(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut Batch,
+    ) -> Poll<Result<(), ConnectionError>> {
+        self.writer.poll_take_batch_impl(cx, batch)
+    }
+
+    /// As [`MuxDrain::poll_take_batch`], copying the batch into `spare`
+    /// (which must be empty): for simple drivers.
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        spare: &mut BytesMut,
+    ) -> Poll<Result<(), ConnectionError>> {
+        self.writer.poll_take_impl(cx, spare)
+    }
+
+    /// The batch taken last is now written to the transport.
+    pub fn batch_written(&self) {
+        self.writer.batch_written_impl()
+    }
+
+    /// Stops the writer: later appends fail with `err`, buffered bytes are
+    /// dropped, and every waiter wakes. Returns `false` (and changes
+    /// nothing) if it was already stopped: the first reason wins.
+    pub fn stop(&self, err: ConnectionError) -> bool {
+        self.writer.stop_impl(err)
+    }
+
+    /// The writer this drains.
+    pub fn writer(&self) -> &Arc<MuxWriter> {
+        &self.writer
+    }
+}
+
+/// The drain side straight on the writer, for this crate's own tests and
+/// those of crates that enable `test-util`.
+#[cfg(any(test, feature = "test-util"))]
+impl MuxWriter {
+    /// [`MuxDrain::poll_ready_to_take`].
+    pub fn poll_ready_to_take(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        self.poll_ready_to_take_impl(cx)
+    }
+
+    /// [`MuxDrain::poll_take_batch`].
+    pub fn poll_take_batch(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut Batch,
+    ) -> Poll<Result<(), ConnectionError>> {
+        self.poll_take_batch_impl(cx, batch)
+    }
+
+    /// [`MuxDrain::poll_take`].
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        spare: &mut BytesMut,
+    ) -> Poll<Result<(), ConnectionError>> {
+        self.poll_take_impl(cx, spare)
+    }
+
+    /// [`MuxDrain::batch_written`].
+    pub fn batch_written(&self) {
+        self.batch_written_impl()
+    }
+
+    /// [`MuxDrain::stop`].
+    pub fn stop(&self, err: ConnectionError) -> bool {
+        self.stop_impl(err)
     }
 }
 

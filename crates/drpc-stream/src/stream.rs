@@ -341,11 +341,57 @@ pub struct Stream {
     shared: Arc<Shared>,
 }
 
-/// The connection's side of a stream: routes frames in and ends it when
-/// the connection ends. Cloneable; holding one does not keep the RPC open.
+/// The connection's side of a stream: writes its opening, routes frames
+/// in, applies grants, and ends it when the connection ends. Only
+/// [`new_stream`] makes one, for whoever drives the connection; an
+/// application holding a [`Stream`] cannot reach it. Cloneable; holding one
+/// does not keep the RPC open.
 #[derive(Clone)]
 pub struct StreamHandle {
     shared: Arc<Shared>,
+}
+
+/// What an application may do to a stream from elsewhere: watch its end
+/// or cancel it ([`Stream::watch`]). Holding one does not keep the RPC open.
+#[derive(Clone)]
+pub struct StreamWatch {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for StreamWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamWatch")
+            .field("id", &self.shared.id)
+            .field("kind", &self.shared.kind)
+            .finish()
+    }
+}
+
+impl StreamWatch {
+    /// The stream id.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Which side opened the stream.
+    pub fn kind(&self) -> StreamKind {
+        self.shared.kind
+    }
+
+    /// Cancels the stream as [`Stream::cancel`] does (a deadline timer).
+    pub fn cancel(&self, reason: StreamErrorKind) {
+        self.shared.cancel(reason);
+    }
+
+    /// Whether the stream has terminated.
+    pub fn is_terminated(&self) -> bool {
+        lock(&self.shared.inner).core.is_terminated()
+    }
+
+    /// Waits until the stream has terminated.
+    pub async fn terminated(&self) {
+        wait_terminated(&self.shared).await
+    }
 }
 
 impl fmt::Debug for Stream {
@@ -408,128 +454,6 @@ impl Stream {
     /// Whether this side opened the stream.
     pub fn kind(&self) -> StreamKind {
         self.shared.kind
-    }
-
-    /// Writes InvokeMetadata (when `metadata` is non-empty) and Invoke for
-    /// `rpc` in one step, so that a cancel can never land between them
-    /// (multiplexing.md §3.8). Used by the connection when opening a
-    /// client stream.
-    pub fn write_invoke(&self, rpc: &[u8], metadata: &Metadata) -> Result<(), StreamError> {
-        self.write_opening(rpc, metadata, None)
-    }
-
-    /// Writes a whole unary request in one step: InvokeMetadata (when
-    /// `metadata` is non-empty), Invoke, the Message and CloseSend, appended
-    /// together so that they leave in a single write when the connection
-    /// is idle. The message does not wait for writer room.
-    pub fn write_unary(
-        &self,
-        rpc: &[u8],
-        metadata: &Metadata,
-        message: &Bytes,
-    ) -> Result<(), StreamError> {
-        self.write_opening(
-            rpc,
-            metadata,
-            Some(Payload::Shared(std::slice::from_ref(message))),
-        )
-    }
-
-    /// As [`Stream::write_unary`], with the request encoded in `buf`,
-    /// which it empties: a small request is copied straight into the
-    /// connection's write buffer (`buf` keeps its allocation), the parts of
-    /// a large one go by reference.
-    pub fn write_unary_encoded(
-        &self,
-        rpc: &[u8],
-        metadata: &Metadata,
-        buf: &mut MessageBuf,
-    ) -> Result<(), StreamError> {
-        let result = match buf.as_contiguous() {
-            Some(bytes) => self.write_opening(rpc, metadata, Some(Payload::Borrowed(bytes))),
-            None => {
-                let parts = buf.take_parts();
-                self.write_opening(rpc, metadata, Some(Payload::Shared(&parts)))
-            }
-        };
-        buf.clear();
-        result
-    }
-
-    fn write_opening(
-        &self,
-        rpc: &[u8],
-        metadata: &Metadata,
-        message: Option<Payload<'_>>,
-    ) -> Result<(), StreamError> {
-        let shared = &*self.shared;
-        if let Some(m) = &message {
-            shared.check_size(m.len())?;
-        }
-        let mut inner = lock(&shared.inner);
-        // A unary call carries one message each way: nothing to negotiate.
-        let offer = match message {
-            Some(_) => None,
-            None => inner.core.offer_flow_control(),
-        };
-        let mut encoded = Vec::new();
-        let offered = offer.as_ref().map(FlowParams::to_metadata_value);
-        encode_metadata(
-            &mut encoded,
-            metadata
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .filter(|(k, _)| *k != FLOW_CONTROL_METADATA_KEY)
-                .chain(offered.as_deref().map(|v| (FLOW_CONTROL_METADATA_KEY, v))),
-        );
-        let (md_id, invoke_id) = inner
-            .core
-            .begin_invoke(!encoded.is_empty())
-            .map_err(|e| shared.err(e))?;
-        let unary = match message {
-            Some(m) => {
-                inner.core.debit(m.len());
-                let id = inner.core.begin_message().map_err(|e| shared.err(e))?;
-                // Sending was open a moment ago under the same lock, so
-                // CloseSend is always granted here.
-                let close_id = inner.core.close_send();
-                Some((m, id, close_id))
-            }
-            None => None,
-        };
-        let split = shared.split_size(&inner.core);
-        // A large shared message goes by reference, in its own append after
-        // the Invoke; one that is copied anyway shares the Invoke's append
-        // (one write).
-        let inline = unary.and_then(|(m, id, close_id)| {
-            m.contiguous()
-                .filter(|b| b.len() < crate::ZERO_COPY_MIN || m.is_borrowed())
-                .map(|b| (b, id, close_id))
-        });
-        let mut result = shared.writer.append(|buf| {
-            if let Some(md_id) = md_id {
-                append_packet(buf, md_id, Kind::INVOKE_METADATA, false, &encoded, split);
-            }
-            append_packet(buf, invoke_id, Kind::INVOKE, false, rpc, split);
-            if let Some((m, id, close_id)) = inline {
-                append_packet(buf, id, Kind::MESSAGE, false, m, split);
-                if let Some(close_id) = close_id {
-                    append_frame(buf, close_id, Kind::CLOSE_SEND, true, false, &[]);
-                }
-            }
-        });
-        if let (Ok(()), Some((m, id, close_id)), None) = (&result, unary, inline) {
-            result = shared
-                .append_message(id, m, split)
-                .and_then(|()| match close_id {
-                    Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
-                    None => Ok(()),
-                });
-        }
-        let out = result
-            .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
-        shared.release(inner, false);
-        out
     }
 
     /// Sends one message. Waits only while the connection's write buffer
@@ -708,8 +632,8 @@ impl Stream {
     /// A handle on the same stream that does not cancel it when dropped:
     /// for watching its termination or cancelling it from elsewhere (a
     /// deadline timer, a server's task).
-    pub fn handle(&self) -> StreamHandle {
-        StreamHandle {
+    pub fn watch(&self) -> StreamWatch {
+        StreamWatch {
             shared: self.shared.clone(),
         }
     }
@@ -789,6 +713,130 @@ impl StreamHandle {
     pub fn kind(&self) -> StreamKind {
         self.shared.kind
     }
+
+    /// Writes InvokeMetadata (when `metadata` is non-empty) and Invoke for
+    /// `rpc` in one step, so that a cancel can never land between them
+    /// (multiplexing.md §3.8). The connection does this when it opens a
+    /// client stream, once: a second Invoke would make the peer end the
+    /// connection, which is why only the connection's side has it.
+    pub fn write_invoke(&self, rpc: &[u8], metadata: &Metadata) -> Result<(), StreamError> {
+        self.write_opening(rpc, metadata, None)
+    }
+
+    /// Writes a whole unary request in one step: InvokeMetadata (when
+    /// `metadata` is non-empty), Invoke, the Message and CloseSend, appended
+    /// together so that they leave in a single write when the connection
+    /// is idle. The message does not wait for writer room.
+    pub fn write_unary(
+        &self,
+        rpc: &[u8],
+        metadata: &Metadata,
+        message: &Bytes,
+    ) -> Result<(), StreamError> {
+        self.write_opening(
+            rpc,
+            metadata,
+            Some(Payload::Shared(std::slice::from_ref(message))),
+        )
+    }
+
+    /// As [`StreamHandle::write_unary`], with the request encoded in `buf`,
+    /// which it empties: a small request is copied straight into the
+    /// connection's write buffer (`buf` keeps its allocation), the parts of
+    /// a large one go by reference.
+    pub fn write_unary_encoded(
+        &self,
+        rpc: &[u8],
+        metadata: &Metadata,
+        buf: &mut MessageBuf,
+    ) -> Result<(), StreamError> {
+        let result = match buf.as_contiguous() {
+            Some(bytes) => self.write_opening(rpc, metadata, Some(Payload::Borrowed(bytes))),
+            None => {
+                let parts = buf.take_parts();
+                self.write_opening(rpc, metadata, Some(Payload::Shared(&parts)))
+            }
+        };
+        buf.clear();
+        result
+    }
+
+    fn write_opening(
+        &self,
+        rpc: &[u8],
+        metadata: &Metadata,
+        message: Option<Payload<'_>>,
+    ) -> Result<(), StreamError> {
+        let shared = &*self.shared;
+        if let Some(m) = &message {
+            shared.check_size(m.len())?;
+        }
+        let mut inner = lock(&shared.inner);
+        // A unary call carries one message each way: nothing to negotiate.
+        let offer = match message {
+            Some(_) => None,
+            None => inner.core.offer_flow_control(),
+        };
+        let mut encoded = Vec::new();
+        let offered = offer.as_ref().map(FlowParams::to_metadata_value);
+        encode_metadata(
+            &mut encoded,
+            metadata
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .filter(|(k, _)| *k != FLOW_CONTROL_METADATA_KEY)
+                .chain(offered.as_deref().map(|v| (FLOW_CONTROL_METADATA_KEY, v))),
+        );
+        let (md_id, invoke_id) = inner
+            .core
+            .begin_invoke(!encoded.is_empty())
+            .map_err(|e| shared.err(e))?;
+        let unary = match message {
+            Some(m) => {
+                inner.core.debit(m.len());
+                let id = inner.core.begin_message().map_err(|e| shared.err(e))?;
+                // Sending was open a moment ago under the same lock, so
+                // CloseSend is always granted here.
+                let close_id = inner.core.close_send();
+                Some((m, id, close_id))
+            }
+            None => None,
+        };
+        let split = shared.split_size(&inner.core);
+        // A large shared message goes by reference, in its own append after
+        // the Invoke; one that is copied anyway shares the Invoke's append
+        // (one write).
+        let inline = unary.and_then(|(m, id, close_id)| {
+            m.contiguous()
+                .filter(|b| b.len() < crate::ZERO_COPY_MIN || m.is_borrowed())
+                .map(|b| (b, id, close_id))
+        });
+        let mut result = shared.writer.append(|buf| {
+            if let Some(md_id) = md_id {
+                append_packet(buf, md_id, Kind::INVOKE_METADATA, false, &encoded, split);
+            }
+            append_packet(buf, invoke_id, Kind::INVOKE, false, rpc, split);
+            if let Some((m, id, close_id)) = inline {
+                append_packet(buf, id, Kind::MESSAGE, false, m, split);
+                if let Some(close_id) = close_id {
+                    append_frame(buf, close_id, Kind::CLOSE_SEND, true, false, &[]);
+                }
+            }
+        });
+        if let (Ok(()), Some((m, id, close_id)), None) = (&result, unary, inline) {
+            result = shared
+                .append_message(id, m, split)
+                .and_then(|()| match close_id {
+                    Some(close_id) => shared.append_control(close_id, Kind::CLOSE_SEND, false, &[]),
+                    None => Ok(()),
+                });
+        }
+        let out = result
+            .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
+        shared.release(inner, false);
+        out
+    }
+
 
     /// Routes one inbound frame of this stream; never waits. `alone` says
     /// whether this is its connection's only active stream: a stream

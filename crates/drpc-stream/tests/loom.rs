@@ -333,7 +333,7 @@ fn send_waiting_for_capacity_released_by_cancel() {
     model(3, || {
         let w = std::sync::Arc::new(MuxWriter::new(1));
         let (s, h) = new_stream(1, StreamKind::Client, w.clone(), &StreamOptions::default());
-        s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+        h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
         let before = w.buffered();
         let cancel = thread::spawn(move || h.cancel(StreamErrorKind::DeadlineExceeded));
         let r = block_on(s.send(b"m"));

@@ -166,8 +166,8 @@ fn kind_of(r: &Result<(), StreamError>) -> Option<&StreamErrorKind> {
 #[tokio::test]
 async fn unary_shape_is_invoke_message_close_send() {
     let w = writer();
-    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/service.Service/Method1", &Metadata::new())
+    let (s, h) = stock_pair(1, StreamKind::Client, &w);
+    h.write_invoke(b"/service.Service/Method1", &Metadata::new())
         .expect("invoke");
     s.send(&[0x08, 0x05]).await.expect("send");
     s.close_send().expect("close_send");
@@ -193,12 +193,12 @@ async fn unary_shape_is_invoke_message_close_send() {
 #[tokio::test]
 async fn write_invoke_with_metadata_uses_ids_one_and_two() {
     let w = writer();
-    let (s, _h) = stock_pair(5, StreamKind::Client, &w);
+    let (s, h) = stock_pair(5, StreamKind::Client, &w);
     let md = Metadata::from([
         ("authorization".to_owned(), "secret".to_owned()),
         ("trace".to_owned(), "abc".to_owned()),
     ]);
-    s.write_invoke(b"/s.S/M", &md).expect("invoke");
+    h.write_invoke(b"/s.S/M", &md).expect("invoke");
     s.send(b"req").await.expect("send");
     let frames = take_frames(&w).await;
     assert_eq!(frames.len(), 3, "{frames:?}");
@@ -218,8 +218,8 @@ async fn invoke_and_messages_are_split_at_split_size() {
         flow_control: FlowControl::off(),
         ..StreamOptions::default()
     };
-    let (s, _h) = pair_with(3, StreamKind::Client, &w, opts);
-    s.write_invoke(b"/s.S/Method", &Metadata::new())
+    let (s, h) = pair_with(3, StreamKind::Client, &w, opts);
+    h.write_invoke(b"/s.S/Method", &Metadata::new())
         .expect("invoke");
     s.send(b"0123456789").await.expect("send");
     s.send(b"").await.expect("empty send");
@@ -252,8 +252,8 @@ async fn send_error_frame_carries_code_and_text() {
 #[tokio::test]
 async fn close_frame() {
     let w = writer();
-    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    let (s, h) = stock_pair(1, StreamKind::Client, &w);
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     s.close().expect("close");
     let frames = take_frames(&w).await;
     assert_eq!(frames[1], whole(1, 2, Kind::CLOSE, b""));
@@ -266,7 +266,7 @@ async fn cancel_frame_has_control_bit_and_follows_a_complete_invoke() {
     let w = writer();
     let (s, h) = pair(5, StreamKind::Client, &w);
     let md = Metadata::from([("k".to_owned(), "v".to_owned())]);
-    s.write_invoke(b"/s.S/M", &md).expect("invoke");
+    h.write_invoke(b"/s.S/M", &md).expect("invoke");
     s.send(b"x").await.expect("send");
     h.cancel(StreamErrorKind::Canceled(Initiator::Local));
     let bytes = take_bytes(&w).await;
@@ -292,9 +292,9 @@ async fn cancel_frame_has_control_bit_and_follows_a_complete_invoke() {
 async fn cancel_right_after_invoke_with_metadata() {
     // multiplexing.md §3.8: the Cancel can only come after the whole Invoke.
     let w = writer();
-    let (s, _h) = pair(7, StreamKind::Client, &w);
+    let (s, h) = pair(7, StreamKind::Client, &w);
     let md = Metadata::from([("k".to_owned(), "v".to_owned())]);
-    s.write_invoke(b"/s.S/M", &md).expect("invoke");
+    h.write_invoke(b"/s.S/M", &md).expect("invoke");
     s.cancel(StreamErrorKind::DeadlineExceeded);
     let frames = take_frames(&w).await;
     assert_eq!(frames.len(), 3);
@@ -306,7 +306,7 @@ async fn cancel_right_after_invoke_with_metadata() {
     assert_eq!(frames[2], cancel_frame(7, 3));
     // The invoke can no longer be written after the cancel.
     assert_matches!(
-        kind_of(&s.write_invoke(b"/s.S/M", &Metadata::new())),
+        kind_of(&h.write_invoke(b"/s.S/M", &Metadata::new())),
         Some(StreamErrorKind::Eof)
     );
     assert_eq!(w.buffered(), 0);
@@ -367,12 +367,12 @@ async fn write_unary_encoded_writes_what_write_unary_writes_and_empties_the_buff
                 .for_each(|p| whole_message.extend_from_slice(p));
         }
         let (w1, w2) = (writer(), writer());
-        let (s1, _h1) = pair_with(7, StreamKind::Client, &w1, opts.clone());
-        let (s2, _h2) = pair_with(7, StreamKind::Client, &w2, opts.clone());
-        s1.write_unary_encoded(b"/s.S/M", &md, &mut buf)
+        let (_s1, h1) = pair_with(7, StreamKind::Client, &w1, opts.clone());
+        let (_s2, h2) = pair_with(7, StreamKind::Client, &w2, opts.clone());
+        h1.write_unary_encoded(b"/s.S/M", &md, &mut buf)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(buf.is_empty(), "{name}: buffer emptied");
-        s2.write_unary(b"/s.S/M", &md, &Bytes::from(whole_message))
+        h2.write_unary(b"/s.S/M", &md, &Bytes::from(whole_message))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let (got, want) = (take_bytes(&w1).await, take_bytes(&w2).await);
         assert_eq!(got, want, "{name}: same bytes as write_unary");
@@ -385,10 +385,10 @@ async fn write_unary_encoded_writes_what_write_unary_writes_and_empties_the_buff
     }
     // Over the maximum: refused, nothing written, the buffer emptied.
     let w = writer();
-    let (s, _h) = pair_with(9, StreamKind::Client, &w, opts);
+    let (_s, h) = pair_with(9, StreamKind::Client, &w, opts);
     let mut buf = MessageBuf::new();
     buf.put(Bytes::from(vec![1; 100_001]));
-    let err = s
+    let err = h
         .write_unary_encoded(b"/s.S/M", &md, &mut buf)
         .expect_err("too large");
     assert_matches!(err.kind(), StreamErrorKind::MessageTooLarge { .. });
@@ -461,13 +461,13 @@ async fn message_larger_than_the_maximum_is_refused_locally() {
 async fn a_handle_from_the_stream_does_not_cancel_when_dropped() {
     let w = writer();
     let (s, _h) = pair(1, StreamKind::Client, &w);
-    let extra = s.handle();
+    let extra = s.watch();
     assert_eq!((extra.id(), extra.kind()), (1, StreamKind::Client));
     drop(extra);
     assert!(!s.is_terminated());
     assert_eq!(w.buffered(), 0);
     // It acts on the same stream.
-    let extra = s.handle();
+    let extra = s.watch();
     extra.cancel(StreamErrorKind::DeadlineExceeded);
     assert!(s.is_terminated());
     assert_eq!(take_frames(&w).await, vec![cancel_frame(1, 1)]);
@@ -560,7 +560,7 @@ async fn after_termination_nothing_more_is_appended() {
             h.cancel(StreamErrorKind::DeadlineExceeded);
             assert!(s.send(b"late").await.is_err(), "{name}: send");
             assert!(
-                s.write_invoke(b"/s.S/M", &Metadata::new()).is_err(),
+                h.write_invoke(b"/s.S/M", &Metadata::new()).is_err(),
                 "{name}: write_invoke"
             );
             drop(s);
@@ -790,7 +790,7 @@ async fn unknown_kinds_and_invokes_through_the_handle() {
 async fn dropping_an_open_client_stream_sends_cancel() {
     let w = writer();
     let (s, h) = stock_pair(4, StreamKind::Client, &w);
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     s.close_send().expect("close_send");
     take_bytes(&w).await;
     drop(s);
@@ -1016,7 +1016,7 @@ async fn send_blocked_on_writer_capacity_returns_when_cancelled() {
     ] {
         let w = Arc::new(MuxWriter::new(8));
         let (s, h) = stock_pair(1, StreamKind::Client, &w);
-        s.write_invoke(b"/service.Service/Method", &Metadata::new())
+        h.write_invoke(b"/service.Service/Method", &Metadata::new())
             .expect("invoke");
         assert!(w.buffered() >= w.high_water());
         let before = w.buffered();
@@ -1054,7 +1054,7 @@ async fn send_blocked_on_writer_capacity_returns_when_cancelled() {
 async fn send_blocked_on_writer_capacity_returns_when_cancelled_from_another_task() {
     let w = Arc::new(MuxWriter::new(1));
     let (s, h) = pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     let s = Arc::new(s);
     let sender = tokio::spawn({
         let s = s.clone();
@@ -1075,8 +1075,8 @@ async fn send_blocked_on_writer_capacity_returns_when_cancelled_from_another_tas
 #[tokio::test]
 async fn send_blocked_on_writer_capacity_proceeds_once_drained() {
     let w = Arc::new(MuxWriter::new(4));
-    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    let (s, h) = stock_pair(1, StreamKind::Client, &w);
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     let mut send = pin!(s.send(b"m"));
     assert!(timeout(SHORT, send.as_mut()).await.is_err());
     assert_eq!(
@@ -1096,8 +1096,8 @@ async fn send_blocked_on_writer_capacity_proceeds_once_drained() {
 #[tokio::test]
 async fn control_packets_do_not_wait_for_capacity() {
     let w = Arc::new(MuxWriter::new(1));
-    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    let (s, h) = stock_pair(1, StreamKind::Client, &w);
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     s.close_send().expect("close_send");
     s.close().expect("close");
     assert_eq!(
@@ -1116,7 +1116,7 @@ async fn operations_on_a_stopped_writer() {
     let (s, h) = pair(1, StreamKind::Client, &w);
     assert!(w.stop(ConnectionError::Closed));
     assert_matches!(
-        kind_of(&s.write_invoke(b"/s.S/M", &Metadata::new())),
+        kind_of(&h.write_invoke(b"/s.S/M", &Metadata::new())),
         Some(StreamErrorKind::ConnectionLost(ConnectionError::Closed))
     );
     assert_matches!(
@@ -1232,7 +1232,7 @@ async fn a_shared_stream_over_its_message_bound_fails_alone() {
     let (w, budget) = budgeted();
     let (s, h) = pair_with(1, StreamKind::Client, &w, small_queue(2));
     // InvokeMetadata (the flow-control offer) and Invoke take ids 1 and 2.
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     take_bytes(&w).await;
     assert_eq!(budget.held(), 0);
     // Another stream of the same connection.
@@ -2036,12 +2036,12 @@ async fn opening_frames(
         flow_control: flow,
         ..StreamOptions::default()
     };
-    let (s, _h) = pair_with(1, StreamKind::Client, &w, opts);
+    let (_s, h) = pair_with(1, StreamKind::Client, &w, opts);
     match unary {
-        Some(m) => s
+        Some(m) => h
             .write_unary(b"/s.S/M", metadata, &Bytes::copy_from_slice(m))
             .expect("unary"),
-        None => s.write_invoke(b"/s.S/M", metadata).expect("invoke"),
+        None => h.write_invoke(b"/s.S/M", metadata).expect("invoke"),
     }
     take_frames(&w).await
 }
@@ -2116,7 +2116,7 @@ async fn auto_client_sends_freely_until_accepted_then_gates() {
     let w = roomy_writer();
     let (s, h) = pair(1, StreamKind::Client, &w);
     // InvokeMetadata (the offer) and Invoke: ids 1 and 2.
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     let (count, waker) = counting_waker();
     // 3 MiB, more than the 2 MiB default window: an auto client never waits
     // before the acceptance, since a stock server never grants.
@@ -2198,7 +2198,7 @@ async fn an_acceptance_needs_no_marker_once_sending_is_over_and_is_ignored_witho
     // Offered, then half closed: nothing more will be sent, so no marker.
     let w = writer();
     let (s, h) = pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     s.close_send().expect("close_send");
     take_bytes(&w).await;
     h.handle_frame(negotiation(accept, Id::new(1, 1)), true)
@@ -2206,8 +2206,8 @@ async fn an_acceptance_needs_no_marker_once_sending_is_over_and_is_ignored_witho
     assert_eq!(w.buffered(), 0);
     // A unary call offered nothing.
     let w = writer();
-    let (s, h) = pair(1, StreamKind::Client, &w);
-    s.write_unary(b"/s.S/M", &Metadata::new(), &Bytes::from_static(b"req"))
+    let (_s, h) = pair(1, StreamKind::Client, &w);
+    h.write_unary(b"/s.S/M", &Metadata::new(), &Bytes::from_static(b"req"))
         .expect("unary");
     take_bytes(&w).await;
     h.handle_frame(negotiation(accept, Id::new(1, 1)), true)
@@ -2522,7 +2522,7 @@ async fn echo_exchange(opts: StreamOptions, messages: Vec<Vec<u8>>) -> (Pumped, 
         n
     });
     let client = Arc::new(client);
-    client
+    client_h
         .write_invoke(b"/s.S/Echo", &Metadata::new())
         .expect("invoke");
     let sender = tokio::spawn({
@@ -2804,8 +2804,8 @@ async fn stop_wakes_the_writer_task() {
 #[tokio::test]
 async fn stop_wakes_a_sender_waiting_for_capacity() {
     let w = Arc::new(MuxWriter::new(4));
-    let (s, _h) = pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    let (s, h) = pair(1, StreamKind::Client, &w);
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     let mut send = pin!(s.send(b"m"));
     assert!(timeout(SHORT, send.as_mut()).await.is_err());
     assert!(w.stop(ConnectionError::Eof));
@@ -2889,8 +2889,8 @@ async fn discarded_messages_after_remote_close_send_report_the_cancel() {
 #[tokio::test]
 async fn close_send_wakes_a_send_waiting_for_writer_room() {
     let w = Arc::new(MuxWriter::new(1));
-    let (s, _h) = pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/a/b", &Metadata::new()).expect("invoke");
+    let (s, h) = pair(1, StreamKind::Client, &w);
+    h.write_invoke(b"/a/b", &Metadata::new()).expect("invoke");
     let (count, waker) = counting_waker();
     {
         let mut send = pin!(s.send(b"x"));
@@ -2911,8 +2911,8 @@ async fn ready_to_take_leaves_the_bytes_in_place() {
     let (count, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     assert!(w.poll_ready_to_take(&mut cx).is_pending());
-    let (s, _h) = stock_pair(1, StreamKind::Client, &w);
-    s.write_invoke(b"/a/b", &Metadata::new()).expect("invoke");
+    let (_s, h) = stock_pair(1, StreamKind::Client, &w);
+    h.write_invoke(b"/a/b", &Metadata::new()).expect("invoke");
     assert_eq!(count.count(), 1, "the first append wakes the waiting task");
     assert_matches!(w.poll_ready_to_take(&mut cx), Poll::Ready(Ok(())));
     assert_eq!(w.buffered(), 8, "nothing was taken");
