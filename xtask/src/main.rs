@@ -7,7 +7,10 @@
 //! * `soak [--seconds N]`: the randomized stream soak test, for N seconds.
 //! * `bench`: runs the criterion benchmarks.
 //! * `interop`: builds `drpc-interop`, starts its server and runs every
-//!   client scenario against it, multiplexed and sequential (part of `ci`).
+//!   client scenario against it, in each flow-control mode and sequential
+//!   (part of `ci`).
+//! * `adversarial [--scale N]`: the hostile-peer suite, floods N times
+//!   longer than in CI.
 //! * `interop-bench [--duration D] [--rounds N]`: the benchmark shapes of
 //!   the interop contract (release build) next to the raw TCP baselines,
 //!   N times over, with the issue's target ratios per round and their
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
         "loom" => loom(),
         "bench" => run(cargo().args(["bench", "--workspace"])),
         "interop" => interop(),
+        "adversarial" => adversarial(rest),
         "interop-bench" => interop_bench(rest),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
@@ -58,7 +62,8 @@ fn usage() -> &'static str {
      \x20 loom                               loom model tests (also part of ci)\n\
      \x20 soak [--seconds N]                 randomized stream soak test (default 60 s)\n\
      \x20 bench                              run the criterion benchmarks\n\
-     \x20 interop                            drpc-interop server + every client scenario\n\
+     \x20 interop                            drpc-interop server + every client scenario, each flow-control mode\n\
+     \x20 adversarial [--scale N]            the hostile-peer suite with floods N times longer (default 20)\n\
      \x20 interop-bench [--duration D] [--rounds N]\n\
      \x20                                    interop benchmark shapes, TCP baselines, target ratios"
 }
@@ -138,6 +143,28 @@ fn soak(args: &[String]) -> Result<()> {
             "--nocapture",
         ])
         .env("DRPC_SOAK_SECONDS", seconds.to_string()))
+}
+
+/// The hostile-peer suite (`drpc-server/tests/adversarial.rs`) in release
+/// mode with its floods `--scale N` times longer than in CI.
+fn adversarial(args: &[String]) -> Result<()> {
+    let scale = match args {
+        [] => 20,
+        [flag, n] if flag == "--scale" => n.parse().context("--scale needs a number")?,
+        other => bail!("unexpected arguments {other:?}; expected --scale N"),
+    };
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "drpc-server",
+            "--release",
+            "--test",
+            "adversarial",
+            "--",
+            "--nocapture",
+        ])
+        .env("DRPC_ADVERSARIAL_SCALE", scale.to_string()))
 }
 
 /// The loom model tests of drpc-stream's receive queue and writer, in
@@ -301,16 +328,28 @@ fn run_printed(bin: &Path, args: &[&str]) -> Result<bool> {
 fn interop() -> Result<()> {
     run(cargo().args(["build", "-p", "drpc-interop"]))?;
     let bin = interop_binary("debug");
-    let server = Background::start(&bin, &["serve", "--addr", "127.0.0.1:0"])?;
     let mut failed = Vec::new();
-    for extra in [&[][..], &["--sequential"][..]] {
-        let mut args = vec!["client", "--addr", &server.addr, "--scenario", "all"];
-        args.extend_from_slice(extra);
-        if !run_printed(&bin, &args)? {
-            failed.push(args.join(" "));
+    // Each flow-control mode against a server in the same mode; a
+    // sequential client (flow control never applies to it) against the
+    // default server.
+    for mode in ["auto", "off", "fork"] {
+        let server = Background::start(
+            &bin,
+            &["serve", "--addr", "127.0.0.1:0", "--flow-control", mode],
+        )?;
+        let mut runs: Vec<Vec<&str>> = vec![vec!["--flow-control", mode]];
+        if mode == "auto" {
+            runs.push(vec!["--sequential"]);
         }
+        for extra in runs {
+            let mut args = vec!["client", "--addr", &server.addr, "--scenario", "all"];
+            args.extend_from_slice(&extra);
+            if !run_printed(&bin, &args)? {
+                failed.push(format!("{} (server --flow-control {mode})", args.join(" ")));
+            }
+        }
+        drop(server);
     }
-    drop(server);
     if !failed.is_empty() {
         bail!("xtask: interop scenarios failed: {}", failed.join("; "));
     }

@@ -129,6 +129,8 @@ pub struct BenchConfig {
     pub sequential: bool,
     /// The largest message sent to or accepted from the server.
     pub max_message_size: usize,
+    /// Flow control (`--flow-control`; default auto).
+    pub flow_control: drpc_stream::FlowControl,
 }
 
 impl BenchConfig {
@@ -143,6 +145,7 @@ impl BenchConfig {
             conns: 1,
             sequential: false,
             max_message_size: DEFAULT_MAX_PACKET_SIZE,
+            flow_control: drpc_stream::FlowControl::default(),
         }
     }
 }
@@ -266,6 +269,7 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchResult, String> {
         ConnOptions::default()
     };
     opts.manager.stream.max_packet_size = cfg.max_message_size;
+    opts.manager.stream.flow_control = cfg.flow_control;
     let mut conns = Vec::with_capacity(cfg.conns);
     for _ in 0..cfg.conns {
         let conn = Conn::connect_tcp(cfg.addr.as_str(), opts.clone())

@@ -48,6 +48,16 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/service.rs"));
 }
 
+/// Parses `--flow-control`: `off`, `auto` or `fork`.
+pub fn parse_flow_control(s: &str) -> Result<drpc_stream::FlowControl, String> {
+    match s.trim() {
+        "off" => Ok(drpc_stream::FlowControl::off()),
+        "auto" => Ok(drpc_stream::FlowControl::auto()),
+        "fork" => Ok(drpc_stream::FlowControl::fork()),
+        other => Err(format!("invalid flow-control mode {other:?} (off, auto or fork)")),
+    }
+}
+
 /// Parses a byte count: a plain number, or one with a `K`, `KiB`, `M`,
 /// `MiB`, `G` or `GiB` suffix (powers of 1024).
 pub fn parse_bytes(s: &str) -> Result<usize, String> {

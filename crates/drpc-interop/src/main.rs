@@ -9,7 +9,7 @@ use std::time::Duration;
 use drpc_interop::bench::{BenchConfig, run_bench};
 use drpc_interop::scenarios::{ClientConfig, SCENARIOS, result_line, run_scenario};
 use drpc_interop::tcp::{Mode, echo_server, run_tcp_bench};
-use drpc_interop::{ServeOptions, parse_bytes, parse_duration, serve};
+use drpc_interop::{ServeOptions, parse_bytes, parse_duration, parse_flow_control, serve};
 
 /// How long in-flight RPCs may finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -17,10 +17,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const USAGE: &str = "usage: drpc-interop <command> [options]
 
 commands:
-  serve --addr HOST:PORT [--max-conns N] [--max-message-size BYTES] [-v]
+  serve --addr HOST:PORT [--max-conns N] [--max-message-size BYTES] [--flow-control MODE] [-v]
   client --addr HOST:PORT --scenario NAME|all [--sequential] [--max-message-size BYTES]
+         [--flow-control MODE]
   bench --addr HOST:PORT --kind unary|instream|outstream|bidi --size small|med|large
         [--duration 3s] [--conc N] [--conns C] [--sequential] [--max-message-size BYTES]
+        [--flow-control MODE]
+
+--flow-control off|auto|fork (default auto): auto negotiates flow control
+with peers that speak it; fork uses CockroachDB's fork's flow control from
+the start (both sides must; pair it with --max-message-size 64MiB for the
+fork's message limit); off never gates nor grants.
   tcp-echo --addr HOST:PORT
   tcp-bench --addr HOST:PORT --mode pingpong|oneway --size small|med|large [--duration 3s]";
 
@@ -165,7 +172,7 @@ async fn shutdown_signal() {
 
 async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
     let args = Args::parse(args, &["-v", "--verbose"])?;
-    args.only(&["--addr", "--max-conns", "--max-message-size"])?;
+    args.only(&["--addr", "--max-conns", "--max-message-size", "--flow-control"])?;
     let defaults = ServeOptions::default();
     let opts = ServeOptions {
         max_connections: args.parsed("--max-conns", defaults.max_connections, number)?,
@@ -175,6 +182,7 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
             parse_bytes,
         )?,
         verbose: args.flag("-v") || args.flag("--verbose"),
+        flow_control: args.parsed("--flow-control", defaults.flow_control, parse_flow_control)?,
     };
     let addr = args.required("--addr")?;
     let server = serve(&opts);
@@ -204,10 +212,11 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
 
 async fn client_command(args: &[String]) -> Result<ExitCode, String> {
     let args = Args::parse(args, &["--sequential"])?;
-    args.only(&["--addr", "--scenario", "--max-message-size"])?;
+    args.only(&["--addr", "--scenario", "--max-message-size", "--flow-control"])?;
     let mut cfg = ClientConfig::new(args.required("--addr")?);
     cfg.sequential = args.flag("--sequential");
     cfg.max_message_size = args.parsed("--max-message-size", cfg.max_message_size, parse_bytes)?;
+    cfg.flow_control = args.parsed("--flow-control", cfg.flow_control, parse_flow_control)?;
     let scenario = args.required("--scenario")?;
     let names: Vec<&str> = if scenario == "all" {
         SCENARIOS.to_vec()
@@ -249,6 +258,7 @@ async fn bench_command(args: &[String]) -> Result<ExitCode, String> {
         "--conc",
         "--conns",
         "--max-message-size",
+        "--flow-control",
     ])?;
     let kind = args.required("--kind")?.parse()?;
     let size = args.required("--size")?.parse()?;
@@ -258,6 +268,7 @@ async fn bench_command(args: &[String]) -> Result<ExitCode, String> {
     cfg.conns = args.parsed("--conns", cfg.conns, number)?;
     cfg.sequential = args.flag("--sequential");
     cfg.max_message_size = args.parsed("--max-message-size", cfg.max_message_size, parse_bytes)?;
+    cfg.flow_control = args.parsed("--flow-control", cfg.flow_control, parse_flow_control)?;
     match run_bench(&cfg).await {
         Ok(result) => {
             println!("{result}");

@@ -48,6 +48,8 @@ pub struct ClientConfig {
     pub sequential: bool,
     /// The largest message sent to or accepted from the server.
     pub max_message_size: usize,
+    /// Flow control (`--flow-control`; default auto).
+    pub flow_control: drpc_stream::FlowControl,
 }
 
 impl ClientConfig {
@@ -57,6 +59,7 @@ impl ClientConfig {
             addr: addr.into(),
             sequential: false,
             max_message_size: DEFAULT_MAX_PACKET_SIZE,
+            flow_control: drpc_stream::FlowControl::default(),
         }
     }
 
@@ -68,6 +71,7 @@ impl ClientConfig {
             ConnOptions::default()
         };
         opts.manager.stream.max_packet_size = self.max_message_size;
+        opts.manager.stream.flow_control = self.flow_control;
         opts
     }
 
@@ -500,7 +504,8 @@ async fn beside(cfg: &ClientConfig, conn: &Conn) -> Result<Conn, String> {
 /// Whether a stream was failed by its receiver for sending more than it
 /// may queue (what a receiver without flow control does).
 fn is_resource_exhausted(e: &Error) -> bool {
-    e.code() == Some(RESOURCE_EXHAUSTED)
+    e.is_resource_exhausted()
+        || e.code() == Some(RESOURCE_EXHAUSTED)
         || e.to_string()
             .to_ascii_lowercase()
             .contains("resource exhausted")

@@ -150,6 +150,8 @@ pub struct ServeOptions {
     pub max_message_size: usize,
     /// Log one line per RPC on stderr.
     pub verbose: bool,
+    /// Flow control (`--flow-control`; default auto).
+    pub flow_control: drpc_stream::FlowControl,
 }
 
 impl Default for ServeOptions {
@@ -158,6 +160,7 @@ impl Default for ServeOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_message_size: DEFAULT_MAX_PACKET_SIZE,
             verbose: false,
+            flow_control: drpc_stream::FlowControl::default(),
         }
     }
 }
@@ -170,6 +173,7 @@ pub fn serve(opts: &ServeOptions) -> Server {
         ..ServerOptions::default()
     };
     server_opts.manager.stream.max_packet_size = opts.max_message_size;
+    server_opts.manager.stream.flow_control = opts.flow_control;
     if opts.verbose {
         Server::with_options(VerboseHandler(service_mux()), server_opts)
     } else {

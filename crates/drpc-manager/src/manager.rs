@@ -11,14 +11,15 @@ use std::task::Poll;
 use bytes::Bytes;
 use drpc_stream::{
     Batch, ConnectionError, FlowControl, FlowControlMode, Initiator, MemoryBudget, MessageBuf,
-    MuxDrain, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle, StreamKind, new_stream,
+    MuxDrain, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle, StreamKind,
+    new_stream,
 };
 use drpc_wire::{
     CodedError, ConnectionIdOrder, FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameReader, Id,
     Kind, Metadata, ReadError, WindowUpdate, append_frame,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -134,6 +135,9 @@ struct Inner {
     writer: Arc<MuxWriter>,
     /// The writer task's side of `writer`, which only the connection holds.
     drain: MuxDrain,
+    /// Told of each new stream, for a reader out of memory: a stream that
+    /// was alone may have to shed what it queued past its bounds.
+    registered: Notify,
     registry: Mutex<Registry>,
     term: OnceLock<ConnectionError>,
     term_token: CancellationToken,
@@ -156,6 +160,8 @@ struct Registry {
     /// count before its last packet is written, and leaves `streams` just
     /// after, so the stream limit is checked against this, in O(1).
     live: Arc<AtomicUsize>,
+    /// Streams registered so far.
+    registrations: u64,
     closed: Option<ConnectionError>,
 }
 
@@ -241,6 +247,7 @@ impl Manager {
             role,
             writer,
             drain,
+            registered: Notify::new(),
             registry: Mutex::new(Registry::default()),
             term: OnceLock::new(),
             term_token: CancellationToken::new(),
@@ -520,9 +527,15 @@ impl Inner {
                 return Err(StreamError::new(id, StreamErrorKind::Refused { limit }));
             }
             registry.live.fetch_add(1, Ordering::AcqRel);
+            registry.registrations += 1;
+            let first = registry.streams.is_empty();
             registry.streams.insert(id, (serial, handle.clone()));
-            registry.live.clone()
+            (registry.live.clone(), first)
         };
+        let (live, first) = live;
+        if !first {
+            self.registered.notify_one();
+        }
         // Outside the registry lock, which is never held while taking a
         // stream's.
         handle.release_on_termination(live);
@@ -538,6 +551,27 @@ impl Inner {
             drop(guard);
         });
         Ok(())
+    }
+
+    /// Out of memory with several streams: a stream without flow control
+    /// that queued past its bounds while it was alone fails now, as it
+    /// would have had it shared the connection from the start, and frees
+    /// what it held beyond them. Scans only when streams were registered
+    /// since the last scan (`seen`). Returns whether any stream failed.
+    fn shed_overflowing(&self, seen: &mut u64) -> bool {
+        let streams: Vec<StreamHandle> = {
+            let registry = lock(&self.registry);
+            if registry.registrations == *seen || registry.streams.len() < 2 {
+                return false;
+            }
+            *seen = registry.registrations;
+            registry.streams.values().map(|(_, h)| h.clone()).collect()
+        };
+        let mut shed = false;
+        for handle in streams {
+            shed |= handle.shed_overflow();
+        }
+        shed
     }
 
     /// The stream `id`, and whether it is the only active one.
@@ -722,6 +756,7 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
         inner.opts.max_metadata_size,
     );
     let budget = inner.writer.budget().clone();
+    let mut shed_seen = 0;
     let mut order = inner.opts.sequential.then(ConnectionIdOrder::new);
     // One registration with the token for the connection's life, rather
     // than one per frame.
@@ -762,18 +797,24 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
             let joins = reader.joins_next();
             let mut reserved = if joins { max_packet_size.max(len) } else { len };
             if !budget.try_reserve(reserved) {
+                inner.shed_overflowing(&mut shed_seen);
                 if joins {
                     reader.pause_joins(true);
                     reserved = len;
                 }
-                let mut room = poll_fn(|cx| budget.poll_reserve(reserved, cx));
+                let mut room = pin!(poll_fn(|cx| budget.poll_reserve(reserved, cx)));
                 if poll_once(&mut room).await.is_none() {
                     accept.flush();
                     tracing::trace!(parent: &inner.span, held = budget.held(), next = reserved, "over budget: reading paused");
-                    tokio::select! {
-                        biased;
-                        _ = room => {}
-                        _ = ended.as_mut() => return Ok(()),
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = room.as_mut() => break,
+                            _ = ended.as_mut() => return Ok(()),
+                            _ = inner.registered.notified() => {
+                                inner.shed_overflowing(&mut shed_seen);
+                            }
+                        }
                     }
                 }
             }

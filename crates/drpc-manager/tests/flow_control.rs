@@ -561,3 +561,96 @@ async fn metadata_amplification_is_refused() {
     })
     .await;
 }
+
+/// A stream without flow control that queued past its bounds while it was
+/// its connection's only stream, and filled the connection's budget, is
+/// failed alone once another stream opens: the reader goes on, and the
+/// new call is served.
+#[tokio::test]
+async fn a_lone_stream_over_its_bounds_yields_to_a_new_one() {
+    bounded(async {
+        let mut opts = options(FlowControl::off());
+        opts.max_connection_memory = 1 << 20;
+        opts.stream.recv_queue_bytes = 128 * KIB;
+        let (ours, theirs) = tokio::io::duplex(64 * KIB);
+        let client = Manager::new(ours, Role::Client, opts);
+        let (r, w) = tokio::io::split(theirs);
+        let mut peer_reader = drpc_wire::FrameReader::new(r, usize::MAX >> 1);
+        let unread = client
+            .open_stream(RPC, &Default::default())
+            .await
+            .expect("open");
+        let first = peer_reader
+            .read_frame()
+            .await
+            .expect("read")
+            .expect("invoke");
+        assert_eq!(first.kind, Kind::INVOKE);
+        // 4 MiB for the unread stream: far past its bounds and the budget.
+        let flood = tokio::spawn(async move {
+            let mut w = w;
+            for m in 0..64u64 {
+                let mut buf = Vec::new();
+                drpc_wire::append_packet(
+                    &mut buf,
+                    Id::new(1, 1 + m),
+                    Kind::MESSAGE,
+                    false,
+                    &[m as u8; 64 * KIB],
+                    0,
+                );
+                tokio::io::AsyncWriteExt::write_all(&mut w, &buf)
+                    .await
+                    .expect("write");
+            }
+            w
+        });
+        eventually("the reader pauses", || client.held_bytes() > 900 * KIB).await;
+        assert!(!flood.is_finished());
+        let call = client
+            .open_stream(RPC, &Default::default())
+            .await
+            .expect("open");
+        // The unread stream fails alone; the rest of its flood is dropped.
+        let mut w = step("flood", flood).await.expect("flood task");
+        loop {
+            let f = step("peer read", peer_reader.read_frame())
+                .await
+                .expect("read")
+                .expect("frame");
+            if f.id.stream == 1 && f.kind == Kind::ERROR {
+                assert_resource_exhausted(&f, 1, "receive queue cap exceeded");
+                break;
+            }
+        }
+        let mut reply = Vec::new();
+        drpc_wire::append_packet(
+            &mut reply,
+            Id::new(2, 1),
+            Kind::MESSAGE,
+            false,
+            b"served",
+            0,
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut w, &reply)
+            .await
+            .expect("write");
+        let got = step("recv", call.recv()).await.expect("recv");
+        assert_eq!(got.as_deref(), Some(&b"served"[..]));
+        // What fit the bounds is still delivered, then the overflow.
+        let mut delivered = 0;
+        loop {
+            match step("recv", unread.recv()).await {
+                Ok(Some(_)) => delivered += 1,
+                Ok(None) => panic!("a clean end"),
+                Err(e) => {
+                    assert!(e.is_resource_exhausted(), "{e:?}");
+                    break;
+                }
+            }
+        }
+        assert!((1..=2).contains(&delivered), "{delivered}");
+        assert!(client.held_bytes() < 64 * KIB, "{}", client.held_bytes());
+    })
+    .await;
+}

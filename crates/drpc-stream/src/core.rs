@@ -219,6 +219,22 @@ impl StreamCore {
         }
     }
 
+    /// A stream without flow control that queued past its bounds while it
+    /// was its connection's only stream, now that it shares the connection
+    /// and the connection is out of memory: it keeps what its bounds allow
+    /// for delivery, drops the rest, and fails as
+    /// [`StreamCore::fail_overflow`] does.
+    pub(crate) fn shed_overflow(&mut self) -> Option<(Id, CodedError)> {
+        if self.terminated
+            || !self.queue.is_over_bounds()
+            || self.recv_window.is_some_and(|w| w.admits(0, 1, 0).is_some())
+        {
+            return None;
+        }
+        self.queue.truncate_to_bounds();
+        self.fail_overflow()
+    }
+
     /// Fails the stream because its queue overflowed while it shares the
     /// connection: queued messages are still delivered, then the error;
     /// the peer gets an abortive Error.

@@ -86,6 +86,23 @@ impl RecvQueue {
         Some(data)
     }
 
+    /// Whether more is queued than the bounds allow (possible only through
+    /// [`RecvQueue::push`]).
+    pub(crate) fn is_over_bounds(&self) -> bool {
+        self.len() > self.max_messages || (self.len() > 1 && self.bytes > self.max_bytes)
+    }
+
+    /// Drops the newest messages until the queue is within its bounds
+    /// (always keeping the oldest one).
+    pub(crate) fn truncate_to_bounds(&mut self) {
+        while self.is_over_bounds() {
+            match self.messages.pop_back() {
+                Some(data) => self.bytes -= data.len(),
+                None => break,
+            }
+        }
+    }
+
     /// Drops everything queued.
     pub(crate) fn clear(&mut self) {
         self.front = None;

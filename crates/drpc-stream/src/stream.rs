@@ -892,6 +892,24 @@ impl StreamHandle {
         settle(&mut inner);
     }
 
+    /// If the stream has queued past its bounds (as the connection's only
+    /// stream), keeps what the bounds allow, drops the rest and fails the
+    /// stream alone, as a shared stream would have: the connection calls
+    /// this when it is out of memory and no longer has one stream only.
+    /// Returns whether it did.
+    pub fn shed_overflow(&self) -> bool {
+        let shared = &*self.shared;
+        let mut inner = lock(&shared.inner);
+        match inner.core.shed_overflow() {
+            Some((id, err)) => {
+                shared.answer(&mut inner, Inbound::Failed(id, err));
+                shared.release(inner, true);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Applies a WindowUpdate's credit to this stream's sender (dropped
     /// when the stream has no flow control or has terminated).
     pub fn window_update(&self, delta: u64) {
