@@ -239,7 +239,11 @@ impl Manager {
             opts.max_connection_memory,
             opts.shared_memory.clone(),
         ));
-        let writer = Arc::new(MuxWriter::with_budget(opts.writer_high_water, budget));
+        let writer = Arc::new(MuxWriter::with_budgets(
+            opts.writer_high_water,
+            budget,
+            opts.shared_write_memory.clone(),
+        ));
         let Some(drain) = writer.drain() else {
             unreachable!("a new writer's drain is free");
         };

@@ -19,6 +19,10 @@ pub const DEFAULT_CONNECTION_MEMORY: usize = 32 << 20;
 /// (every connection of a server) may hold together: 256 MiB.
 pub const DEFAULT_SHARED_MEMORY: usize = 256 << 20;
 
+/// The default budget for bytes waiting to be written, shared by the
+/// connections made with the same options: 256 MiB.
+pub const DEFAULT_SHARED_WRITE_MEMORY: usize = 256 << 20;
+
 /// The default largest InvokeMetadata accepted: 256 KiB, counted as its
 /// in-memory size once parsed (each entry's key and value plus 96 bytes,
 /// in the spirit of HTTP/2's header list size), and never more on the wire.
@@ -71,6 +75,13 @@ pub struct ManagerOptions {
     /// the options, so a server's connections share it); `None` for no
     /// shared limit.
     pub shared_memory: Option<Arc<MemoryBudget>>,
+    /// A budget for Messages waiting to be written, shared like
+    /// `shared_memory` (by default one of [`DEFAULT_SHARED_WRITE_MEMORY`]):
+    /// a send reserves its bytes before it is appended and waits while the
+    /// budget is full, so that however many peers stop reading, what waits
+    /// for them stays bounded. `None` for no limit beyond each connection's
+    /// `writer_high_water`.
+    pub shared_write_memory: Option<Arc<MemoryBudget>>,
     /// The largest InvokeMetadata accepted from the peer, counted on the
     /// wire and once parsed (default [`DEFAULT_MAX_METADATA_SIZE`]); a
     /// larger one ends the connection, as a malformed one does.
@@ -98,6 +109,10 @@ impl Default for ManagerOptions {
             accept_backlog: DEFAULT_ACCEPT_BACKLOG,
             max_connection_memory: DEFAULT_CONNECTION_MEMORY,
             shared_memory: Some(Arc::new(MemoryBudget::new(DEFAULT_SHARED_MEMORY, None))),
+            shared_write_memory: Some(Arc::new(MemoryBudget::new(
+                DEFAULT_SHARED_WRITE_MEMORY,
+                None,
+            ))),
             max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
         }
     }

@@ -654,3 +654,61 @@ async fn a_lone_stream_over_its_bounds_yields_to_a_new_one() {
     })
     .await;
 }
+
+/// Messages waiting to be written to peers that do not read stay within
+/// the write budget the connections share; the senders wait, and go on
+/// once a peer reads.
+#[tokio::test]
+async fn the_shared_write_budget_bounds_what_waits_for_slow_peers() {
+    bounded(async {
+        let write_budget = Arc::new(MemoryBudget::new(256 * KIB, None));
+        let mut opts = options(FlowControl::off());
+        opts.shared_write_memory = Some(write_budget.clone());
+        let mut peers = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..2 {
+            let (theirs, ours) = tokio::io::duplex(16 * KIB);
+            let server = Manager::new(ours, Role::Server, opts.clone());
+            let mut peer = Peer::new(theirs);
+            peer.send(1, 1, Kind::INVOKE, RPC.as_bytes()).await;
+            let incoming = step("accept", server.accept()).await.expect("accepted");
+            let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = sent.clone();
+            senders.push((
+                tokio::spawn(async move {
+                    let _server = server;
+                    for i in 0..64 {
+                        incoming
+                            .stream
+                            .send(&pattern(1, i, 64 * KIB))
+                            .await
+                            .expect("send");
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }),
+                sent,
+            ));
+            peers.push(peer);
+        }
+        eventually("the budget fills", || write_budget.held() > 128 * KIB).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(write_budget.held() <= 256 * KIB, "{}", write_budget.held());
+        let before: usize = senders
+            .iter()
+            .map(|(_, n)| n.load(std::sync::atomic::Ordering::SeqCst))
+            .sum();
+        assert!(before <= 6, "the senders wait: {before} sent");
+        // One peer reads everything: its sender finishes.
+        let mut reader = peers.remove(0);
+        let mut messages = 0;
+        while messages < 64 {
+            if reader.read().await.done {
+                messages += 1;
+            }
+        }
+        let (first, _) = senders.remove(0);
+        step("first sender", first).await.expect("sender");
+        assert!(write_budget.held() <= 256 * KIB);
+    })
+    .await;
+}

@@ -120,7 +120,8 @@ const MAX_LIVE_STREAMS: usize = 24;
 const BUDGET_SLACK: usize = 1 << 20;
 /// The largest frame of a flow-controlled message.
 const FC_FRAME: usize = FlowControl::FRAME as usize;
-/// Operation descriptions kept for the failure report.
+/// Operation descriptions kept for the failure report (`DRPC_SOAK_LOG`
+/// sets another number).
 const LOG_LINES: usize = 60;
 /// How long a registry may lag behind the streams' observable termination
 /// before it counts as a leak.
@@ -261,6 +262,12 @@ struct Side {
     /// in all (each grant is sent by the receive that makes it due).
     ungranted: u64,
     granted: u64,
+    /// A client side was sent a message over its queue's bounds while it
+    /// was its connection's only stream, which it queues anyway: until it
+    /// has received this many messages, the message may still be on its
+    /// way, and a stream the client opens meanwhile would make it overflow
+    /// instead (the model opens none).
+    forced_until: usize,
 }
 
 impl Side {
@@ -354,6 +361,8 @@ struct StreamModel {
     refused: bool,
     /// Opened with `open_unary*` (never flow-controlled in auto mode).
     unary: bool,
+    /// See [`StreamModel::gone`].
+    ended: bool,
     /// Auto mode: the client received a message of the server's, so the
     /// server's acceptance of flow control had arrived before: what the
     /// client sends from now on follows its gating marker, and the server
@@ -388,7 +397,7 @@ impl StreamModel {
             || s.locally_terminated()
             || c.locally_terminated()
             || (c.close_send && s.close_send)
-            || self.overflowed()
+            || self.gone()
     }
 
     /// Either side's receive queue overflowed (both sides have terminated).
@@ -396,10 +405,18 @@ impl StreamModel {
         self.side[CLIENT].overflow || self.side[SERVER].overflow
     }
 
+    /// Both sides are known to have terminated: the model waited for them,
+    /// after an overflow or an operation that raced one. (Whichever the
+    /// outcome of such a race, the stream is then treated alike, so that a
+    /// replay takes the same random choices.)
+    fn gone(&self) -> bool {
+        self.ended || self.overflowed()
+    }
+
     /// The client's stream is terminated by its own operations, or by an
     /// overflow the model waited for.
     fn client_certainly_gone(&self) -> bool {
-        self.side[CLIENT].locally_terminated() || self.overflowed()
+        self.side[CLIENT].locally_terminated() || self.gone()
     }
 
     /// The client's stream may have been terminated by the server.
@@ -581,6 +598,8 @@ struct Conn {
     last_id: u64,
     /// The shared budget of each manager (the same one twice when common).
     budgets: [Arc<MemoryBudget>; 2],
+    /// Streams of a running chaos burst that may overflow meanwhile.
+    may_overflow: Vec<u64>,
 }
 
 impl Conn {
@@ -609,6 +628,7 @@ impl Conn {
         Conn {
             mgr: [Some(client), Some(server)],
             budgets,
+            may_overflow: Vec::new(),
             cfg,
             closed_by: None,
             flushed: false,
@@ -674,7 +694,7 @@ impl Conn {
             || me.received < peer.sent.len()
             || (st.refused && l == CLIENT)
             || peer.end_op()
-            || st.overflowed()
+            || st.gone()
             || self.closed_by.is_some()
     }
 
@@ -740,7 +760,7 @@ impl Conn {
             || self.closed_by.is_some()
             || me.send_ended()
             || me.send_failed
-            || st.overflowed()
+            || st.gone()
             || (st.refused && l == CLIENT)
         {
             // Fails at once (or races the end of the connection).
@@ -774,6 +794,18 @@ impl Conn {
             Regime::Off if shared >= 2 => Fate::Overflow,
             _ => Fate::MakeRoom,
         }
+    }
+
+    /// A message over a client side's queue bounds, queued because the
+    /// stream was the client's only one, may still be on its way (only the
+    /// client's own termination ends the stream before it arrives: the
+    /// server's terminal packets follow it).
+    fn forced_in_flight(&self) -> bool {
+        self.closed_by.is_none()
+            && self.streams.values().any(|st| {
+                let c = &st.side[CLIENT];
+                c.received < c.forced_until && !c.locally_terminated()
+            })
     }
 
     fn pending_bytes(&self) -> usize {
@@ -829,7 +861,7 @@ impl Conn {
         let possible = self
             .streams
             .values()
-            .filter(|st| !st.refused && !st.side[SERVER].locally_terminated() && !st.overflowed())
+            .filter(|st| !st.refused && !st.side[SERVER].locally_terminated() && !st.gone())
             .count();
         (certain, possible)
     }
@@ -848,7 +880,7 @@ impl Conn {
                 && !me.send_ended()
                 && !peer.locally_terminated()
                 && peer.end.is_none()
-                && !st.overflowed()
+                && !st.gone()
         })
     }
 }
@@ -1106,6 +1138,12 @@ struct Stats {
     forced: usize,
     made_room: usize,
     held_lag: usize,
+    queued_held: usize,
+    /// Flow control: sends that overdraw the credit, sends put off for
+    /// lack of credit, burst directions that need grants to complete.
+    overdrafts: usize,
+    credit_short: usize,
+    burst_grants: usize,
 }
 
 impl Stats {
@@ -1143,6 +1181,10 @@ impl Stats {
         self.forced += o.forced;
         self.made_room += o.made_room;
         self.held_lag += o.held_lag;
+        self.queued_held += o.queued_held;
+        self.overdrafts += o.overdrafts;
+        self.credit_short += o.credit_short;
+        self.burst_grants += o.burst_grants;
     }
 }
 
@@ -1155,7 +1197,8 @@ impl std::fmt::Display for Stats {
              verified={:.1}MiB ends={} wakes={} bursts={} chaos={} terminal-ops={} drops={} \
              too-large={} registry-lag={} close-lag={} raw-writer-errors={} \
              fc(off/auto/fork)={:?} overflows={} (races {}) burst-overflows={} forced={} \
-             made-room={} held-lag={}",
+             made-room={} held-lag={} queued-held={} overdrafts={} credit-short={} \
+             burst-grants={}",
             self.seeds,
             self.ops,
             self.epochs,
@@ -1187,8 +1230,40 @@ impl std::fmt::Display for Stats {
             self.forced,
             self.made_room,
             self.held_lag,
+            self.queued_held,
+            self.overdrafts,
+            self.credit_short,
+            self.burst_grants,
         )
     }
+}
+
+/// Spawns `f(s)` as a task and returns once it has been polled (and
+/// waits): whatever it waits for wakes it.
+async fn armed<T: Send + 'static>(
+    s: Arc<Stream>,
+    f: impl FnOnce(Arc<Stream>) -> std::pin::Pin<Box<dyn Future<Output = T> + Send>>,
+) -> R<tokio::task::JoinHandle<T>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut fut = f(s);
+    let task = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        poll_fn(|cx| {
+            let poll = fut.as_mut().poll(cx);
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(poll.is_pending());
+            }
+            poll
+        })
+        .await
+    });
+    let pending = within("a task's first poll", rx)
+        .await?
+        .map_err(|_| "task ended without polling".to_string())?;
+    if !pending {
+        return Err("internal: the awaited event had already happened".into());
+    }
+    Ok(task)
 }
 
 /// What a burst's receiving task saw.
@@ -1207,13 +1282,14 @@ struct RecvReport {
 /// the run instead: `DRPC_SOAK_STRICT=1` (or `all`) for all, or a comma
 /// separated list of `registry-lag`, `late-accept`, `raw-writer-error`,
 /// `refusal-race` (the last stops avoiding the race instead: a refusal the
-/// model did not predict then fails the run somewhere).
+/// model did not predict then fails the run somewhere), `queued-held`.
 #[derive(Debug, Clone, Copy, Default)]
 struct Strict {
     registry_lag: bool,
     late_accept: bool,
     raw_writer_error: bool,
     refusal_race: bool,
+    queued_held: bool,
 }
 
 impl Strict {
@@ -1223,11 +1299,16 @@ impl Strict {
             late_accept: true,
             raw_writer_error: true,
             refusal_race: true,
+            queued_held: true,
         };
         // Strict unless told otherwise: the deviations below were bugs,
-        // fixed since; `DRPC_SOAK_STRICT=0` tolerates them again.
+        // fixed since; `DRPC_SOAK_STRICT=0` tolerates them again. Only
+        // `queued-held` (not fixed yet) is tolerated unless asked for.
         let Ok(value) = std::env::var("DRPC_SOAK_STRICT") else {
-            return all;
+            return Strict {
+                queued_held: false,
+                ..all
+            };
         };
         let mut strict = Strict::default();
         for item in value.split(',').map(str::trim) {
@@ -1238,6 +1319,7 @@ impl Strict {
                 "late-accept" => strict.late_accept = true,
                 "raw-writer-error" => strict.raw_writer_error = true,
                 "refusal-race" => strict.refusal_race = true,
+                "queued-held" => strict.queued_held = true,
                 other => panic!("DRPC_SOAK_STRICT: unknown item {other:?}"),
             }
         }
@@ -1276,7 +1358,15 @@ impl Soak {
     }
 
     fn note(&mut self, line: String) {
-        if self.log.len() == LOG_LINES {
+        static LINES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let lines =
+            *LINES.get_or_init(|| env_u64("DRPC_SOAK_LOG").map_or(LOG_LINES, |n| n as usize));
+        if lines == usize::MAX {
+            // `DRPC_SOAK_LOG=18446744073709551615`: everything, as it goes.
+            println!("{line}");
+            return;
+        }
+        if self.log.len() >= lines {
             self.log.pop_front();
         }
         self.log.push_back(line);
@@ -1331,7 +1421,10 @@ impl Soak {
         let unsafe_ = !c.sides(|c, id, l| !c.recv_safe(id, l)).is_empty();
         let dirs = !c.open_directions().is_empty();
         let live = c.live();
-        let can_open = open && live < MAX_LIVE_STREAMS && c.pending.len() < c.cfg.backlog;
+        let can_open = open
+            && live < MAX_LIVE_STREAMS
+            && c.pending.len() < c.cfg.backlog
+            && !c.forced_in_flight();
         let w = |cond: bool, weight: u64| if cond { weight } else { 0 };
         let table = [
             (Op::Open, w(can_open, 80)),
@@ -1593,6 +1686,7 @@ impl Soak {
                     side: Default::default(),
                     refused: server_refuses,
                     unary,
+                    ended: false,
                     confirmed: false,
                 };
                 let client_side = &mut st.side[CLIENT];
@@ -1725,21 +1819,37 @@ impl Soak {
         let Some((id, l)) = self
             .pick_side(|c, id, l| {
                 let me = &c.st(id).side[l];
-                !healthy || !(me.send_ended() || me.send_failed)
+                !healthy || !(me.send_ended() || me.send_failed || c.st(id).gone())
             })
             .or_else(|| self.pick_side(|_, _, _| true))
         else {
             return Ok(());
         };
         let len = self.random_len();
-        match self.conn.send_fate(id, l, len) {
+        let fate = self.conn.send_fate(id, l, len);
+        if self.conn.regime(self.conn.st(id), l) != Regime::Off && !self.conn.st(id).gone() {
+            let first = EpochCfg::first_frame(len);
+            match (fate, self.conn.balance(id, l)) {
+                (Fate::Send, b) if b < len as i64 => self.stats.overdrafts += 1,
+                (Fate::MakeRoom, b) if b < first => self.stats.credit_short += 1,
+                _ => {}
+            }
+        }
+        match fate {
             Fate::Send => self.do_send(id, l, len).await,
             Fate::Forced => {
                 self.stats.forced += 1;
-                self.do_send(id, l, len).await
+                let at = self.conn.st(id).side[l].sent.len();
+                self.do_send(id, l, len).await?;
+                if l == SERVER {
+                    self.conn.st_mut(id).side[CLIENT].forced_until = at + 1;
+                }
+                Ok(())
             }
             // Not always: a stream that overflows is over.
-            Fate::Overflow if self.rng.one_in(3) => self.send_overflow(id, l, len).await,
+            Fate::Overflow if self.rng.one_in(3) && self.conn.present(id, 1 - l) => {
+                self.send_overflow(id, l, len).await
+            }
             Fate::Overflow | Fate::MakeRoom => self.make_room(id, 1 - l).await,
             Fate::Skip => Ok(()),
         }
@@ -1771,9 +1881,10 @@ impl Soak {
     /// after the messages it had queued, and sends side `l` an abortive
     /// Error, which ends it too. Sometimes an operation on either side
     /// races the overflow: on the sender, against the Error (whichever
-    /// comes first ends its stream); on the receiver, against the message
-    /// (a terminal operation that comes first ends the stream, and the
-    /// message is dropped without an overflow).
+    /// comes first ends its stream: the peer's Error may find it ended);
+    /// on the receiver, against the message (a terminal operation that
+    /// comes first ends the stream, and the message is dropped without an
+    /// overflow).
     async fn send_overflow(&mut self, id: u64, l: usize, len: usize) -> R<()> {
         let r = 1 - l;
         let at = self.conn.st(id).side[l].sent.len();
@@ -1782,6 +1893,18 @@ impl Soak {
             SIDE_NAMES[r],
             at - self.conn.st(id).side[r].received
         ));
+        // Waiting for a termination that has already happened returns at
+        // once, possibly before the hook that removes the stream from its
+        // registry has run (on the thread that ended it): wait from before,
+        // to be woken after it.
+        let mut waiters = Vec::new();
+        for side in [l, r] {
+            let s = self.conn.stream(id, side);
+            waiters.push((
+                side,
+                armed(s, |s| Box::pin(async move { s.terminated().await })).await?,
+            ));
+        }
         self.do_send(id, l, len).await?;
         if self.conn.st(id).side[l].sent.len() != at + 1 {
             return self.fail(id, "a send that overflows its peer's queue failed".into());
@@ -1801,7 +1924,7 @@ impl Soak {
                 self.do_term(id, l, term)?;
                 true
             }
-            1 if self.conn.present(id, r) => {
+            1 => {
                 // The receiver's operation races the message: a terminal
                 // one that found the stream running came first.
                 self.stats.overflow_races += 1;
@@ -1810,23 +1933,23 @@ impl Soak {
             }
             _ => true,
         };
-        if overflowed {
-            self.stats.overflows += 1;
-            let side = &mut self.conn.st_mut(id).side[r];
-            side.overflow = true;
-            side.overflow_at = Some(at);
-        }
         self.note(format!("  overflowed: {overflowed}"));
         // Both sides end without further operations.
-        for side in [l, r] {
-            if self.conn.present(id, side) {
-                let s = self.conn.stream(id, side);
-                let what = format!(
-                    "stream {id} {} terminated() after overflow",
-                    SIDE_NAMES[side]
-                );
-                within(what, s.terminated()).await?;
-            }
+        for (side, waiter) in waiters {
+            let what = format!(
+                "stream {id} {} terminated() after overflow",
+                SIDE_NAMES[side]
+            );
+            within(what, waiter)
+                .await?
+                .map_err(|e| format!("terminated() task: {e}"))?;
+        }
+        let st = self.conn.st_mut(id);
+        st.ended = true;
+        if overflowed {
+            self.stats.overflows += 1;
+            st.side[r].overflow = true;
+            st.side[r].overflow_at = Some(at);
         }
         Ok(())
     }
@@ -1894,7 +2017,7 @@ impl Soak {
             Ok(()) => {
                 // (A send racing the end of the connection may succeed;
                 // sends after it are checked by `drain_terminated`.)
-                if !racing && (me.send_ended() || me.send_failed || st.overflowed()) {
+                if !racing && (me.send_ended() || me.send_failed || st.gone()) {
                     return self.fail(id, format!("send on {} succeeded", SIDE_NAMES[l]));
                 }
                 let me = &mut self.conn.st_mut(id).side[l];
@@ -2337,13 +2460,18 @@ impl Soak {
             let (me, peer) = (&st.side[l], &st.side[1 - l]);
             let earlier = me.sent.len() - peer.received;
             // Without flow control (or before it is known to be in force),
-            // the receiver may fall behind and overflow (then the stream
-            // ends, which the model checks); half the time the burst keeps
-            // within the queue's bounds instead, and must not.
+            // a receiver that falls behind overflows, unless it is its
+            // connection's only stream. Whether it falls behind is a race:
+            // a burst keeps within the queue's bounds, so that the run stays
+            // the same on a replay, unless it ends the connection anyway
+            // (chaos), then only half the time (the overflow, if any, is
+            // checked).
             let regime = self.conn.regime(st, l);
             let (q_msgs, q_bytes) = (self.conn.cfg.q_msgs, self.conn.cfg.q_bytes);
             let mut bytes = me.sent_bytes - peer.received_bytes;
-            if regime != Regime::Flow && self.rng.one_in(2) {
+            let alone = self.conn.registered_at_arrival(1 - l).1 <= 1;
+            let trim = regime != Regime::Flow && if chaos { self.rng.one_in(2) } else { !alone };
+            if trim {
                 let mut keep = 0;
                 while keep < msgs.len()
                     && earlier + keep < q_msgs
@@ -2356,8 +2484,9 @@ impl Soak {
             } else {
                 bytes += msgs.iter().map(|m| m.len).sum::<usize>();
             }
-            let safe =
-                regime == Regime::Flow || (earlier + msgs.len() <= q_msgs && bytes <= q_bytes);
+            let safe = regime == Regime::Flow
+                || (earlier + msgs.len() <= q_msgs && bytes <= q_bytes)
+                || (alone && !chaos);
             let mut expect: Vec<Msg> = me.sent[peer.received..].to_vec();
             expect.extend(msgs.iter().copied());
             desc.push(format!("{id}:{}x{}", SIDE_NAMES[l], msgs.len()));
@@ -2413,6 +2542,15 @@ impl Soak {
                 }
                 report
             });
+            if !safe {
+                self.conn.may_overflow.push(id);
+            }
+            if regime != Regime::Off {
+                let total: usize = msgs.iter().map(|m| m.len).sum();
+                if total as i64 > self.conn.balance(id, l) {
+                    self.stats.burst_grants += 1;
+                }
+            }
             running.push(Dir {
                 id,
                 l,
@@ -2446,9 +2584,11 @@ impl Soak {
                 .map_err(|e| format!("burst recv task: {e}"))?;
             results.push((d.id, d.l, d.msgs, d.earlier, d.safe, sent, recvd));
         }
-        // Overflows first: a receiver that overflowed saw its end after the
-        // messages queued before (it was waiting for the rest); its peer's
-        // sends then failed.
+        self.conn.may_overflow.clear();
+        // Overflows first (chaos only: other bursts keep within the bounds):
+        // a receiver that overflowed saw its end after the messages queued
+        // before (it was waiting for the rest); its peer's sends then
+        // failed.
         let mut overflowed = Vec::new();
         for (id, l, _, _, safe, _, report) in &results {
             let r = 1 - l;
@@ -2525,18 +2665,7 @@ impl Soak {
             }
         }
         if chaos {
-            return self.after_connection_closed().await;
-        }
-        // Both sides of a stream that overflowed end without further
-        // operations.
-        for id in overflowed {
-            for side in [CLIENT, SERVER] {
-                if self.conn.present(id, side) {
-                    let s = self.conn.stream(id, side);
-                    let what = format!("stream {id} {} terminated() after overflow", SIDE_NAMES[side]);
-                    within(what, s.terminated()).await?;
-                }
-            }
+            self.after_connection_closed().await?;
         }
         Ok(())
     }
@@ -2641,7 +2770,9 @@ impl Soak {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
-        let certainly_open = open.iter().any(|&id| !self.conn.st(id).client_maybe_gone());
+        let certainly_open = open.iter().any(|&id| {
+            !self.conn.st(id).client_maybe_gone() && !self.conn.may_overflow.contains(&id)
+        });
         if certainly_open {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let server = self.conn.mgr(SERVER)?;
@@ -2732,21 +2863,38 @@ impl Soak {
     /// common budget is back to 0. A dropped manager's tasks may still be
     /// exiting: it gets [`LAG_GRACE`].
     async fn check_memory(&mut self) -> R<()> {
-        if std::env::var_os("DRPC_SOAK_DRAIN_ACCEPT").is_some() {
-            if let Some(server) = self.conn.mgr[SERVER].clone() {
-                for _ in 0..self.conn.pending.len() {
-                    if within("accept after close()", server.accept()).await?.is_ok() {
-                        return Err("accept after close() gave a stream".into());
-                    }
-                }
-            }
-        }
         for st in self.conn.streams.values_mut() {
             for side in &mut st.side {
                 side.stream = None;
             }
         }
+        // The known deviation `queued-held`: streams the server queued for
+        // accept and never handed out keep their received messages (charged
+        // to the budgets) in the closed manager's accept queue, until it is
+        // dropped or each is taken out by an `accept` (which fails).
+        if let Some(server) = self.conn.mgr[SERVER].clone()
+            && !self.conn.pending.is_empty()
+            && !self.strict.queued_held
+        {
+            let held = server.held_bytes();
+            if held > 0 {
+                self.stats.queued_held += 1;
+                self.note(format!(
+                    "  QUEUED HELD: closed server holds {held} bytes for unaccepted streams {:?}",
+                    self.conn.pending
+                ));
+            }
+            for _ in 0..self.conn.pending.len() {
+                if within("accept after close()", server.accept())
+                    .await?
+                    .is_ok()
+                {
+                    return Err("accept after close() gave a stream".into());
+                }
+            }
+        }
         let start = Instant::now();
+        let mut waited = false;
         loop {
             let mut held = Vec::new();
             for l in [CLIENT, SERVER] {
@@ -2785,11 +2933,10 @@ impl Soak {
                     self.describe_all()
                 ));
             }
+            waited = true;
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        if start.elapsed() > Duration::ZERO && self.conn.mgr.iter().any(Option::is_none) {
-            self.stats.held_lag += 1;
-        }
+        self.stats.held_lag += usize::from(waited);
         Ok(())
     }
 

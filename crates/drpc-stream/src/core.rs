@@ -227,7 +227,9 @@ impl StreamCore {
     pub(crate) fn shed_overflow(&mut self) -> Option<(Id, CodedError)> {
         if self.terminated
             || !self.queue.is_over_bounds()
-            || self.recv_window.is_some_and(|w| w.admits(0, 1, 0).is_some())
+            || self
+                .recv_window
+                .is_some_and(|w| w.admits(0, 1, 0).is_some())
         {
             return None;
         }

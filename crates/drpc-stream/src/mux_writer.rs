@@ -53,6 +53,10 @@ pub struct MuxWriter {
     /// What the connection holds for its peer; buffered bytes count until
     /// they are written.
     budget: Arc<MemoryBudget>,
+    /// Shared by the writers of many connections: Message sends reserve
+    /// their bytes in it before appending ([`MuxWriter::poll_reserve_send`]),
+    /// until written.
+    write_budget: Option<Arc<MemoryBudget>>,
 }
 
 #[derive(Debug)]
@@ -70,6 +74,10 @@ struct State {
     writing: bool,
     /// The size of that batch, charged to the budget until written.
     in_flight: usize,
+    /// Bytes reserved in the write budget by Messages now buffered, and by
+    /// those in the batch being written.
+    reserved_buffered: usize,
+    reserved_in_flight: usize,
     idle_wakers: Vec<Waker>,
 }
 
@@ -163,9 +171,22 @@ impl MuxWriter {
     /// As [`MuxWriter::new`], charging buffered bytes, and everything the
     /// connection's streams hold, to `budget`.
     pub fn with_budget(high_water: usize, budget: Arc<MemoryBudget>) -> MuxWriter {
+        MuxWriter::with_budgets(high_water, budget, None)
+    }
+
+    /// As [`MuxWriter::with_budget`], with Message sends also reserving
+    /// their bytes in `write_budget` (shared by the writers of many
+    /// connections) until they are written: however many peers stop
+    /// reading, what waits to be written to them stays within it.
+    pub fn with_budgets(
+        high_water: usize,
+        budget: Arc<MemoryBudget>,
+        write_budget: Option<Arc<MemoryBudget>>,
+    ) -> MuxWriter {
         MuxWriter {
             drained: AtomicBool::new(false),
             budget,
+            write_budget,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 tail: BytesMut::with_capacity(INITIAL_CAPACITY),
@@ -175,6 +196,8 @@ impl MuxWriter {
                 capacity_wakers: Vec::new(),
                 writing: false,
                 in_flight: 0,
+                reserved_buffered: 0,
+                reserved_in_flight: 0,
                 idle_wakers: Vec::new(),
             }),
             high_water: if high_water == 0 {
@@ -189,6 +212,18 @@ impl MuxWriter {
     /// run, and wakes the writer task. Fails with the stop reason once the
     /// writer is stopped.
     pub fn append(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<(), ConnectionError> {
+        self.append_reserved(0, encode)
+    }
+
+    /// As [`MuxWriter::append`], for a Message that reserved `reserved`
+    /// bytes of the write budget ([`MuxWriter::poll_reserve_send`]): the
+    /// reservation is held until the bytes are written. On failure the
+    /// caller still holds it.
+    pub(crate) fn append_reserved(
+        &self,
+        reserved: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), ConnectionError> {
         let waker = {
             let mut state = lock(&self.state);
             if let Some(err) = &state.stopped {
@@ -199,6 +234,7 @@ impl MuxWriter {
             encode(&mut state.tail);
             let added = state.tail.len() - before;
             state.buffered += added;
+            state.reserved_buffered += reserved;
             self.budget.charge(added);
             if was_empty {
                 state.drain_waker.take()
@@ -233,6 +269,21 @@ impl MuxWriter {
     /// reference, smaller ones copied next to the frame headers.
     pub fn append_parts(
         &self,
+        id: Id,
+        kind: Kind,
+        control: bool,
+        parts: &[Bytes],
+        split_size: usize,
+    ) -> Result<(), ConnectionError> {
+        self.append_parts_reserved(0, id, kind, control, parts, split_size)
+    }
+
+    /// As [`MuxWriter::append_parts`], for a Message that reserved
+    /// `reserved` bytes of the write budget (see
+    /// [`MuxWriter::append_reserved`]).
+    pub(crate) fn append_parts_reserved(
+        &self,
+        reserved: usize,
         id: Id,
         kind: Kind,
         control: bool,
@@ -286,6 +337,7 @@ impl MuxWriter {
                 }
             }
             self.budget.charge(state.buffered - buffered_before);
+            state.reserved_buffered += reserved;
             if was_empty {
                 state.drain_waker.take()
             } else {
@@ -318,9 +370,29 @@ impl MuxWriter {
         Poll::Pending
     }
 
+    /// Reserves `len` bytes of the shared write budget for a Message about
+    /// to be appended (ready at once without one); the append then holds
+    /// it until written, or [`MuxWriter::unreserve`] gives it back.
+    pub fn poll_reserve_send(&self, len: usize, cx: &mut Context<'_>) -> Poll<()> {
+        match &self.write_budget {
+            Some(w) => w.poll_reserve(len, cx),
+            None => Poll::Ready(()),
+        }
+    }
+
+    /// Gives back a reservation whose Message was not appended.
+    pub fn unreserve(&self, len: usize) {
+        if let Some(w) = &self.write_budget {
+            w.release(len);
+        }
+    }
+
     /// The writer task's side: ready once bytes are buffered (or with the
     /// stop reason), without taking them.
-    pub(crate) fn poll_ready_to_take_impl(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+    pub(crate) fn poll_ready_to_take_impl(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ConnectionError>> {
         lock(&self.state).poll_buffered(cx)
     }
 
@@ -342,6 +414,7 @@ impl MuxWriter {
             state.freeze_tail();
             std::mem::swap(&mut state.queue, &mut batch.segments);
             state.in_flight += state.buffered;
+            state.reserved_in_flight += std::mem::take(&mut state.reserved_buffered);
             state.buffered = 0;
             state.writing = true;
             std::mem::take(&mut state.capacity_wakers)
@@ -377,6 +450,12 @@ impl MuxWriter {
             state.tail = BytesMut::new();
             self.budget
                 .release(state.buffered + std::mem::take(&mut state.in_flight));
+            if let Some(w) = &self.write_budget {
+                w.release(
+                    std::mem::take(&mut state.reserved_buffered)
+                        + std::mem::take(&mut state.reserved_in_flight),
+                );
+            }
             state.buffered = 0;
             state.writing = false;
             let mut wakers = std::mem::take(&mut state.capacity_wakers);
@@ -394,6 +473,9 @@ impl MuxWriter {
             let mut state = lock(&self.state);
             state.writing = false;
             self.budget.release(std::mem::take(&mut state.in_flight));
+            if let Some(w) = &self.write_budget {
+                w.release(std::mem::take(&mut state.reserved_in_flight));
+            }
             if state.buffered == 0 {
                 std::mem::take(&mut state.idle_wakers)
             } else {

@@ -207,13 +207,32 @@ impl Shared {
         data: Payload<'_>,
         split: usize,
     ) -> Result<(), ConnectionError> {
+        self.append_message_reserved(0, id, data, split)
+    }
+
+    /// As [`Shared::append_message`], holding `reserved` bytes of the
+    /// write budget until written.
+    fn append_message_reserved(
+        &self,
+        reserved: usize,
+        id: Id,
+        data: Payload<'_>,
+        split: usize,
+    ) -> Result<(), ConnectionError> {
         match data.contiguous() {
-            Some(bytes) if bytes.len() < crate::ZERO_COPY_MIN || data.is_borrowed() => self
-                .writer
-                .append(|buf| append_packet(buf, id, Kind::MESSAGE, false, bytes, split)),
-            _ => self
-                .writer
-                .append_parts(id, Kind::MESSAGE, false, data.parts(), split),
+            Some(bytes) if bytes.len() < crate::ZERO_COPY_MIN || data.is_borrowed() => {
+                self.writer.append_reserved(reserved, |buf| {
+                    append_packet(buf, id, Kind::MESSAGE, false, bytes, split)
+                })
+            }
+            _ => self.writer.append_parts_reserved(
+                reserved,
+                id,
+                Kind::MESSAGE,
+                false,
+                data.parts(),
+                split,
+            ),
         }
     }
 
@@ -495,6 +514,9 @@ impl Stream {
         let shared = &*self.shared;
         shared.check_size(data.len())?;
         let len = data.len();
+        // Room in the shared write budget, reserved last, once the rest
+        // allows the message: given back if it is not sent after all.
+        let mut reserved = false;
         let mut inner = poll_fn(|cx| {
             let writer_ready = shared.writer.poll_capacity(cx).is_ready();
             let mut inner = lock(&shared.inner);
@@ -509,7 +531,8 @@ impl Stream {
                 register(&mut inner.term_wakers, cx.waker());
                 return Poll::Pending;
             }
-            if writer_ready {
+            if writer_ready && shared.writer.poll_reserve_send(len, cx).is_ready() {
+                reserved = true;
                 return Poll::Ready(inner);
             }
             // Waiting for writer room: also wake if the stream ends, so that
@@ -518,10 +541,22 @@ impl Stream {
             Poll::Pending
         })
         .await;
-        let id = inner.core.begin_message().map_err(|e| shared.err(e))?;
+        let id = match inner.core.begin_message() {
+            Ok(id) => id,
+            Err(e) => {
+                if reserved {
+                    shared.writer.unreserve(len);
+                }
+                return Err(shared.err(e));
+            }
+        };
         inner.core.debit(len);
         let split = shared.split_size(&inner.core);
-        let result = shared.append_message(id, data, split);
+        let held = if reserved { len } else { 0 };
+        let result = shared.append_message_reserved(held, id, data, split);
+        if result.is_err() {
+            shared.writer.unreserve(held);
+        }
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
         drop(inner);
@@ -836,7 +871,6 @@ impl StreamHandle {
         shared.release(inner, false);
         out
     }
-
 
     /// Routes one inbound frame of this stream; never waits. `alone` says
     /// whether this is its connection's only active stream: a stream
