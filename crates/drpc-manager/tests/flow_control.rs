@@ -712,3 +712,57 @@ async fn the_shared_write_budget_bounds_what_waits_for_slow_peers() {
     })
     .await;
 }
+
+/// An auto server whose client did not offer flow control (a stock or
+/// fork client) sends it nothing new: no acceptance, no grant, however
+/// much its handler consumes, and its sends are never gated.
+#[tokio::test]
+async fn auto_server_sends_nothing_new_to_a_client_that_did_not_offer() {
+    bounded(async {
+        let (server, mut peer) = scripted(Role::Server, ManagerOptions::default());
+        peer.send(1, 1, Kind::INVOKE, RPC.as_bytes()).await;
+        let incoming = step("accept", server.accept()).await.expect("accepted");
+        let s = Arc::new(incoming.stream);
+        // 4 MiB in, consumed; 4 MiB out, never granted.
+        let reader = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for _ in 0..64 {
+                    assert!(s.recv().await.expect("recv").is_some());
+                }
+                for i in 0..64 {
+                    s.send(&pattern(1, i, 64 * KIB)).await.expect("send");
+                }
+                s.close_send().expect("close_send");
+            })
+        };
+        let writer = tokio::spawn(async move {
+            for m in 0..64u64 {
+                peer.send(1, 2 + m, Kind::MESSAGE, &vec![0u8; 64 * KIB])
+                    .await;
+            }
+            let mut frames = Vec::new();
+            loop {
+                let f = peer.read().await;
+                let end = f.kind == Kind::CLOSE_SEND;
+                frames.push(f);
+                if end {
+                    return frames;
+                }
+            }
+        });
+        step("handler", reader).await.expect("handler");
+        let frames = step("peer", writer).await.expect("peer");
+        assert_eq!(frames.len(), 65);
+        let mut last = 0;
+        for f in &frames {
+            assert!(
+                f.kind == Kind::MESSAGE || f.kind == Kind::CLOSE_SEND,
+                "only what a stock client knows: {f:?}"
+            );
+            assert!(!f.control && f.id.message > last, "{f:?}");
+            last = f.id.message;
+        }
+    })
+    .await;
+}
