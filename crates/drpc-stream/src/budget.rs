@@ -95,10 +95,6 @@ impl MemoryBudget {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    fn has_room(&self) -> bool {
-        self.held() < self.limit && self.parent.as_ref().is_none_or(|p| p.has_room())
-    }
-
     /// Takes `n` bytes if they fit (or nothing is held), without waiting.
     fn try_take(&self, n: usize) -> bool {
         let mut held = self.held.load(Ordering::Acquire);
@@ -160,23 +156,6 @@ impl MemoryBudget {
         }
     }
 
-    /// Ready while this budget and its parent are below their limits;
-    /// otherwise wakes the task once either falls below again.
-    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.has_room() {
-            return Poll::Ready(());
-        }
-        self.register(cx.waker());
-        if let Some(p) = &self.parent {
-            p.register(cx.waker());
-        }
-        // A release between the check and the registration saw no waiter.
-        if self.has_room() {
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    }
-
     fn register(&self, waker: &Waker) {
         let mut wakers = lock(&self.wakers);
         if !wakers.iter().any(|w| w.will_wake(waker)) {
@@ -209,21 +188,20 @@ mod tests {
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         a.charge(59);
-        assert!(a.poll_room(&mut cx).is_ready());
-        a.charge(1);
-        assert!(a.poll_room(&mut cx).is_pending());
-        b.charge(40);
-        assert_eq!(shared.held(), 100);
-        assert!(b.poll_room(&mut cx).is_pending(), "the shared limit");
-        b.release(1);
-        assert!(b.poll_room(&mut cx).is_ready());
+        assert!(a.poll_reserve(1, &mut cx).is_ready());
+        assert!(a.poll_reserve(1, &mut cx).is_pending());
+        b.charge(39);
+        assert_eq!(shared.held(), 99);
+        assert!(b.poll_reserve(2, &mut cx).is_pending(), "the shared limit");
+        a.release(1);
         assert!(
             count.0.load(Ordering::SeqCst) >= 1,
             "the waiting reader was woken"
         );
-        a.adjust(60, 10);
-        assert_eq!((a.held(), shared.held()), (10, 49));
-        assert!(a.poll_room(&mut cx).is_ready());
+        assert!(b.poll_reserve(2, &mut cx).is_ready());
+        a.adjust(59, 10);
+        assert_eq!((a.held(), shared.held()), (10, 51));
+        assert!(a.poll_reserve(49, &mut cx).is_ready());
     }
 
     #[test]
