@@ -387,8 +387,12 @@ impl Manager {
         let mut rx = accept.lock().await;
         match rx.recv().await {
             // Streams still queued when the connection ended are already
-            // over: the connection's end is the answer.
-            Some(_) if inner.term.get().is_some() => Err(ended()),
+            // over: the connection's end is the answer, and they are freed.
+            Some(_) if inner.term.get().is_some() => {
+                rx.close();
+                while rx.try_recv().is_ok() {}
+                Err(ended())
+            }
             Some(incoming) => Ok(incoming),
             None => Err(ended()),
         }
@@ -452,8 +456,10 @@ impl Manager {
 }
 
 impl Inner {
+    /// Streams registered and not terminated: exact as the peer sees it
+    /// (a stream leaves the count before its last packet is written).
     fn active_streams(&self) -> usize {
-        lock(&self.registry).streams.len()
+        lock(&self.registry).live.load(Ordering::Acquire)
     }
 
     /// Ends the connection the first time it is called; later calls do
@@ -581,7 +587,7 @@ impl Inner {
     /// The stream `id`, and whether it is the only active one.
     fn lookup(&self, id: u64) -> Option<(StreamHandle, bool)> {
         let registry = lock(&self.registry);
-        let alone = registry.streams.len() == 1;
+        let alone = registry.live.load(Ordering::Acquire) <= 1;
         registry.streams.get(&id).map(|(_, h)| (h.clone(), alone))
     }
 
@@ -831,8 +837,16 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
         }
     }
     .await;
-    // Invokes that never completed are freed with the reader.
+    // Invokes that never completed are freed with the reader, and so are
+    // the streams nobody accepted.
     budget.release(pending.held());
+    drop(accept);
+    if let Some(queue) = &inner.accept
+        && let Ok(mut queue) = queue.try_lock()
+    {
+        queue.close();
+        while queue.try_recv().is_ok() {}
+    }
     if let Err(err) = result {
         inner.terminate(err);
     }

@@ -373,10 +373,18 @@ impl StreamCore {
 
     /// Ends the stream silently because its side of the RPC is complete
     /// (a server handler that already sent CloseSend or Error and let go).
-    pub(crate) fn abandon(&mut self) {
-        if !self.terminated {
-            self.terminate(StreamErrorKind::Canceled(Initiator::Local), true);
+    ///
+    /// On a flow-controlled stream whose peer may still send, returns the
+    /// id of a Close to send: the peer's sender would otherwise wait for
+    /// credit that never comes (frames of an unknown stream are dropped,
+    /// and nobody grants).
+    pub(crate) fn abandon(&mut self) -> Option<Id> {
+        if self.terminated {
+            return None;
         }
+        let tell = self.recv_window.is_some() && !self.remote_close_send;
+        self.terminate(StreamErrorKind::Canceled(Initiator::Local), true);
+        tell.then(|| self.next_id())
     }
 
     /// The connection ended: the stream fails with `reason`, after any

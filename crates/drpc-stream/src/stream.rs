@@ -729,7 +729,13 @@ impl Drop for Stream {
         }
         if kind == StreamKind::Server && send_closed {
             let mut inner = lock(&self.shared.inner);
-            inner.core.abandon();
+            if let Some(id) = inner.core.abandon()
+                && let Err(e) = self
+                    .shared
+                    .append_terminal(&mut inner, id, Kind::CLOSE, false, &[])
+            {
+                tracing::debug!(stream = self.shared.id, error = %e, "close not sent");
+            }
             self.shared.release(inner, false);
         } else {
             self.shared
