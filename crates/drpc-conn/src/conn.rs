@@ -22,12 +22,22 @@ use crate::Error;
 /// Connection settings.
 #[derive(Debug, Clone, Default)]
 pub struct ConnOptions {
-    /// The connection's settings: limits, queues and
-    /// [`ManagerOptions::sequential`] for stock Go servers.
+    /// The connection's settings: limits, queues, memory budgets, flow
+    /// control (`manager.stream.flow_control`: negotiated by default; see
+    /// `drpc-manager`'s documentation) and [`ManagerOptions::sequential`]
+    /// for stock Go servers.
     pub manager: ManagerOptions,
 }
 
 impl ConnOptions {
+    /// Options for a server of CockroachDB's fork that runs with flow
+    /// control on ([`ManagerOptions::fork_flow_control`]).
+    pub fn fork_flow_control() -> ConnOptions {
+        ConnOptions {
+            manager: ManagerOptions::fork_flow_control(),
+        }
+    }
+
     /// Options for a server running the original, one-stream-at-a-time Go
     /// implementation: one call at a time on the connection.
     pub fn sequential() -> ConnOptions {
