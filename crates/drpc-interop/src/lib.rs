@@ -54,7 +54,9 @@ pub fn parse_flow_control(s: &str) -> Result<drpc_stream::FlowControl, String> {
         "off" => Ok(drpc_stream::FlowControl::off()),
         "auto" => Ok(drpc_stream::FlowControl::auto()),
         "fork" => Ok(drpc_stream::FlowControl::fork()),
-        other => Err(format!("invalid flow-control mode {other:?} (off, auto or fork)")),
+        other => Err(format!(
+            "invalid flow-control mode {other:?} (off, auto or fork)"
+        )),
     }
 }
 

@@ -172,7 +172,12 @@ async fn shutdown_signal() {
 
 async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
     let args = Args::parse(args, &["-v", "--verbose"])?;
-    args.only(&["--addr", "--max-conns", "--max-message-size", "--flow-control"])?;
+    args.only(&[
+        "--addr",
+        "--max-conns",
+        "--max-message-size",
+        "--flow-control",
+    ])?;
     let defaults = ServeOptions::default();
     let opts = ServeOptions {
         max_connections: args.parsed("--max-conns", defaults.max_connections, number)?,
@@ -212,7 +217,12 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
 
 async fn client_command(args: &[String]) -> Result<ExitCode, String> {
     let args = Args::parse(args, &["--sequential"])?;
-    args.only(&["--addr", "--scenario", "--max-message-size", "--flow-control"])?;
+    args.only(&[
+        "--addr",
+        "--scenario",
+        "--max-message-size",
+        "--flow-control",
+    ])?;
     let mut cfg = ClientConfig::new(args.required("--addr")?);
     cfg.sequential = args.flag("--sequential");
     cfg.max_message_size = args.parsed("--max-message-size", cfg.max_message_size, parse_bytes)?;

@@ -283,18 +283,25 @@ async fn recv_request<Req, E: Encoding<Req>>(
     }
 }
 
+/// The error of a call to a path no route serves: the reference
+/// implementation's text, with a bounded quote of the path (the peer
+/// chooses it, up to the maximum packet size).
+fn unknown_rpc(rpc: &str) -> CodedError {
+    CodedError::new(
+        UNIMPLEMENTED,
+        format!(
+            "protocol error: unknown rpc: {}",
+            quote_bounded(rpc.as_bytes(), MAX_QUOTED_NAME)
+        ),
+    )
+}
+
 impl Handler for Mux {
     fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>> {
         match self.routes.get(call.ctx.rpc()) {
             Some((_, route)) => route(call),
             None => {
-                let err = CodedError::new(
-                    UNIMPLEMENTED,
-                    format!(
-                        "protocol error: unknown rpc: {}",
-                        quote_bounded(call.ctx.rpc().as_bytes(), MAX_QUOTED_NAME)
-                    ),
-                );
+                let err = unknown_rpc(call.ctx.rpc());
                 Box::pin(async move { Err(err) })
             }
         }
@@ -304,5 +311,37 @@ impl Handler for Mux {
 impl<H: Handler> Handler for Arc<H> {
     fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>> {
         (**self).handle(call)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_rpc_errors_read_as_the_reference_ones() {
+        let err = unknown_rpc("/service.Service/Nope");
+        assert_eq!(err.code(), UNIMPLEMENTED);
+        assert_eq!(
+            err.message(),
+            r#"protocol error: unknown rpc: "/service.Service/Nope""#
+        );
+    }
+
+    #[test]
+    fn unknown_rpc_errors_are_short_whatever_the_path() {
+        let name = format!("/{}", "\u{0}".repeat(4 << 20));
+        let err = unknown_rpc(&name);
+        assert_eq!(err.code(), UNIMPLEMENTED);
+        assert!(
+            err.message().len() < 5 * MAX_QUOTED_NAME,
+            "{}",
+            err.message().len()
+        );
+        assert!(
+            err.message().ends_with("\"... (4194305 bytes)"),
+            "{}",
+            &err.message()[err.message().len() - 40..]
+        );
     }
 }

@@ -55,10 +55,12 @@ pub struct ServerOptions {
     /// reads nothing: a handler that blocks its thread in its first step
     /// (synchronous I/O, a lock held elsewhere, heavy work) holds up every
     /// other call of its connection for as long as it blocks. With a task
-    /// per RPC, such a handler delays the others by no more than the
-    /// runtime's own scheduling (on a multi-thread runtime, another worker
-    /// goes on reading and serving), which is why that is the default.
-    /// Turn this on only for handlers known never to block.
+    /// per RPC, on a multi-thread runtime, another worker goes on reading
+    /// and serving: such a handler delays the others by no more than the
+    /// runtime's own scheduling, plus up to 10 ms for the server to notice
+    /// the stuck worker and wake an idle one, if none is awake to wait for
+    /// I/O. That is why it is the default. Turn this on only for handlers
+    /// known never to block.
     ///
     /// When on, steps over [`INLINE_STEP_LIMIT`] turn it off for the rest
     /// of that connection: one step over [`INLINE_STEP_HARD_LIMIT`], or
@@ -412,8 +414,11 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
             stream: stream.clone(),
             ctx,
         };
-        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(call)))?;
-        AssertUnwindSafe(fut).catch_unwind().await
+        // The handler's code, and only it, may block its thread: the
+        // watchdog watches it (see [`stall`]).
+        let fut =
+            std::panic::catch_unwind(AssertUnwindSafe(|| stall::watch(|| handler.handle(call))))?;
+        AssertUnwindSafe(stall::Watched(fut)).catch_unwind().await
     };
     let deadline_passed = async {
         match deadline {
@@ -467,6 +472,266 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
     // The call is over, whichever way: work the handler handed off (and
     // that watches its context) stops too, as a Go stream context does.
     cancel.cancel();
+}
+
+/// Keeps the runtime's I/O and timers going while an RPC blocks its worker
+/// thread.
+///
+/// Giving each RPC a task of its own is not enough for that with tokio's
+/// multi-thread scheduler. The worker that the reader task runs on wakes
+/// from waiting for I/O, runs the reader, which spawns the RPC's task into
+/// that worker's next-task slot; nothing of that wakes an idle worker. If
+/// the RPC then blocks the thread, the idle workers sleep on, and none of
+/// them waits for I/O or timers in its place: the connection's next frames
+/// stay unread until the handler is done, as if it had run on the reader.
+/// (Across processes that is what happens; in a test whose client shares
+/// the server's runtime, the client's own wake-ups hide it.) Waking an idle
+/// worker at every spawn would fix it, at the price of a cross-CPU wake-up
+/// per call (a unary call's p50 went from 21 to 32 µs on a 2-CPU VM).
+///
+/// Instead, every poll of a handler's future (and its call to
+/// [`Handler::handle`]) notes on its thread's slot the tick at which it
+/// began, and a watchdog thread that ticks every [`TICK`](stall::TICK)
+/// while RPCs run spawns an empty task on the runtime of any thread whose
+/// poll has lasted two ticks or more. Spawned from outside the runtime,
+/// that task wakes an idle worker, which runs it and goes back to waiting,
+/// for I/O and timers now, since the stuck worker does not. A blocking
+/// handler so delays its connection's other calls by at most two ticks
+/// more than the runtime's own scheduling, on any of its polls, at the
+/// cost of a few atomic operations per poll. The watchdog sleeps once no
+/// RPC has been polled for [`IDLE_TICKS`](stall::IDLE_TICKS) ticks, until
+/// the next poll.
+///
+/// What remains is tokio's own: a task that the handler wakes in the poll
+/// in which it then blocks (the connection's writer, when it sends a
+/// message just before) waits in that worker's next-task slot, which
+/// other workers cannot steal from, until the handler is done. Runtimes
+/// built with tokio's (unstable) `disable_lifo_slot` do not keep it there.
+mod stall {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::runtime::{Handle, RuntimeFlavor};
+
+    /// How often the watchdog looks at the threads' slots.
+    pub(super) const TICK: Duration = Duration::from_millis(5);
+
+    /// How many ticks without any RPC poll put the watchdog to sleep.
+    pub(super) const IDLE_TICKS: u64 = 200;
+
+    /// Set in a slot's state while a poll runs.
+    const BUSY: u64 = 1 << 63;
+
+    /// What the watchdog knows of one worker thread.
+    struct Slot {
+        /// The tick at which the thread's latest RPC poll began, with
+        /// [`BUSY`] while it runs.
+        state: AtomicU64,
+        /// The runtime the thread works for (all its life: workers of a
+        /// multi-thread runtime belong to it alone).
+        runtime: Handle,
+    }
+
+    /// The watchdog's clock, advanced by one per tick while it is awake.
+    static NOW: AtomicU64 = AtomicU64::new(1);
+    /// Whether the watchdog sleeps (or was never started).
+    static ASLEEP: AtomicBool = AtomicBool::new(true);
+    /// The slot of every thread that polled an RPC.
+    static SLOTS: Mutex<Vec<Weak<Slot>>> = Mutex::new(Vec::new());
+    /// The watchdog thread, started by the first poll.
+    static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
+
+    thread_local! {
+        /// This thread's slot: none outside a multi-thread runtime, where
+        /// there is no other worker to wake.
+        static SLOT: Option<Arc<Slot>> = register();
+    }
+
+    fn register() -> Option<Arc<Slot>> {
+        let runtime = Handle::try_current().ok()?;
+        if runtime.runtime_flavor() != RuntimeFlavor::MultiThread {
+            return None;
+        }
+        let slot = Arc::new(Slot {
+            state: AtomicU64::new(0),
+            runtime,
+        });
+        SLOTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&slot));
+        Some(slot)
+    }
+
+    /// Runs `poll`, one poll of an RPC, under the watchdog's eye.
+    pub(super) fn watch<T>(poll: impl FnOnce() -> T) -> T {
+        SLOT.with(|slot| {
+            let Some(slot) = slot else { return poll() };
+            let began = NOW.load(Ordering::Relaxed);
+            // Sequentially consistent with the watchdog's going to sleep:
+            // either it sees this poll running, or this poll sees it
+            // asleep and wakes it.
+            let before = slot.state.swap(began | BUSY, Ordering::SeqCst);
+            if ASLEEP.load(Ordering::SeqCst) {
+                wake_watchdog();
+            }
+            // A watched poll inside another (a handler driving an RPC of
+            // an in-process server, say) gives the outer one back its
+            // state when it ends.
+            let after = if before & BUSY != 0 { before } else { began };
+            let _done = Done { slot, after };
+            poll()
+        })
+    }
+
+    /// Marks the end of a poll, also when it panics.
+    struct Done<'a> {
+        slot: &'a Slot,
+        after: u64,
+    }
+
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.slot.state.store(self.after, Ordering::Release);
+        }
+    }
+
+    /// A handler's future, each of whose polls runs under the watchdog's
+    /// eye. (A boxed future: wrapping it moves no more than a pointer.)
+    pub(super) struct Watched<F>(pub(super) F);
+
+    impl<F: Future + Unpin> Future for Watched<F> {
+        type Output = F::Output;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            watch(|| Pin::new(&mut self.0).poll(cx))
+        }
+    }
+
+    fn wake_watchdog() {
+        if ASLEEP.swap(false, Ordering::SeqCst) {
+            let watchdog = WATCHDOG.get_or_init(|| {
+                std::thread::Builder::new()
+                    .name("drpc-stall-watch".into())
+                    .spawn(run)
+                    .map(|handle| handle.thread().clone())
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "could not start the stalled-worker watchdog");
+                        std::thread::current()
+                    })
+            });
+            watchdog.unpark();
+        }
+    }
+
+    /// The watchdog: ticks while RPCs are polled, kicks the runtimes of
+    /// threads stuck in one, sleeps when there are none.
+    fn run() {
+        loop {
+            std::thread::sleep(TICK);
+            let now = NOW.fetch_add(1, Ordering::Relaxed) + 1;
+            if look(now) {
+                continue;
+            }
+            ASLEEP.store(true, Ordering::SeqCst);
+            // A poll that began meanwhile may not have seen the flag.
+            if look(now) {
+                ASLEEP.store(false, Ordering::SeqCst);
+                continue;
+            }
+            while ASLEEP.load(Ordering::SeqCst) {
+                std::thread::park();
+            }
+        }
+    }
+
+    /// Kicks the runtime of every thread whose poll has lasted two ticks or
+    /// more; whether any thread polled an RPC in the last [`IDLE_TICKS`].
+    fn look(now: u64) -> bool {
+        let mut active = false;
+        let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|slot| {
+            let Some(slot) = slot.upgrade() else {
+                return false;
+            };
+            let state = slot.state.load(Ordering::SeqCst);
+            let began = state & !BUSY;
+            let busy = state & BUSY != 0;
+            active |= busy || now.saturating_sub(began) < IDLE_TICKS;
+            if busy && now.saturating_sub(began) >= 2 {
+                // An idle worker wakes to run it, and then waits for I/O
+                // and timers in the stuck one's place.
+                drop(slot.runtime.spawn(async {}));
+            }
+            true
+        });
+        active
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn threads_outside_a_multi_thread_runtime_have_no_slot() {
+            assert!(SLOT.with(|slot| slot.is_none()));
+            assert_eq!(watch(|| 7), 7);
+        }
+
+        /// Runs `blocking` (watched or not) on a runtime of two idle
+        /// workers, woken by a timer so that its worker has been the one
+        /// waiting for timers; whether a timer due meanwhile fired before
+        /// it was done blocking.
+        fn timer_fires_while_blocked(watch_it: bool) -> bool {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let fired = Arc::new(AtomicBool::new(false));
+            let timer = {
+                let fired = fired.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    fired.store(true, Ordering::SeqCst);
+                })
+            };
+            let blocking = {
+                let fired = fired.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    let (slot_busy, slot) = match SLOT.with(|slot| slot.clone()) {
+                        Some(slot) => (slot.state.load(Ordering::SeqCst) & BUSY != 0, Some(slot)),
+                        None => (false, None),
+                    };
+                    std::thread::sleep(Duration::from_millis(400));
+                    (fired.load(Ordering::SeqCst), slot_busy, slot)
+                }
+            };
+            let (fired_meanwhile, slot_busy, slot) = if watch_it {
+                runtime.block_on(runtime.spawn(Watched(Box::pin(blocking))))
+            } else {
+                runtime.block_on(runtime.spawn(blocking))
+            }
+            .expect("join");
+            if watch_it {
+                let slot = slot.expect("a worker has a slot");
+                assert!(slot_busy, "busy while polled");
+                assert_eq!(slot.state.load(Ordering::SeqCst) & BUSY, 0, "idle after");
+            }
+            runtime.block_on(timer).expect("timer");
+            fired_meanwhile
+        }
+
+        #[test]
+        fn a_worker_stuck_in_a_watched_poll_does_not_stop_the_runtime_s_timers() {
+            assert!(timer_fires_while_blocked(true));
+        }
+    }
 }
 
 #[cfg(test)]
