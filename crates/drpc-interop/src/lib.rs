@@ -8,7 +8,7 @@
 //! * [`pb`]: the generated messages [`pb::In`] and [`pb::Out`], client
 //!   [`pb::ServiceDrpcClient`] and server trait [`pb::ServiceDrpcServer`];
 //! * [`service_mux`]: the server behaviour table (Method1 to Method4);
-//! * [`scenarios`]: the twelve client scenarios;
+//! * [`scenarios`]: the fourteen client scenarios;
 //! * [`bench`](mod@bench): the benchmark runner and its one-line report;
 //! * [`tcp`]: the raw TCP baselines (echo server and client).
 //!

@@ -1,5 +1,5 @@
-//! Serves DRPC (Go's `drpcserver`): accepts transports and runs each RPC,
-//! in a task of its own whenever it has to wait.
+//! Serves DRPC (Go's `drpcserver`): accepts transports and runs each RPC
+//! in a task of its own.
 //!
 //! A [`Server`] wraps a [`Handler`](drpc_mux::Handler), normally a
 //! [`Mux`](drpc_mux::Mux). For each connection it runs a multiplexing
@@ -8,12 +8,17 @@
 //! handler's code. Stock sequential Go clients and multiplexing clients are
 //! served on the same listener without any setting.
 //!
-//! * An RPC first runs on its connection's reader task, with the request
-//!   that came with it already queued; one that has to wait moves to a task
-//!   of its own. Most unary calls so cost no task and no hand-over between
-//!   threads ([`ServerOptions::inline_first_poll`], on by default; first
-//!   steps over [`INLINE_STEP_LIMIT`] close together, or one over
-//!   [`INLINE_STEP_HARD_LIMIT`], turn it off for that connection).
+//! * Every RPC runs in a task of its own, so a handler that blocks its
+//!   thread delays the other calls of its connection by no more than the
+//!   runtime's scheduling: a watchdog wakes an idle worker when a handler's
+//!   poll has lasted about 10 ms, which then takes over the connection's
+//!   I/O. [`ServerOptions::inline_first_poll`] (off by default) runs first
+//!   steps on the connection's reader task instead, for handlers known
+//!   never to block, which saves a task per unary call.
+//! * Connections, streams and memory are bounded (`drpc-manager`'s
+//!   budgets, flow control and per-stream limits); the defaults of
+//!   [`ServerOptions`] keep a server with 1 GiB of memory safe from any
+//!   peers (see the README's worst-case formula).
 //! * A handler that panics fails only its RPC (code 13, `internal error`);
 //!   the server goes on.
 //! * A call the client cancels, whose deadline passes (the client's

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The default maximum number of concurrent connections.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// How long a closing connection waits for its last frames to be written.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(1);
@@ -40,7 +40,7 @@ pub struct ServerOptions {
     /// Settings of every connection: maximum packet size (4 MiB), maximum
     /// concurrent streams per connection (4096), queue and writer bounds.
     pub manager: ManagerOptions,
-    /// The most connections served at once (default 10 000); further
+    /// The most connections served at once (default 4096); further
     /// connections wait in the listener's backlog.
     pub max_connections: usize,
     /// Whether an RPC is first run on its connection's reader task, and
