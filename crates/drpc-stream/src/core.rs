@@ -441,6 +441,15 @@ impl StreamCore {
                         Some((id, err)) => Inbound::Failed(id, err),
                         None => Inbound::Nothing,
                     }),
+                    // Accepted, before the client's gating marker: what the
+                    // client sent before it saw the acceptance (a round
+                    // trip's worth) is queued whatever the bounds; the
+                    // connection's budget still bounds it, and a stream
+                    // that abuses it is shed when memory runs short.
+                    None if self.recv_window.is_some() => {
+                        self.queue.push(packet.data);
+                        Ok(Inbound::Queued)
+                    }
                     None => Ok(match self.queue.try_push(packet.data) {
                         Ok(()) => Inbound::Queued,
                         Err(data) => Inbound::QueueFull(data),
@@ -1567,12 +1576,27 @@ mod tests {
         assert!(c.send_allowed(FlowControl::FRAME as usize));
         c.debit(FlowControl::FRAME as usize);
         assert!(!c.send_allowed(1));
-        // Before the client's gating marker, its messages are not held to
-        // the cap (but still to the queue's bounds).
+        // Before the client's gating marker, its messages are held neither
+        // to the cap nor to the queue's bounds (only the connection's
+        // budget, and shedding when memory runs short).
         let mut big = Vec::new();
         for m in 1..=3u64 {
             big.push(Bytes::from(vec![m as u8; 90]));
         }
+        let mut pre = StreamCore::new(SID, StreamKind::Server, &fc_opts(FlowControl::auto(), max));
+        pre.accept_flow_control(offer).expect("accepted");
+        for m in 1..=300u64 {
+            let f = Frame {
+                id: Id::new(SID, m),
+                kind: Kind::MESSAGE,
+                done: true,
+                control: false,
+                data: Bytes::from_static(b"early"),
+            };
+            assert_matches!(pre.handle_frame(f), Ok(Inbound::Queued));
+        }
+        // Past its bounds: shed when memory runs short.
+        assert!(pre.shed_overflow().is_some());
         assert_matches!(
             c.handle_frame(Frame {
                 id: Id::new(SID, 1),
