@@ -837,18 +837,19 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
         }
     }
     .await;
-    // Invokes that never completed are freed with the reader, and so are
-    // the streams nobody accepted.
+    // Invokes that never completed are freed with the reader.
     budget.release(pending.held());
+    if let Err(err) = result {
+        inner.terminate(err);
+    }
+    // So are the streams nobody accepted, once the connection's end is
+    // recorded (an accept loop that sees the queue close reports it).
     drop(accept);
     if let Some(queue) = &inner.accept
         && let Ok(mut queue) = queue.try_lock()
     {
         queue.close();
         while queue.try_recv().is_ok() {}
-    }
-    if let Err(err) = result {
-        inner.terminate(err);
     }
 }
 
