@@ -388,7 +388,11 @@ impl Manager {
         match rx.recv().await {
             // Streams still queued when the connection ended are already
             // over: the connection's end is the answer, and they are freed.
-            Some(_) if inner.term.get().is_some() => {
+            Some(incoming) if inner.term.get().is_some() => {
+                // `terminate` ends every registered stream before it
+                // cancels the token: dropped after, they send nothing.
+                inner.term_token.cancelled().await;
+                drop(incoming);
                 rx.close();
                 while rx.try_recv().is_ok() {}
                 Err(ended())
@@ -842,8 +846,13 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
     if let Err(err) = result {
         inner.terminate(err);
     }
-    // So are the streams nobody accepted, once the connection's end is
-    // recorded (an accept loop that sees the queue close reports it).
+    // So are the streams nobody accepted, once the connection has ended:
+    // `terminate` (here, or on the thread that set `term`) ends every
+    // registered stream before it cancels the token, so the queued ones,
+    // dropped after, send their peer nothing (a dropped stream that is
+    // still running would cancel), and an accept loop that sees the queue
+    // close reports the real reason.
+    inner.term_token.cancelled().await;
     drop(accept);
     if let Some(queue) = &inner.accept
         && let Ok(mut queue) = queue.try_lock()
