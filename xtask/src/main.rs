@@ -11,7 +11,7 @@
 //!   (part of `ci`).
 //! * `adversarial [--scale N]`: the hostile-peer suite, floods N times
 //!   longer than in CI.
-//! * `interop-bench [--duration D] [--rounds N]`: the benchmark shapes of
+//! * `interop-bench [--duration D] [--rounds N] [--bin PATH]`: the benchmark shapes of
 //!   the interop contract (release build) next to the raw TCP baselines,
 //!   N times over, with the issue's target ratios per round and their
 //!   medians.
@@ -64,7 +64,7 @@ fn usage() -> &'static str {
      \x20 bench                              run the criterion benchmarks\n\
      \x20 interop                            drpc-interop server + every client scenario, each flow-control mode\n\
      \x20 adversarial [--scale N]            the hostile-peer suite with floods N times longer (default 20)\n\
-     \x20 interop-bench [--duration D] [--rounds N]\n\
+     \x20 interop-bench [--duration D] [--rounds N] [--bin PATH]\n\
      \x20                                    interop benchmark shapes, TCP baselines, target ratios"
 }
 
@@ -470,10 +470,14 @@ const INTEROP_BENCH_SHAPES: &[(Runner, &str, &[&str])] = &[
 fn interop_bench(args: &[String]) -> Result<()> {
     let mut duration = "3s".to_owned();
     let mut rounds: usize = 1;
+    let mut prebuilt: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--duration" => duration = it.next().context("--duration needs a value")?.clone(),
+            // Another build of drpc-interop (an earlier commit's, say), for
+            // before/after figures with the same harness.
+            "--bin" => prebuilt = Some(PathBuf::from(it.next().context("--bin needs a path")?)),
             "--rounds" => {
                 rounds = it
                     .next()
@@ -481,11 +485,18 @@ fn interop_bench(args: &[String]) -> Result<()> {
                     .parse()
                     .context("--rounds")?;
             }
-            other => bail!("unexpected argument {other:?}; expected --duration D, --rounds N"),
+            other => bail!(
+                "unexpected argument {other:?}; expected --duration D, --rounds N, --bin PATH"
+            ),
         }
     }
-    run(cargo().args(["build", "-p", "drpc-interop", "--release"]))?;
-    let bin = interop_binary("release");
+    let bin = match prebuilt {
+        Some(bin) => bin,
+        None => {
+            run(cargo().args(["build", "-p", "drpc-interop", "--release"]))?;
+            interop_binary("release")
+        }
+    };
     let server = Background::start(&bin, &["serve", "--addr", "127.0.0.1:0"])?;
     let echo = Background::start(&bin, &["tcp-echo", "--addr", "127.0.0.1:0"])?;
     let mut all_rounds = Vec::new();
