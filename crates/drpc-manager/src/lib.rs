@@ -121,12 +121,13 @@
 //! **Flow control** ([`drpc_stream::FlowControl`], per connection, in
 //! [`drpc_stream::StreamOptions::flow_control`]) is CockroachDB's fork's,
 //! on the wire (mux-fork-2026.md §2): each stream's sender has a credit
-//! balance, starts with the receiver's window (2 MiB by default), may start
+//! balance, starts with the receiver's window (the fork's 2 MiB in `fork`
+//! mode, 8 MiB between peers of this implementation in `auto`), may start
 //! a Message only while its first frame (at most 64 KiB) fits, and may
 //! overdraw with the rest of it, so a message larger than the window still
 //! goes. The receiver grants back what its application consumed with a
 //! `WindowUpdate` (kind 8, control bit, message id 0, one varint) once at
-//! least the threshold (512 KiB) has accumulated, and never after the
+//! least the threshold (512 KiB; 1 MiB in `auto`) has accumulated, and never after the
 //! stream ended. The reader takes WindowUpdates out before any id check,
 //! in every mode, and drops one that does not conform or that arrives with
 //! flow control off: a fork peer's grant never ends a connection. Three

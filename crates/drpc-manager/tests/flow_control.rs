@@ -261,7 +261,7 @@ async fn auto_client_sends_nothing_new_to_a_peer_that_never_accepts() {
         let offered = decode_metadata(&md.data).expect("metadata");
         let params = FlowParams::parse_metadata_value(&offered[FLOW_CONTROL_METADATA_KEY])
             .expect("an offer");
-        assert_eq!(params.window, FlowControl::DEFAULT_WINDOW);
+        assert_eq!(params.window, FlowControl::AUTO_WINDOW);
         peer.expect(frame(1, 2, Kind::INVOKE, RPC.as_bytes())).await;
 
         // Far more than a window each way.
@@ -353,7 +353,7 @@ async fn auto_server_accepts_an_offer() {
         assert_eq!(accept.kind, Kind::FLOW_NEGOTIATION);
         assert!(accept.control && accept.done);
         let own = FlowParams {
-            window: FlowControl::DEFAULT_WINDOW,
+            window: FlowControl::AUTO_WINDOW,
             max_message: 4 << 20,
         };
         assert_eq!(
@@ -380,7 +380,7 @@ async fn auto_server_accepts_an_offer() {
         step("sender", sender).await.expect("sender");
 
         // Before the marker the client's data is not held to the window.
-        let window = FlowControl::DEFAULT_WINDOW as usize;
+        let window = FlowControl::AUTO_WINDOW as usize;
         for m in 0..3u64 {
             peer.send(1, 3 + m, Kind::MESSAGE, &vec![1u8; window / 2])
                 .await;
@@ -389,13 +389,16 @@ async fn auto_server_accepts_an_offer() {
         FlowNegotiation::Gating.append_to(&mut marker, Id::new(1, 6));
         peer.send_raw(&marker).await;
         // After it: the window plus one message of 4 MiB, not a byte more.
-        peer.send(1, 7, Kind::MESSAGE, &vec![2u8; window]).await;
-        peer.send(1, 8, Kind::MESSAGE, &vec![3u8; 4 << 20]).await;
-        peer.send(1, 9, Kind::MESSAGE, b"x").await;
+        let mut id = 7;
+        for _ in 0..window / (4 << 20) + 1 {
+            peer.send(1, id, Kind::MESSAGE, &vec![2u8; 4 << 20]).await;
+            id += 1;
+        }
+        peer.send(1, id, Kind::MESSAGE, b"x").await;
         let (f, _) = read_until(&mut peer, 1, Kind::ERROR).await;
         assert_resource_exhausted(&f, 1, "receive queue cap exceeded");
         // The handler drains what was queued, then sees the overflow.
-        for _ in 0..5 {
+        for _ in 0..3 + window / (4 << 20) + 1 {
             assert!(step("recv", s.recv()).await.expect("queued").is_some());
         }
         let err = kind_of(step("recv", s.recv()).await);

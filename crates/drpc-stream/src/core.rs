@@ -1532,7 +1532,7 @@ mod tests {
         );
         assert!(!c.is_flow_controlled());
         let offer = c.offer_flow_control().expect("an auto client offers");
-        assert_eq!(offer.window, FlowControl::DEFAULT_WINDOW);
+        assert_eq!(offer.window, FlowControl::AUTO_WINDOW);
         assert_eq!(offer.max_message, 1 << 20);
         assert_eq!(c.offer_flow_control(), None, "once");
         assert!(c.is_flow_controlled());
@@ -1615,7 +1615,7 @@ mod tests {
         assert_matches!(c.handle_frame(f), Ok(Inbound::Nothing));
         // Now held to window + one message, the early bytes exempt.
         let mib = Bytes::from(vec![0u8; max]);
-        for m in 3..=5 {
+        for m in 3..=(2 + (FlowControl::AUTO_WINDOW as usize / max) as u64 + 1) {
             let f = Frame {
                 id: Id::new(SID, m),
                 kind: Kind::MESSAGE,
@@ -1626,7 +1626,7 @@ mod tests {
             assert_matches!(c.handle_frame(f), Ok(Inbound::Queued));
         }
         let over = Frame {
-            id: Id::new(SID, 6),
+            id: Id::new(SID, 100),
             kind: Kind::MESSAGE,
             done: true,
             control: false,

@@ -61,6 +61,13 @@ impl FlowControl {
     /// The fork's default grant threshold: consumed bytes are granted back
     /// once at least this many have accumulated.
     pub const DEFAULT_GRANT_THRESHOLD: u64 = 512 << 10;
+    /// The default window of the auto mode, between peers of this
+    /// implementation: larger than the fork's, so that streams of large
+    /// messages keep the wire busy while grants travel back (both sides
+    /// announce theirs, so it need not match the peer's).
+    pub const AUTO_WINDOW: u64 = 8 << 20;
+    /// The default grant threshold of the auto mode.
+    pub const AUTO_GRANT_THRESHOLD: u64 = 1 << 20;
     /// The largest frame of a gated message: messages of flow-controlled
     /// streams are split into frames of at most this many bytes.
     pub const FRAME: u64 = 64 << 10;
@@ -76,11 +83,13 @@ impl FlowControl {
         }
     }
 
-    /// Negotiated flow control, with the default window and threshold.
+    /// Negotiated flow control, with [`FlowControl::AUTO_WINDOW`] and
+    /// [`FlowControl::AUTO_GRANT_THRESHOLD`].
     pub const fn auto() -> FlowControl {
         FlowControl {
             mode: FlowControlMode::Auto,
-            ..FlowControl::off()
+            window: Self::AUTO_WINDOW,
+            grant_threshold: Self::AUTO_GRANT_THRESHOLD,
         }
     }
 

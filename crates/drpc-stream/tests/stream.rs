@@ -2049,7 +2049,7 @@ async fn opening_frames(
 #[tokio::test]
 async fn auto_write_invoke_offers_flow_control_and_unary_calls_do_not() {
     let offer = FlowParams {
-        window: FlowControl::DEFAULT_WINDOW,
+        window: FlowControl::AUTO_WINDOW,
         max_message: 1 << 20,
     }
     .to_metadata_value();
@@ -2118,7 +2118,7 @@ async fn auto_client_sends_freely_until_accepted_then_gates() {
     // InvokeMetadata (the offer) and Invoke: ids 1 and 2.
     h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
     let (count, waker) = counting_waker();
-    // 3 MiB, more than the 2 MiB default window: an auto client never waits
+    // 3 MiB, more than a 2 MiB window: an auto client never waits
     // before the acceptance, since a stock server never grants.
     let mib = vec![5u8; 1 << 20];
     for _ in 0..3 {
@@ -2178,15 +2178,15 @@ async fn auto_client_sends_freely_until_accepted_then_gates() {
         .expect("ignored");
     assert_eq!(w.buffered(), 0);
     // The server's messages are now granted back as they are consumed
-    // (default threshold: 512 KiB).
-    h.handle_frame(whole(1, 4, Kind::MESSAGE, &vec![1; 600 << 10]), true)
+    // (the auto threshold: 1 MiB).
+    h.handle_frame(whole(1, 4, Kind::MESSAGE, &vec![1; 1100 << 10]), true)
         .expect("message");
     assert_eq!(w.buffered(), 0);
     assert_eq!(
         s.recv().await.expect("recv").map(|m| m.len()),
-        Some(600 << 10)
+        Some(1100 << 10)
     );
-    expect_grant(&take_frames(&w).await, 1, 600 << 10);
+    expect_grant(&take_frames(&w).await, 1, 1100 << 10);
 }
 
 #[tokio::test]
