@@ -90,14 +90,22 @@ impl MemoryBudget {
     }
 
     fn wake_all(&self) {
-        let wakers = std::mem::take(&mut *lock(&self.wakers));
-        self.waiting.store(false, Ordering::Release);
+        let wakers = {
+            let mut wakers = lock(&self.wakers);
+            // Under the lock, so that a reader registering meanwhile keeps
+            // the flag it sets.
+            self.waiting.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *wakers)
+        };
         wakers.into_iter().for_each(Waker::wake);
     }
 
     /// Takes `n` bytes if they fit (or nothing is held), without waiting.
     fn try_take(&self, n: usize) -> bool {
-        let mut held = self.held.load(Ordering::Acquire);
+        // SeqCst with the release side: a reader sets `waiting` then reads
+        // `held`, a releaser lowers `held` then reads `waiting`; at least
+        // one of them must see the other's write, or a wake-up is lost.
+        let mut held = self.held.load(Ordering::SeqCst);
         loop {
             if held != 0 && held.saturating_add(n) > self.limit {
                 return false;
@@ -105,8 +113,8 @@ impl MemoryBudget {
             match self.held.compare_exchange_weak(
                 held,
                 held.saturating_add(n),
-                Ordering::AcqRel,
-                Ordering::Acquire,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => return true,
                 Err(now) => held = now,
@@ -150,8 +158,8 @@ impl MemoryBudget {
     }
 
     fn release_local(&self, n: usize) {
-        let before = self.held.fetch_sub(n, Ordering::AcqRel);
-        if self.waiting.load(Ordering::Acquire) && before - n < self.limit {
+        let before = self.held.fetch_sub(n, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) && before - n < self.limit {
             self.wake_all();
         }
     }
@@ -161,7 +169,7 @@ impl MemoryBudget {
         if !wakers.iter().any(|w| w.will_wake(waker)) {
             wakers.push(waker.clone());
         }
-        self.waiting.store(true, Ordering::Release);
+        self.waiting.store(true, Ordering::SeqCst);
     }
 }
 
@@ -226,5 +234,32 @@ mod tests {
         );
         assert!(a.poll_reserve(1, &mut cx).is_ready());
         assert_eq!(shared.held(), 21);
+    }
+
+    /// Threads that each reserve the whole budget in turn and give it back:
+    /// no wake-up is lost (the run would hang), and nothing stays charged.
+    #[test]
+    fn contended_reservations_never_lose_a_wake_up() {
+        let shared = Arc::new(MemoryBudget::new(10, None));
+        let budget = Arc::new(MemoryBudget::new(10, Some(shared.clone())));
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..3 {
+            let (budget, done) = (budget.clone(), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..5_000 {
+                    futures_executor::block_on(std::future::poll_fn(|cx| {
+                        budget.poll_reserve(10, cx)
+                    }));
+                    budget.release(10);
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..3 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("a reserving thread hung: a wake-up was lost");
+        }
+        assert_eq!((budget.held(), shared.held()), (0, 0));
     }
 }
