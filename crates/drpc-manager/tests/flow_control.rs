@@ -36,6 +36,18 @@ fn small_fork() -> FlowControl {
         .expect("valid")
 }
 
+/// A fork-mode client with one open stream, whose Invoke the scripted
+/// peer has read.
+async fn fork_call() -> (Manager, Arc<drpc_stream::Stream>, Peer) {
+    let (client, mut peer) = scripted(Role::Client, options(small_fork()));
+    let call = client
+        .open_stream(RPC, &Default::default())
+        .await
+        .expect("open");
+    peer.expect(frame(1, 1, Kind::INVOKE, RPC.as_bytes())).await;
+    (client, Arc::new(call), peer)
+}
+
 fn grant(stream: u64, delta: u64) -> Vec<u8> {
     let mut buf = Vec::new();
     WindowUpdate { stream, delta }.append_to(&mut buf);
@@ -148,14 +160,7 @@ async fn malformed_window_updates_are_dropped() {
 #[tokio::test]
 async fn fork_mode_gates_sends_and_grants_on_consume() {
     bounded(async {
-        let (client, mut peer) = scripted(Role::Client, options(small_fork()));
-        let call = Arc::new(
-            client
-                .open_stream(RPC, &Default::default())
-                .await
-                .expect("open"),
-        );
-        peer.expect(frame(1, 1, Kind::INVOKE, RPC.as_bytes())).await;
+        let (_client, call, mut peer) = fork_call().await;
         // 128 KiB of credit: two 64 KiB messages go, the third waits.
         let sender = {
             let call = call.clone();
@@ -215,14 +220,7 @@ fn decode(bytes: &[u8]) -> Frame {
 #[tokio::test]
 async fn cancel_releases_a_sender_waiting_for_credit() {
     bounded(async {
-        let (client, mut peer) = scripted(Role::Client, options(small_fork()));
-        let call = Arc::new(
-            client
-                .open_stream(RPC, &Default::default())
-                .await
-                .expect("open"),
-        );
-        peer.expect(frame(1, 1, Kind::INVOKE, RPC.as_bytes())).await;
+        let (_client, call, mut peer) = fork_call().await;
         call.send(&vec![0u8; 200 * KIB]).await.expect("overdraws");
         let blocked = {
             let call = call.clone();
