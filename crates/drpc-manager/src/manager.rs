@@ -607,9 +607,7 @@ impl Inner {
             );
             return;
         };
-        if self.opts.stream.flow_control.mode() == FlowControlMode::Off {
-            return;
-        }
+        // The stream drops it unless it has a send window.
         if let Some((handle, _)) = self.lookup(update.stream) {
             handle.window_update(update.delta);
         }
@@ -787,28 +785,26 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
             // application or the transport frees memory (TCP backpressure on
             // the peer). Whenever the reader is about to wait, the streams
             // opened so far start: they may be what frees it.
-            let len = {
-                let mut next_len = pin!(reader.next_frame_len());
-                match poll_once(&mut next_len).await {
-                    Some(len) => len,
+            let next = {
+                let mut next = pin!(reader.next_frame());
+                match poll_once(&mut next).await {
+                    Some(next) => next,
                     None => {
                         accept.flush();
                         tokio::select! {
                             biased;
-                            r = next_len => r,
+                            r = next => r,
                             _ = ended.as_mut() => return Ok(()),
                         }
                     }
                 }
             };
-            let len = match len {
-                Ok(Some(len)) => usize::try_from(len).unwrap_or(usize::MAX),
-                // The end, or an error: `read_frame` reports it.
-                _ => 0,
+            let (len, joins) = match next.map_err(connection_error)? {
+                Some(next) => (usize::try_from(next.len).unwrap_or(usize::MAX), next.joins),
+                None => return Err(ConnectionError::Eof),
             };
             // A join may return a whole packet: reserve for that if it
             // fits, else read this frame alone.
-            let joins = reader.joins_next();
             let mut reserved = if joins { max_packet_size.max(len) } else { len };
             if !budget.try_reserve(reserved) {
                 inner.shed_overflowing(&mut shed_seen);
@@ -862,6 +858,15 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
     }
 }
 
+/// What a failed read means for the connection.
+fn connection_error(err: ReadError) -> ConnectionError {
+    match err {
+        ReadError::Protocol(e) => e.into(),
+        ReadError::Io(e) => ConnectionError::from_io(e),
+        e => ConnectionError::from_io(std::io::Error::other(e)),
+    }
+}
+
 /// Reads one frame and routes it; `Ok(true)` when the connection ended
 /// while waiting for it.
 async fn read_and_route<R: AsyncRead + Unpin>(
@@ -888,12 +893,9 @@ async fn read_and_route<R: AsyncRead + Unpin>(
             }
         }
     };
-    let frame = match read {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return Err(ConnectionError::Eof),
-        Err(ReadError::Protocol(e)) => return Err(e.into()),
-        Err(ReadError::Io(e)) => return Err(ConnectionError::from_io(e)),
-        Err(e) => return Err(ConnectionError::from_io(std::io::Error::other(e))),
+    let frame = match read.map_err(connection_error)? {
+        Some(frame) => frame,
+        None => return Err(ConnectionError::Eof),
     };
     if frame.kind == Kind::WINDOW_UPDATE {
         inner.window_update(&frame);

@@ -94,8 +94,6 @@ pub(crate) struct StreamCore {
     /// Grants and the cap of this side's receive queue; `None` without
     /// flow control.
     recv_window: Option<RecvWindow>,
-    /// An auto client offered flow control and waits for the answer.
-    offered: bool,
     /// A grant the driver must send (consumed bytes over the threshold).
     grant_due: Option<u64>,
 }
@@ -118,7 +116,6 @@ impl StreamCore {
             max_message: opts.max_packet_size,
             send_window: None,
             recv_window: None,
-            offered: false,
             grant_due: None,
         };
         if opts.flow_control.mode() == FlowControlMode::Fork {
@@ -179,7 +176,6 @@ impl StreamCore {
         {
             return None;
         }
-        self.offered = true;
         self.send_window = Some(SendWindow::ungated());
         Some(self.flow.params(self.max_message))
     }
@@ -227,9 +223,7 @@ impl StreamCore {
     pub(crate) fn shed_overflow(&mut self) -> Option<(Id, CodedError)> {
         if self.terminated
             || !self.queue.is_over_bounds()
-            || self
-                .recv_window
-                .is_some_and(|w| w.admits(0, 1, 0).is_some())
+            || self.recv_window.is_some_and(|w| w.is_enforcing())
         {
             return None;
         }
@@ -243,7 +237,7 @@ impl StreamCore {
     pub(crate) fn fail_overflow(&mut self) -> Option<(Id, CodedError)> {
         let cap = self
             .recv_window
-            .filter(|w| w.admits(0, 1, 0).is_some())
+            .filter(RecvWindow::is_enforcing)
             .map_or(self.queue.max_bytes(), |w| w.cap());
         self.fail(StreamErrorKind::QueueOverflow { cap })
     }
@@ -501,8 +495,10 @@ impl StreamCore {
     /// as an unknown control packet would be.
     fn negotiate(&mut self, payload: &[u8]) -> Inbound {
         match (self.kind, FlowNegotiation::parse(payload)) {
-            (StreamKind::Client, Some(FlowNegotiation::Accept(server))) if self.offered => {
-                self.offered = false;
+            // An offer waiting for its answer is an ungated send window.
+            (StreamKind::Client, Some(FlowNegotiation::Accept(server)))
+                if self.send_window.is_some_and(|w| !w.is_gated()) =>
+            {
                 if let Some(w) = &mut self.send_window {
                     w.start_gating(server.window);
                 }

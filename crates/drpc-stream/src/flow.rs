@@ -174,6 +174,11 @@ impl SendWindow {
         }
     }
 
+    /// Whether sends wait for credit.
+    pub(crate) fn is_gated(&self) -> bool {
+        self.gated
+    }
+
     /// Whether a message whose first frame has `first_frame` bytes may go.
     pub(crate) fn allows(&self, first_frame: usize) -> bool {
         !self.gated || self.balance >= clamp(first_frame as u64)
@@ -249,6 +254,11 @@ impl RecvWindow {
         }
         let counted = queued.saturating_sub(self.exempt);
         Some(messages == 0 || counted.saturating_add(len) <= self.cap)
+    }
+
+    /// Whether the cap is enforced yet.
+    pub(crate) fn is_enforcing(&self) -> bool {
+        self.enforcing
     }
 
     pub(crate) fn cap(&self) -> usize {

@@ -238,13 +238,12 @@ impl Shared {
 
     /// Sends what an inbound frame asked for (an abortive Error, a
     /// negotiation marker), under the stream lock.
-    fn answer(&self, inner: &mut Inner, inbound: Inbound) -> bool {
+    fn answer(&self, inner: &mut Inner, inbound: Inbound) {
         let sent = match inbound {
             Inbound::Failed(id, err) => {
                 tracing::debug!(stream = self.id, error = %err, "stream failed: peer exceeded a limit");
-                let mut payload = Vec::with_capacity(8 + err.message().len());
-                err.append_to(&mut payload);
-                self.append_terminal(inner, id, Kind::ERROR, true, &payload)
+                // Abortive: the control bit, as the fork sends it.
+                self.append_error(inner, id, &err, true)
             }
             Inbound::SendGating(id) => {
                 let waiting = std::mem::take(&mut inner.credit_wakers);
@@ -252,12 +251,24 @@ impl Shared {
                 self.writer
                     .append(|buf| FlowNegotiation::Gating.append_to(buf, id))
             }
-            _ => return false,
+            _ => return,
         };
         if let Err(e) = sent {
             tracing::debug!(stream = self.id, error = %e, "control packet not sent");
         }
-        true
+    }
+
+    /// Appends an Error packet carrying `err`, the stream's last.
+    fn append_error(
+        &self,
+        inner: &mut Inner,
+        id: Id,
+        err: &CodedError,
+        control: bool,
+    ) -> Result<(), ConnectionError> {
+        let mut payload = Vec::with_capacity(8 + err.message().len());
+        err.append_to(&mut payload);
+        self.append_terminal(inner, id, Kind::ERROR, control, &payload)
     }
 
     /// Sends a grant the last receive made due.
@@ -525,7 +536,9 @@ impl Stream {
             }
             // Credit: the first frame must fit the window; the rest of the
             // message may overdraw it (mux-fork-2026.md §2.2).
-            let first_frame = len.min(effective_split(shared.split_size(&inner.core)));
+            let first_frame = len.min(drpc_wire::effective_split_size(
+                shared.split_size(&inner.core),
+            ));
             if !inner.core.send_allowed(first_frame) {
                 register(&mut inner.credit_wakers, cx.waker());
                 register(&mut inner.term_wakers, cx.waker());
@@ -630,11 +643,7 @@ impl Stream {
     fn send_error_shared(shared: &Shared, err: &CodedError) -> Result<(), StreamError> {
         let mut inner = lock(&shared.inner);
         let result = match inner.core.send_error() {
-            Some(id) => {
-                let mut payload = Vec::with_capacity(8 + err.message().len());
-                err.append_to(&mut payload);
-                shared.append_terminal(&mut inner, id, Kind::ERROR, false, &payload)
-            }
+            Some(id) => shared.append_error(&mut inner, id, err, false),
             None => Ok(()),
         };
         let out = result.map_err(|e| shared.err(StreamErrorKind::ConnectionLost(e)));
@@ -707,11 +716,6 @@ fn settle(inner: &mut Inner) {
     {
         live.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// The frame size a split size of `split` gives (0 means the default).
-fn effective_split(split: usize) -> usize {
-    drpc_wire::effective_split_size(split)
 }
 
 impl Drop for Stream {

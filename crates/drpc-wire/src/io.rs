@@ -99,6 +99,18 @@ impl Merge {
     }
 }
 
+/// What the next [`FrameReader::read_frame`] may return
+/// ([`FrameReader::next_frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextFrame {
+    /// The frame's data length (the maximum packet size while a join is
+    /// under way).
+    pub len: u64,
+    /// Whether it joins frames: it may then return up to the maximum
+    /// packet size.
+    pub joins: bool,
+}
+
 /// Message frames at least this large start a coalesced packet.
 pub const COALESCE_MIN: usize = 16 * 1024;
 
@@ -161,17 +173,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self
     }
 
-    /// Whether the next [`FrameReader::read_frame`] joins frames (or goes
-    /// on with a join), as far as the buffered header tells: it may then
-    /// return up to the maximum packet size.
-    pub fn joins_next(&self) -> bool {
-        self.merge.is_some()
-            || FrameHead::parse(&self.buf)
-                .ok()
-                .flatten()
-                .is_some_and(|head| self.starts_merge(&head))
-    }
-
     /// Stops (`true`) or resumes starting joins: while paused, frames are
     /// returned one by one, each within its own announced length. A
     /// connection pauses them when its memory budget has room for the next
@@ -180,40 +181,75 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.joins_paused = paused;
     }
 
-    /// Waits until the next frame's header has arrived, and returns its
-    /// data length, which bounds what the next [`FrameReader::read_frame`]
-    /// returns unless it joins ([`FrameReader::joins_next`]); the maximum
-    /// packet size while a join is under way. `Ok(None)` when the transport
-    /// ended cleanly; a malformed header is left for `read_frame` to
-    /// report, as 0.
+    /// Waits until the next frame's header has arrived, and says how much
+    /// the next [`FrameReader::read_frame`] may return: the frame's data
+    /// length, and whether it joins frames (then it may return up to the
+    /// maximum packet size). `Ok(None)` when the transport ended cleanly; a
+    /// malformed header, or an end inside one, is left for `read_frame` to
+    /// report, as a frame of length 0.
     ///
     /// A connection uses it to reserve memory for a frame before reading
     /// its data. Cancel safe, like `read_frame`.
-    pub async fn next_frame_len(&mut self) -> Result<Option<u64>, ReadError> {
-        if self.ended_in_frame {
-            return Ok(Some(0));
-        }
+    pub async fn next_frame(&mut self) -> Result<Option<NextFrame>, ReadError> {
+        let max = self.decoder.max_packet_size() as u64;
         loop {
+            if self.ended_in_frame {
+                return Ok(Some(NextFrame {
+                    len: 0,
+                    joins: false,
+                }));
+            }
             if self.merge.is_some() {
-                return Ok(Some(self.decoder.max_packet_size() as u64));
+                return Ok(Some(NextFrame {
+                    len: max,
+                    joins: true,
+                }));
             }
             match FrameHead::parse(&self.buf) {
-                Ok(Some(head)) => return Ok(Some(head.data_len)),
-                Err(_) => return Ok(Some(0)),
+                Ok(Some(head)) => {
+                    return Ok(Some(NextFrame {
+                        len: head.data_len,
+                        joins: self.starts_merge(&head),
+                    }));
+                }
+                Err(_) => {
+                    return Ok(Some(NextFrame {
+                        len: 0,
+                        joins: false,
+                    }));
+                }
                 Ok(None) => {}
             }
-            if self.buf.capacity() - self.buf.len() < READ_RESERVE {
-                self.buf.reserve(READ_RESERVE);
-            }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    // Inside a header: `read_frame` reports it.
-                    Ok(Some(0))
-                };
+            if self.fill().await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                // Inside a header: `read_frame` reports it.
+                self.ended_in_frame = true;
             }
         }
+    }
+
+    /// Reads more from the transport into the buffer, growing it first
+    /// when it has little room left; returns how much was read (0 at the
+    /// end).
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.buf.is_empty() && self.buf.capacity() > READ_ALLOCATION {
+            // Idle again after large messages: give the memory back.
+            self.buf = BytesMut::with_capacity(READ_RESERVE);
+        }
+        if self.buf.capacity() - self.buf.len() < READ_RESERVE {
+            // Frames still in use pin the old allocation, so this copies
+            // the bytes of the frame being read into a new one; large
+            // allocations make that copy rare while messages are big.
+            let more = if self.buf.len() >= READ_RESERVE {
+                READ_ALLOCATION
+            } else {
+                READ_RESERVE
+            };
+            self.buf.reserve(more);
+        }
+        self.inner.read_buf(&mut self.buf).await
     }
 
     /// Reads the next frame. `Ok(None)` means the transport ended cleanly
@@ -241,22 +277,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Ok(Some(frame));
                 }
             }
-            if self.buf.is_empty() && self.buf.capacity() > READ_ALLOCATION {
-                // Idle again after large messages: give the memory back.
-                self.buf = BytesMut::with_capacity(READ_RESERVE);
-            }
-            if self.buf.capacity() - self.buf.len() < READ_RESERVE {
-                // Frames still in use pin the old allocation, so this copies
-                // the bytes of the frame being read into a new one; large
-                // allocations make that copy rare while messages are big.
-                let more = if self.buf.len() >= READ_RESERVE {
-                    READ_ALLOCATION
-                } else {
-                    READ_RESERVE
-                };
-                self.buf.reserve(more);
-            }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            if self.fill().await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -517,7 +538,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn next_frame_len_announces_what_read_frame_returns() {
+    async fn next_frame_announces_what_read_frame_returns() {
         let (mut a, b) = tokio::io::duplex(1 << 20);
         let mut bytes = Vec::new();
         crate::append_frame(
@@ -541,10 +562,11 @@ mod tests {
         a.write_all(&bytes).await.expect("write");
         drop(a);
         let mut r = FrameReader::coalescing(b, 1 << 20);
-        assert_eq!(r.next_frame_len().await.expect("len"), Some(3));
+        let plain = |len| Some(NextFrame { len, joins: false });
+        assert_eq!(r.next_frame().await.expect("len"), plain(3));
         assert_eq!(
-            r.next_frame_len().await.expect("again"),
-            Some(3),
+            r.next_frame().await.expect("again"),
+            plain(3),
             "nothing consumed"
         );
         assert_eq!(
@@ -556,8 +578,14 @@ mod tests {
                 .len(),
             3
         );
-        assert_eq!(r.next_frame_len().await.expect("len"), Some(65_536));
-        assert!(r.joins_next(), "a join");
+        assert_eq!(
+            r.next_frame().await.expect("len"),
+            Some(NextFrame {
+                len: 65_536,
+                joins: true
+            }),
+            "a join"
+        );
         assert_eq!(
             r.read_frame()
                 .await
@@ -567,9 +595,9 @@ mod tests {
                 .len(),
             80_000
         );
-        assert_eq!(r.next_frame_len().await.expect("len"), Some(0));
+        assert_eq!(r.next_frame().await.expect("len"), plain(0));
         assert!(r.read_frame().await.expect("read").is_some());
-        assert_eq!(r.next_frame_len().await.expect("end"), None);
+        assert_eq!(r.next_frame().await.expect("end"), None);
         assert!(r.read_frame().await.expect("clean end").is_none());
     }
 
@@ -588,7 +616,13 @@ mod tests {
         a.write_all(&bytes).await.expect("write");
         let mut r = FrameReader::coalescing(b, 1 << 20);
         r.pause_joins(true);
-        assert_eq!(r.next_frame_len().await.expect("len"), Some(65_536));
+        assert_eq!(
+            r.next_frame().await.expect("len"),
+            Some(NextFrame {
+                len: 65_536,
+                joins: false
+            })
+        );
         let first = r.read_frame().await.expect("read").expect("frame");
         assert_eq!((first.data.len(), first.done), (65_536, false));
         r.pause_joins(false);

@@ -72,7 +72,9 @@ pub use frame::{
     Frame, FrameHead, Id, MAX_HEADER_LEN, MIN_FRAME_LEN, append_frame, append_frame_header,
     header_byte, header_len,
 };
-pub use io::{COALESCE_MIN, DEFAULT_WRITER_BUFFER_SIZE, FrameReader, FrameWriter, ReadError};
+pub use io::{
+    COALESCE_MIN, DEFAULT_WRITER_BUFFER_SIZE, FrameReader, FrameWriter, NextFrame, ReadError,
+};
 pub use kind::Kind;
 pub use metadata::{
     Metadata, MetadataError, TIMEOUT_METADATA_KEY, decode_metadata, encode_metadata,
