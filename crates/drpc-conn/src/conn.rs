@@ -5,12 +5,13 @@ use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use drpc_manager::{Manager, ManagerOptions, Role};
 use drpc_stream::{
-    ConnectionError, Encoding, Initiator, MessageBuf, Prost, Stream, StreamError, StreamErrorKind,
-    StreamWatch,
+    ConnectionError, Encoding, Initiator, MessageBatch, MessageBuf, Prost, RecvBatch, Stream,
+    StreamError, StreamErrorKind, StreamWatch,
 };
 use drpc_wire::{Metadata, TIMEOUT_METADATA_KEY, encode_timeout};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -264,6 +265,8 @@ impl Conn {
             stream: Arc::new(stream),
             encoding: Arc::new(encoding),
             buf: MessageBuf::new(),
+            batch_out: MessageBatch::new(),
+            batch: RecvBatch::new(),
             watchdog: watchdog.map(AbortOnDrop),
             _types: PhantomData,
         })
@@ -299,6 +302,26 @@ async fn send_encoded<T, E: Encoding<T>>(
     buf.clear();
     encoding.encode_to(msg, buf).map_err(Error::Encode)?;
     Ok(stream.send_encoded(buf).await?)
+}
+
+/// Encodes `msgs` into `batch` and sends them together; a message that
+/// does not encode fails the call after those before it were sent.
+async fn send_all<'a, T: 'a, E: Encoding<T>>(
+    stream: &Stream,
+    encoding: &E,
+    batch: &mut MessageBatch,
+    msgs: impl IntoIterator<Item = &'a T>,
+) -> Result<(), Error> {
+    batch.clear();
+    let mut encoded = Ok(());
+    for msg in msgs {
+        if let Err(e) = batch.push(encoding, msg) {
+            encoded = Err(Error::Encode(e));
+            break;
+        }
+    }
+    stream.send_batch(batch).await?;
+    encoded
 }
 
 async fn unary_response(stream: &Stream) -> Result<bytes::Bytes, StreamError> {
@@ -380,6 +403,10 @@ pub struct ClientStream<Req, Resp, E> {
     stream: Arc<Stream>,
     encoding: Arc<E>,
     buf: MessageBuf,
+    /// Requests encoded together by `send_all`.
+    batch_out: MessageBatch,
+    /// Responses taken from the stream together, handed out one by one.
+    batch: RecvBatch,
     watchdog: Option<AbortOnDrop>,
     _types: PhantomData<fn(Req) -> Resp>,
 }
@@ -406,12 +433,21 @@ where
         send_encoded(&self.stream, &*self.encoding, &mut self.buf, msg).await
     }
 
+    /// Sends several requests, in order, appended to the connection
+    /// together as far as credit and the write buffer allow: the way to
+    /// send a run of small messages (see [`Stream::send_batch`]).
+    pub async fn send_all<'a, I>(&mut self, msgs: I) -> Result<(), Error>
+    where
+        Req: 'a,
+        I: IntoIterator<Item = &'a Req>,
+    {
+        send_all(&self.stream, &*self.encoding, &mut self.batch_out, msgs).await
+    }
+
     /// Receives the next response; `Ok(None)` at the server's clean end.
     pub async fn recv(&mut self) -> Result<Option<Resp>, Error> {
-        match self.stream.recv().await? {
-            None => Ok(None),
-            Some(data) => self.encoding.decode(data).map(Some).map_err(Error::Decode),
-        }
+        std::future::poll_fn(|cx| poll_decode(&self.stream, &mut self.batch, &*self.encoding, cx))
+            .await
     }
 
     /// Closes the sending side (CloseSend).
@@ -459,12 +495,14 @@ where
                 stream: self.stream.clone(),
                 encoding: self.encoding.clone(),
                 buf: self.buf,
+                batch: self.batch_out,
                 _watchdog: watchdog.clone(),
                 _req: PhantomData,
             },
             ClientReceiver {
                 stream: self.stream,
                 encoding: self.encoding,
+                batch: self.batch,
                 _watchdog: watchdog,
                 _resp: PhantomData,
             },
@@ -477,6 +515,7 @@ pub struct ClientSender<Req, E> {
     stream: Arc<Stream>,
     encoding: Arc<E>,
     buf: MessageBuf,
+    batch: MessageBatch,
     _watchdog: Option<Arc<AbortOnDrop>>,
     _req: PhantomData<fn(Req)>,
 }
@@ -485,6 +524,7 @@ pub struct ClientSender<Req, E> {
 pub struct ClientReceiver<Resp, E> {
     stream: Arc<Stream>,
     encoding: Arc<E>,
+    batch: RecvBatch,
     _watchdog: Option<Arc<AbortOnDrop>>,
     _resp: PhantomData<fn() -> Resp>,
 }
@@ -511,6 +551,15 @@ impl<Req, E: Encoding<Req>> ClientSender<Req, E> {
         send_encoded(&self.stream, &*self.encoding, &mut self.buf, msg).await
     }
 
+    /// Sends several requests, as [`ClientStream::send_all`] does.
+    pub async fn send_all<'a, I>(&mut self, msgs: I) -> Result<(), Error>
+    where
+        Req: 'a,
+        I: IntoIterator<Item = &'a Req>,
+    {
+        send_all(&self.stream, &*self.encoding, &mut self.batch, msgs).await
+    }
+
     /// Closes the sending side (CloseSend).
     pub fn close_send(&self) -> Result<(), Error> {
         Ok(self.stream.close_send()?)
@@ -520,9 +569,25 @@ impl<Req, E: Encoding<Req>> ClientSender<Req, E> {
 impl<Resp, E: Encoding<Resp>> ClientReceiver<Resp, E> {
     /// Receives the next response; `Ok(None)` at the server's clean end.
     pub async fn recv(&mut self) -> Result<Option<Resp>, Error> {
-        match self.stream.recv().await? {
-            None => Ok(None),
-            Some(data) => self.encoding.decode(data).map(Some).map_err(Error::Decode),
-        }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
+
+    /// The poll form of [`ClientReceiver::recv`].
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Resp>, Error>> {
+        poll_decode(&self.stream, &mut self.batch, &*self.encoding, cx)
+    }
+}
+
+/// Receives the next message of `stream` through `batch` and decodes it.
+fn poll_decode<Resp, E: Encoding<Resp>>(
+    stream: &Stream,
+    batch: &mut RecvBatch,
+    encoding: &E,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Resp>, Error>> {
+    Poll::Ready(match ready!(batch.poll_recv(stream, cx)) {
+        Ok(None) => Ok(None),
+        Ok(Some(data)) => encoding.decode(data).map(Some).map_err(Error::Decode),
+        Err(e) => Err(e.into()),
+    })
 }

@@ -96,29 +96,21 @@ impl<T: Invoker> Invoker for Arc<T> {
     }
 }
 
-type NextResponse<Resp, E> =
-    Pin<Box<dyn Future<Output = (Option<Result<Resp, Error>>, ClientReceiver<Resp, E>)> + Send>>;
-
 /// The responses of a server-streaming call, as a [`futures_core::Stream`].
 ///
 /// The stream ends after the server's clean end or after the first error.
 /// Dropping it before the end cancels the call.
 pub struct Responses<Resp, E> {
-    state: ResponsesState<Resp, E>,
-}
-
-enum ResponsesState<Resp, E> {
-    Idle(ClientReceiver<Resp, E>),
-    Receiving(NextResponse<Resp, E>),
-    Done,
+    /// `None` once the stream has ended.
+    receiver: Option<ClientReceiver<Resp, E>>,
 }
 
 impl<Resp, E> std::fmt::Debug for Responses<Resp, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            ResponsesState::Idle(_) => "idle",
-            ResponsesState::Receiving(_) => "receiving",
-            ResponsesState::Done => "done",
+        let state = if self.receiver.is_some() {
+            "open"
+        } else {
+            "done"
         };
         f.debug_struct("Responses").field("state", &state).finish()
     }
@@ -126,22 +118,33 @@ impl<Resp, E> std::fmt::Debug for Responses<Resp, E> {
 
 impl<Resp, E> Responses<Resp, E>
 where
-    Resp: Send + 'static,
     E: Encoding<Resp>,
 {
     /// Wraps the receiving half of a call.
     pub fn new(receiver: ClientReceiver<Resp, E>) -> Self {
         Responses {
-            state: ResponsesState::Idle(receiver),
+            receiver: Some(receiver),
         }
     }
 
     /// Receives the next response: `Ok(None)` at the server's clean end.
     pub async fn message(&mut self) -> Result<Option<Resp>, Error> {
-        match std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await {
+        match std::future::poll_fn(|cx| self.poll_message(cx)).await {
             Some(r) => r.map(Some),
             None => Ok(None),
         }
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Resp, Error>>> {
+        let Some(receiver) = &mut self.receiver else {
+            return Poll::Ready(None);
+        };
+        let next = std::task::ready!(receiver.poll_recv(cx)).transpose();
+        if !matches!(next, Some(Ok(_))) {
+            // The end, or the first error: nothing more will come.
+            self.receiver = None;
+        }
+        Poll::Ready(next)
     }
 }
 
@@ -149,34 +152,11 @@ impl<Resp, E> Unpin for Responses<Resp, E> {}
 
 impl<Resp, E> Stream for Responses<Resp, E>
 where
-    Resp: Send + 'static,
     E: Encoding<Resp>,
 {
     type Item = Result<Resp, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            match std::mem::replace(&mut self.state, ResponsesState::Done) {
-                ResponsesState::Done => return Poll::Ready(None),
-                ResponsesState::Idle(mut receiver) => {
-                    self.state = ResponsesState::Receiving(Box::pin(async move {
-                        let next = receiver.recv().await.transpose();
-                        (next, receiver)
-                    }));
-                }
-                ResponsesState::Receiving(mut fut) => match fut.as_mut().poll(cx) {
-                    Poll::Pending => {
-                        self.state = ResponsesState::Receiving(fut);
-                        return Poll::Pending;
-                    }
-                    Poll::Ready((next, receiver)) => {
-                        if matches!(next, Some(Ok(_))) {
-                            self.state = ResponsesState::Idle(receiver);
-                        }
-                        return Poll::Ready(next);
-                    }
-                },
-            }
-        }
+        self.poll_message(cx)
     }
 }

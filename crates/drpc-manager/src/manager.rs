@@ -877,19 +877,21 @@ async fn read_and_route<R: AsyncRead + Unpin>(
     order: &mut Option<ConnectionIdOrder>,
     ended: Pin<&mut WaitForCancellationFuture<'_>>,
 ) -> Result<bool, ConnectionError> {
-    let mut next = pin!(reader.read_frame());
-    let read = match poll_once(&mut next).await {
-        Some(read) => read,
-        None => {
-            // Everything read so far is routed: start the streams
-            // it opened, then wait for more.
-            accept.flush();
-            // The read first: a wake-up is almost always for it,
-            // and the end is still seen, here or at the loop's top.
-            tokio::select! {
-                biased;
-                r = next => r,
-                _ = ended => return Ok(true),
+    let read = {
+        let mut next = pin!(reader.read_frame());
+        match poll_once(&mut next).await {
+            Some(read) => read,
+            None => {
+                // Everything read so far is routed: start the streams
+                // it opened, then wait for more.
+                accept.flush();
+                // The read first: a wake-up is almost always for it,
+                // and the end is still seen, here or at the loop's top.
+                tokio::select! {
+                    biased;
+                    r = next => r,
+                    _ = ended => return Ok(true),
+                }
             }
         }
     };
@@ -903,10 +905,56 @@ async fn read_and_route<R: AsyncRead + Unpin>(
     }
     if let Some(order) = order {
         order.check(frame.id, frame.done)?;
+    } else if frame.kind == Kind::MESSAGE && reader.buffered() > 0 {
+        // More frames already read: the run of this stream's Messages among
+        // them is routed in one step. Sequential connections (one stream at
+        // a time, ids checked frame by frame) go one by one.
+        let id = frame.id.stream;
+        if let Some((handle, alone)) = inner.lookup(id) {
+            accept.flush_unless_for(id);
+            route_run(inner, reader, &handle, frame, alone)?;
+            return Ok(false);
+        }
     }
     accept.flush_unless_for(frame.id.stream);
     inner.route(frame, pending, accept).await?;
     Ok(false)
+}
+
+/// The most frames routed in one run, so that a stream's lock is never
+/// held for long.
+const MAX_RUN: usize = 256;
+
+/// Routes `first`, and after it the frames of the same stream's Messages
+/// that the reader already holds, to `handle` in one step. The frames read
+/// but not yet routed are charged to the budget for the run, as each frame
+/// is before it is read; when that does not fit, `first` goes alone.
+fn route_run<R: AsyncRead + Unpin>(
+    inner: &Inner,
+    reader: &mut FrameReader<R>,
+    handle: &StreamHandle,
+    first: Frame,
+    alone: bool,
+) -> Result<(), ConnectionError> {
+    let budget = inner.writer.budget();
+    let buffered = reader.buffered();
+    if !budget.try_reserve(buffered) {
+        return handle.handle_frame(first, alone);
+    }
+    let id = first.id.stream;
+    let mut left = MAX_RUN;
+    let routed = handle.handle_frames(
+        first,
+        || {
+            left = left.checked_sub(1)?;
+            reader.buffered_frame_if(|head| {
+                head.id.stream == id && head.kind == Kind::MESSAGE && !head.control
+            })
+        },
+        alone,
+    );
+    budget.release(buffered);
+    routed
 }
 
 async fn run_writer<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut write_half: W) {

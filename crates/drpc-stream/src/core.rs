@@ -86,6 +86,10 @@ pub(crate) struct StreamCore {
     local_close_send: bool,
     remote_close_send: bool,
     terminated: bool,
+    /// Set once a local close, error or cancel discarded what the queue
+    /// held: messages a consumer took out in a batch are then discarded
+    /// too ([`crate::RecvBatch`]).
+    discarded: bool,
     flow: FlowControl,
     max_message: usize,
     /// The credit of this side's Message sender; `None` without flow
@@ -112,6 +116,7 @@ impl StreamCore {
             local_close_send: false,
             remote_close_send: false,
             terminated: false,
+            discarded: false,
             flow: opts.flow_control,
             max_message: opts.max_packet_size,
             send_window: None,
@@ -258,6 +263,11 @@ impl StreamCore {
         self.terminated
     }
 
+    /// Whether a local termination discarded the queue.
+    pub(crate) fn is_discarded(&self) -> bool {
+        self.discarded
+    }
+
     pub(crate) fn is_send_closed(&self) -> bool {
         self.send_end.is_some()
     }
@@ -282,6 +292,7 @@ impl StreamCore {
         }
         // A half-built packet will never complete: what it held is freed.
         self.assembler = PacketAssembler::for_stream(self.id, self.max_message);
+        self.discarded |= discard;
         if discard && self.queue.pop().is_some() {
             // Messages the application will never see: it must not take
             // the end that follows them for a clean one.

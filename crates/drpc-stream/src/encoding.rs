@@ -350,3 +350,71 @@ mod tests {
         assert_eq!(buf.as_contiguous(), Some(&b"hi"[..]));
     }
 }
+
+/// Several encoded messages, sent together by
+/// [`Stream::send_batch`](crate::Stream::send_batch): one buffer for all of
+/// them, reused from batch to batch, so that encoding a run of small
+/// messages allocates nothing once the buffer has grown.
+#[derive(Debug, Default, Clone)]
+pub struct MessageBatch {
+    data: Vec<u8>,
+    /// Where each message ends in `data`.
+    ends: Vec<usize>,
+}
+
+impl MessageBatch {
+    /// An empty batch.
+    pub fn new() -> MessageBatch {
+        MessageBatch::default()
+    }
+
+    /// Adds `msg`, encoded by `encoding`; on an encoding error the batch is
+    /// as it was.
+    pub fn push<T, E: Encoding<T>>(&mut self, encoding: &E, msg: &T) -> Result<(), EncodingError> {
+        let start = self.data.len();
+        if let Err(e) = encoding.encode(msg, &mut self.data) {
+            self.data.truncate(start);
+            return Err(e);
+        }
+        self.ends.push(self.data.len());
+        Ok(())
+    }
+
+    /// Adds an encoded message.
+    pub fn push_encoded(&mut self, msg: &[u8]) {
+        self.data.extend_from_slice(msg);
+        self.ends.push(self.data.len());
+    }
+
+    /// The number of messages.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the batch holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of all messages together.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Message `i` (panics past [`MessageBatch::len`]).
+    pub fn message(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data[start..self.ends[i]]
+    }
+
+    /// Where message `i` ends among the batch's bytes.
+    pub(crate) fn end(&self, i: usize) -> usize {
+        self.ends[i]
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+}

@@ -83,9 +83,12 @@ pub use budget::MemoryBudget;
 pub use core::QUEUED_MESSAGE_COST;
 #[cfg(feature = "prost")]
 pub use encoding::Prost;
-pub use encoding::{Encoding, EncodingError, MessageBuf, Raw};
+pub use encoding::{Encoding, EncodingError, MessageBatch, MessageBuf, Raw};
 pub use error::{ConnectionError, Initiator, StreamError, StreamErrorKind};
 pub use flow::{FlowControl, FlowControlError, FlowControlMode};
 pub use mux_writer::{Batch, DEFAULT_WRITER_HIGH_WATER, MuxDrain, MuxWriter, ZERO_COPY_MIN};
 pub use queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
-pub use stream::{Stream, StreamHandle, StreamKind, StreamOptions, StreamWatch, new_stream};
+pub use stream::{
+    RECV_BATCH_BYTES, RECV_BATCH_MESSAGES, RecvBatch, SEND_BATCH_ROUND, Stream, StreamHandle,
+    StreamKind, StreamOptions, StreamWatch, new_stream,
+};

@@ -380,6 +380,14 @@ impl MuxWriter {
         }
     }
 
+    /// As [`MuxWriter::poll_reserve_send`], without waiting: whether `len`
+    /// bytes were reserved.
+    pub fn try_reserve_send(&self, len: usize) -> bool {
+        self.write_budget
+            .as_ref()
+            .is_none_or(|w| w.try_reserve(len))
+    }
+
     /// Gives back a reservation whose Message was not appended.
     pub fn unreserve(&self, len: usize) {
         if let Some(w) = &self.write_budget {

@@ -1,11 +1,12 @@
 //! The async driver of a stream: the application's [`Stream`] and the
 //! connection's [`StreamHandle`] over one shared, locked [`StreamCore`].
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Poll, Waker};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use drpc_wire::{
@@ -18,7 +19,9 @@ use crate::core::{Inbound, Recv, StreamCore};
 use crate::flow::FlowControl;
 use crate::queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
 use crate::sync::{Mutex, MutexGuard, lock};
-use crate::{ConnectionError, Initiator, MessageBuf, MuxWriter, StreamError, StreamErrorKind};
+use crate::{
+    ConnectionError, Initiator, MessageBatch, MessageBuf, MuxWriter, StreamError, StreamErrorKind,
+};
 
 /// Which side of the RPC a stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,6 +102,9 @@ struct Shared {
     split_size: usize,
     max_message_size: usize,
     writer: Arc<MuxWriter>,
+    /// Mirrors the core's discarded flag, so that a consumer holding a
+    /// batch ([`RecvBatch`]) learns of it without the lock.
+    discarded: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -132,6 +138,9 @@ impl Shared {
     /// before anyone is woken or any hook runs.
     fn release(&self, mut inner: MutexGuard<'_, Inner>, queued: bool) {
         self.account(&mut inner);
+        if inner.core.is_discarded() {
+            self.discarded.store(true, Ordering::Release);
+        }
         settle(&mut inner);
         let announce = inner.core.is_terminated() && !inner.announced;
         let wake_recv = (queued || announce) && !inner.recv_wakers.is_empty();
@@ -299,6 +308,40 @@ impl Shared {
         self.release(inner, false);
     }
 
+    /// Waits until a Message of `len` bytes may be appended: its first
+    /// frame fits the credit (mux-fork-2026.md §2.2: the rest may overdraw)
+    /// and the writer is below its high-water mark, with `len` bytes of
+    /// the write budget reserved; or until sending is over
+    /// (`begin_message` then says why). Returns the bytes reserved.
+    async fn wait_to_send(&self, len: usize) -> (MutexGuard<'_, Inner>, usize) {
+        let mut reserved = None;
+        let inner = poll_fn(|cx| {
+            let writer_ready = self.writer.poll_capacity(cx).is_ready();
+            let mut inner = lock(&self.inner);
+            if inner.core.is_send_closed() {
+                return Poll::Ready(inner);
+            }
+            let first_frame = len.min(drpc_wire::effective_split_size(
+                self.split_size(&inner.core),
+            ));
+            if !inner.core.send_allowed(first_frame) {
+                register(&mut inner.credit_wakers, cx.waker());
+                register(&mut inner.term_wakers, cx.waker());
+                return Poll::Pending;
+            }
+            if writer_ready && self.writer.poll_reserve_send(len, cx).is_ready() {
+                reserved = Some(len);
+                return Poll::Ready(inner);
+            }
+            // Waiting for writer room: also wake if the stream ends, so that
+            // a cancel releases a sender stuck behind a blocked transport.
+            register(&mut inner.term_wakers, cx.waker());
+            Poll::Pending
+        })
+        .await;
+        (inner, reserved.unwrap_or(0))
+    }
+
     fn check_size(&self, len: usize) -> Result<(), StreamError> {
         check_message_size(len, self.max_message_size).map_err(|e| self.err(e))
     }
@@ -456,6 +499,7 @@ pub fn new_stream(
         split_size: opts.split_size,
         max_message_size: opts.max_packet_size,
         writer,
+        discarded: AtomicBool::new(false),
         inner: Mutex::new(Inner {
             core: StreamCore::new(id, kind, opts),
             recv_wakers: WakerList::new(),
@@ -525,50 +569,19 @@ impl Stream {
         let shared = &*self.shared;
         shared.check_size(data.len())?;
         let len = data.len();
-        // Room in the shared write budget, reserved last, once the rest
-        // allows the message: given back if it is not sent after all.
-        let mut reserved = false;
-        let mut inner = poll_fn(|cx| {
-            let writer_ready = shared.writer.poll_capacity(cx).is_ready();
-            let mut inner = lock(&shared.inner);
-            if inner.core.is_send_closed() {
-                return Poll::Ready(inner);
-            }
-            // Credit: the first frame must fit the window; the rest of the
-            // message may overdraw it (mux-fork-2026.md §2.2).
-            let first_frame = len.min(drpc_wire::effective_split_size(
-                shared.split_size(&inner.core),
-            ));
-            if !inner.core.send_allowed(first_frame) {
-                register(&mut inner.credit_wakers, cx.waker());
-                register(&mut inner.term_wakers, cx.waker());
-                return Poll::Pending;
-            }
-            if writer_ready && shared.writer.poll_reserve_send(len, cx).is_ready() {
-                reserved = true;
-                return Poll::Ready(inner);
-            }
-            // Waiting for writer room: also wake if the stream ends, so that
-            // a cancel releases a sender stuck behind a blocked transport.
-            register(&mut inner.term_wakers, cx.waker());
-            Poll::Pending
-        })
-        .await;
+        let (mut inner, reserved) = shared.wait_to_send(len).await;
         let id = match inner.core.begin_message() {
             Ok(id) => id,
             Err(e) => {
-                if reserved {
-                    shared.writer.unreserve(len);
-                }
+                shared.writer.unreserve(reserved);
                 return Err(shared.err(e));
             }
         };
         inner.core.debit(len);
         let split = shared.split_size(&inner.core);
-        let held = if reserved { len } else { 0 };
-        let result = shared.append_message_reserved(held, id, data, split);
+        let result = shared.append_message_reserved(reserved, id, data, split);
         if result.is_err() {
-            shared.writer.unreserve(held);
+            shared.writer.unreserve(reserved);
         }
         let out = result
             .map_err(|e| shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
@@ -576,28 +589,154 @@ impl Stream {
         out
     }
 
+    /// Sends every message of `batch`, in order, and empties it: as many
+    /// as the stream's credit and the connection's write buffer allow are
+    /// appended together, under one lock of the stream and one of the
+    /// writer, so that a run of small messages costs about what one does.
+    /// Each message is sent under exactly the rules of [`Stream::send`]
+    /// (size limit, credit, writer room, write budget); between rounds it
+    /// waits as `send` does.
+    ///
+    /// If any message is over the maximum packet size, nothing is sent.
+    /// On another error, the messages before the failing one were sent.
+    /// Messages are copied into the write buffer, large ones included: use
+    /// [`Stream::send_encoded`] for messages that share large buffers.
+    pub async fn send_batch(&self, batch: &mut MessageBatch) -> Result<(), StreamError> {
+        let result = self.send_batch_inner(batch).await;
+        batch.clear();
+        result
+    }
+
+    async fn send_batch_inner(&self, batch: &MessageBatch) -> Result<(), StreamError> {
+        let shared = &*self.shared;
+        for i in 0..batch.len() {
+            shared.check_size(batch.message(i).len())?;
+        }
+        let mut next = 0;
+        while next < batch.len() {
+            let first = batch.message(next).len();
+            let (mut inner, reserved) = shared.wait_to_send(first).await;
+            let first_id = match inner.core.begin_message() {
+                Ok(id) => id,
+                Err(e) => {
+                    shared.writer.unreserve(reserved);
+                    return Err(shared.err(e));
+                }
+            };
+            inner.core.debit(first);
+            let split = shared.split_size(&inner.core);
+            let frame = drpc_wire::effective_split_size(split);
+            // The messages after the first join this round while the
+            // credit allows each and their bytes fit one reservation of
+            // the write budget, taken at once (or not at all).
+            let mut end = next + 1;
+            let mut extra_reserved = 0;
+            if end < batch.len() {
+                let wanted = (batch.end(batch.len() - 1) - batch.end(next)).min(SEND_BATCH_ROUND);
+                if shared.writer.try_reserve_send(wanted) {
+                    extra_reserved = wanted;
+                }
+            }
+            let mut extra = 0;
+            while end < batch.len() {
+                let len = batch.message(end).len();
+                if extra + len > extra_reserved || !inner.core.send_allowed(len.min(frame)) {
+                    break;
+                }
+                // Sending was open for the first message under this lock.
+                if inner.core.begin_message().is_err() {
+                    break;
+                }
+                inner.core.debit(len);
+                extra += len;
+                end += 1;
+            }
+            shared.writer.unreserve(extra_reserved - extra);
+            let held = reserved + extra;
+            let result = shared.writer.append_reserved(held, |buf| {
+                for (k, i) in (next..end).enumerate() {
+                    let id = Id::new(first_id.stream, first_id.message + k as u64);
+                    append_packet(buf, id, Kind::MESSAGE, false, batch.message(i), split);
+                }
+            });
+            if let Err(e) = result {
+                shared.writer.unreserve(held);
+                return Err(shared.err(inner.core.check_cancel(StreamErrorKind::ConnectionLost(e))));
+            }
+            drop(inner);
+            next = end;
+        }
+        Ok(())
+    }
+
     /// Receives the next message; `Ok(None)` is the clean end of the
     /// peer's sending (its CloseSend or Close). Queued messages are
     /// delivered before a remote termination is reported.
     pub async fn recv(&self) -> Result<Option<Bytes>, StreamError> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The poll form of [`Stream::recv`], for `futures::Stream`
+    /// implementations; the task of the last call is woken when a message
+    /// or the end arrives.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
         let shared = &*self.shared;
-        poll_fn(|cx| {
-            let mut inner = lock(&shared.inner);
+        let mut inner = lock(&shared.inner);
+        match inner.core.recv() {
+            Recv::Empty => {
+                register(&mut inner.recv_wakers, cx.waker());
+                Poll::Pending
+            }
+            Recv::Message(data) => {
+                shared.send_grant(&mut inner);
+                shared.release(inner, false);
+                Poll::Ready(Ok(Some(data)))
+            }
+            Recv::End => Poll::Ready(Ok(None)),
+            Recv::Failed(e) => Poll::Ready(Err(shared.err(e))),
+        }
+    }
+
+    /// Moves the messages already queued into `out`, oldest first, in one
+    /// step: at least one, and then more while fewer than `max_messages`
+    /// and [`RECV_BATCH_BYTES`] bytes were taken. Returns how many were
+    /// taken; `Ok(0)` is the clean end of the peer's sending. Waits, as
+    /// [`Stream::poll_recv`] does, while nothing is queued.
+    ///
+    /// Messages taken are the consumer's: they no longer count against the
+    /// stream's queue, and a flow-controlled stream grants their credit
+    /// back at once. [`RecvBatch`] hands them out one by one.
+    pub fn poll_recv_many(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Bytes>,
+        max_messages: usize,
+    ) -> Poll<Result<usize, StreamError>> {
+        let shared = &*self.shared;
+        let mut inner = lock(&shared.inner);
+        let (mut taken, mut bytes) = (0, 0);
+        loop {
             match inner.core.recv() {
+                Recv::Message(data) => {
+                    taken += 1;
+                    bytes += data.len();
+                    out.push_back(data);
+                    if taken >= max_messages.max(1) || bytes >= RECV_BATCH_BYTES {
+                        break;
+                    }
+                }
+                _ if taken > 0 => break,
                 Recv::Empty => {
                     register(&mut inner.recv_wakers, cx.waker());
-                    Poll::Pending
+                    return Poll::Pending;
                 }
-                Recv::Message(data) => {
-                    shared.send_grant(&mut inner);
-                    shared.release(inner, false);
-                    Poll::Ready(Ok(Some(data)))
-                }
-                Recv::End => Poll::Ready(Ok(None)),
-                Recv::Failed(e) => Poll::Ready(Err(shared.err(e))),
+                Recv::End => return Poll::Ready(Ok(0)),
+                Recv::Failed(e) => return Poll::Ready(Err(shared.err(e))),
             }
-        })
-        .await
+        }
+        shared.send_grant(&mut inner);
+        shared.release(inner, false);
+        Poll::Ready(Ok(taken))
     }
 
     /// Half close: sends CloseSend unless sending is already over (then a
@@ -685,6 +824,76 @@ impl Stream {
     /// Waits until the stream has terminated.
     pub async fn terminated(&self) {
         wait_terminated(&self.shared).await
+    }
+}
+
+/// The most bytes of a [`MessageBatch`] that [`Stream::send_batch`]
+/// appends at once beyond its first message: rounds stay short, so the
+/// writer's high-water mark and the write budget keep their meaning.
+pub const SEND_BATCH_ROUND: usize = 64 * 1024;
+
+/// The most bytes [`Stream::poll_recv_many`] takes in one call once it has
+/// a message: what a consumer holds beyond the stream's window or queue
+/// bounds stays small.
+pub const RECV_BATCH_BYTES: usize = 64 * 1024;
+
+/// How many messages [`RecvBatch`] takes from its stream at once.
+pub const RECV_BATCH_MESSAGES: usize = 64;
+
+/// A consumer's side of a stream's receive queue: takes every message
+/// already queued in one step ([`Stream::poll_recv_many`]) and hands them
+/// out one at a time, so that a stream of small messages costs one lock
+/// and one accounting per batch instead of per message.
+///
+/// It keeps the stream's rules: messages come in order, a local close or
+/// cancel discards what the batch still holds (as it discards the queue),
+/// and an end or error is reported only after every message before it.
+/// The batch holds at most [`RECV_BATCH_MESSAGES`] messages and about
+/// [`RECV_BATCH_BYTES`] bytes.
+#[derive(Debug, Default)]
+pub struct RecvBatch {
+    messages: VecDeque<Bytes>,
+}
+
+impl RecvBatch {
+    /// An empty batch.
+    pub fn new() -> RecvBatch {
+        RecvBatch::default()
+    }
+
+    /// Receives the next message of `stream` as [`Stream::recv`] does.
+    /// A batch must always be used with the same stream.
+    pub async fn recv(&mut self, stream: &Stream) -> Result<Option<Bytes>, StreamError> {
+        poll_fn(|cx| self.poll_recv(stream, cx)).await
+    }
+
+    /// The poll form of [`RecvBatch::recv`].
+    pub fn poll_recv(
+        &mut self,
+        stream: &Stream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
+        if !self.messages.is_empty() {
+            if !stream.shared.discarded.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(self.messages.pop_front()));
+            }
+            self.messages.clear();
+        }
+        match ready!(stream.poll_recv_many(cx, &mut self.messages, RECV_BATCH_MESSAGES)) {
+            Ok(0) => Poll::Ready(Ok(None)),
+            Ok(_) => Poll::Ready(Ok(self.messages.pop_front())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// How many messages the batch holds.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether the batch holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
     }
 }
 
@@ -890,35 +1099,61 @@ impl StreamHandle {
     /// [`StreamErrorKind::QueueOverflow`]. An error is fatal for the
     /// connection.
     pub fn handle_frame(&self, frame: Frame, alone: bool) -> Result<(), ConnectionError> {
+        self.handle_frames(frame, || None, alone)
+    }
+
+    /// As [`StreamHandle::handle_frame`] for `first` and then each frame
+    /// `more` returns, until it returns `None` or the stream terminates:
+    /// one lock, one accounting and at most one wake-up for a run of frames
+    /// that arrived together. Each frame gets exactly the treatment
+    /// `handle_frame` would give it. `more` runs under the stream's lock,
+    /// so it must only take frames that are already buffered.
+    pub fn handle_frames(
+        &self,
+        first: Frame,
+        mut more: impl FnMut() -> Option<Frame>,
+        alone: bool,
+    ) -> Result<(), ConnectionError> {
         let shared = &*self.shared;
         let mut inner = lock(&shared.inner);
-        let inbound = match inner.core.handle_frame(frame) {
-            Ok(inbound) => inbound,
-            Err(e) => {
-                shared.account(&mut inner);
-                return Err(e);
+        let mut changed = false;
+        let mut frame = first;
+        let result = loop {
+            let inbound = match inner.core.handle_frame(frame) {
+                Ok(inbound) => inbound,
+                Err(e) => break Err(e),
+            };
+            let inbound = match inbound {
+                Inbound::QueueFull(data) if alone => {
+                    inner.core.force_enqueue(data);
+                    Inbound::Queued
+                }
+                Inbound::QueueFull(_) => match inner.core.fail_overflow() {
+                    Some((id, err)) => Inbound::Failed(id, err),
+                    None => Inbound::Nothing,
+                },
+                other => other,
+            };
+            match inbound {
+                Inbound::Nothing => {}
+                Inbound::Queued | Inbound::StateChanged => changed = true,
+                other => {
+                    shared.answer(&mut inner, other);
+                    changed = true;
+                }
+            }
+            // Later frames of a terminated stream go the usual way (its
+            // registry entry decides), not through this run.
+            if inner.core.is_terminated() {
+                break Ok(());
+            }
+            match more() {
+                Some(next) => frame = next,
+                None => break Ok(()),
             }
         };
-        let inbound = match inbound {
-            Inbound::QueueFull(data) if alone => {
-                inner.core.force_enqueue(data);
-                Inbound::Queued
-            }
-            Inbound::QueueFull(_) => match inner.core.fail_overflow() {
-                Some((id, err)) => Inbound::Failed(id, err),
-                None => Inbound::Nothing,
-            },
-            other => other,
-        };
-        match inbound {
-            Inbound::Nothing => shared.account(&mut inner),
-            Inbound::Queued | Inbound::StateChanged => shared.release(inner, true),
-            other => {
-                shared.answer(&mut inner, other);
-                shared.release(inner, true);
-            }
-        }
-        Ok(())
+        shared.release(inner, changed);
+        result
     }
 
     /// Hands the stream one unit of `live`, the connection's count of live

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use drpc_stream::{
-    ConnectionError, DEFAULT_RECV_QUEUE_BYTES, FlowControl, Initiator, MemoryBudget, MessageBuf,
-    MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle, StreamKind, StreamOptions,
-    new_stream,
+    ConnectionError, DEFAULT_RECV_QUEUE_BYTES, FlowControl, Initiator, MemoryBudget, MessageBatch,
+    MessageBuf, MuxWriter, RecvBatch, Stream, StreamError, StreamErrorKind, StreamHandle,
+    StreamKind, StreamOptions, new_stream,
 };
 use drpc_wire::{
     CodedError, FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams, Frame, FrameDecoder, Id,
@@ -2923,4 +2923,278 @@ async fn ready_to_take_leaves_the_bytes_in_place() {
         w.poll_ready_to_take(&mut cx),
         Poll::Ready(Err(ConnectionError::Closed))
     );
+}
+
+// ---------------------------------------------------------------- batches
+
+/// A batch of `n` distinct small messages.
+fn batch_of(n: u8) -> (MessageBatch, Vec<Vec<u8>>) {
+    let msgs: Vec<Vec<u8>> = (1..=n).map(|i| vec![i; usize::from(i)]).collect();
+    let mut batch = MessageBatch::new();
+    for m in &msgs {
+        batch.push_encoded(m);
+    }
+    (batch, msgs)
+}
+
+#[tokio::test]
+async fn send_batch_writes_exactly_what_one_send_per_message_writes() {
+    let (w1, w2) = (writer(), writer());
+    let (one_by_one, h1) = stock_pair(1, StreamKind::Client, &w1);
+    let (batched, h2) = stock_pair(1, StreamKind::Client, &w2);
+    h1.write_invoke(b"/s.S/M", &Metadata::new())
+        .expect("invoke");
+    h2.write_invoke(b"/s.S/M", &Metadata::new())
+        .expect("invoke");
+    let (mut batch, msgs) = batch_of(20);
+    for m in &msgs {
+        one_by_one.send(m).await.expect("send");
+    }
+    batched.send_batch(&mut batch).await.expect("batch");
+    assert!(batch.is_empty(), "the batch is emptied");
+    let frames = take_frames(&w2).await;
+    assert_eq!(frames, take_frames(&w1).await);
+    assert_eq!(frames.len(), 21);
+    for (mid, (f, m)) in (2u64..).zip(frames[1..].iter().zip(&msgs)) {
+        assert_eq!(
+            (f.id, f.kind, &f.data[..]),
+            (Id::new(1, mid), Kind::MESSAGE, &m[..])
+        );
+    }
+}
+
+#[tokio::test]
+async fn send_batch_refuses_the_whole_batch_over_one_oversized_message() {
+    let w = writer();
+    let opts = StreamOptions {
+        max_packet_size: 10,
+        flow_control: FlowControl::off(),
+        ..StreamOptions::default()
+    };
+    let (s, _h) = pair_with(2, StreamKind::Server, &w, opts);
+    let mut batch = MessageBatch::new();
+    batch.push_encoded(b"small");
+    batch.push_encoded(&[0; 11]);
+    let r = s.send_batch(&mut batch).await;
+    assert_matches!(
+        kind_of(&r),
+        Some(StreamErrorKind::MessageTooLarge {
+            size: 11,
+            limit: 10
+        })
+    );
+    assert_eq!(w.buffered(), 0, "nothing sent");
+    // The stream is still usable.
+    batch.push_encoded(b"ok");
+    s.send_batch(&mut batch).await.expect("a valid batch");
+    assert_eq!(take_frames(&w).await.len(), 1);
+}
+
+#[tokio::test]
+async fn send_batch_waits_for_credit_between_messages() {
+    let w = roomy_writer();
+    let (s, h) = pair_with(
+        1,
+        StreamKind::Client,
+        &w,
+        fork(FRAME as u64 + 1, 1, 1 << 20),
+    );
+    let mut batch = MessageBatch::new();
+    for i in 1..=3u8 {
+        batch.push_encoded(&vec![i; 30_000]);
+    }
+    let (count, waker) = counting_waker();
+    let mut send = pin!(s.send_batch(&mut batch));
+    assert!(poll_with(send.as_mut(), &waker).is_pending());
+    // 65537 bytes of credit: two messages go, the third's first frame
+    // (30000) no longer fits the 5537 left.
+    let frames = take_frames(&w).await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[1].data[..], [2; 30_000][..]);
+    h.window_update(24_463);
+    assert!(count.count() >= 1, "a grant wakes the batch");
+    assert_matches!(poll_with(send.as_mut(), &waker), Poll::Ready(Ok(())));
+    let frames = take_frames(&w).await;
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].id, Id::new(1, 3));
+}
+
+#[tokio::test]
+async fn send_batch_after_close_send_or_cancel_sends_nothing() {
+    let w = writer();
+    let (s, h) = stock_pair(1, StreamKind::Client, &w);
+    h.write_invoke(b"/s.S/M", &Metadata::new()).expect("invoke");
+    s.close_send().expect("close send");
+    let (mut batch, _) = batch_of(3);
+    let r = s.send_batch(&mut batch).await;
+    assert_matches!(kind_of(&r), Some(StreamErrorKind::SendClosed));
+    assert_eq!(take_frames(&w).await.len(), 2, "invoke and close send only");
+    let (s, _h) = stock_pair(3, StreamKind::Server, &w);
+    s.cancel(StreamErrorKind::Canceled(Initiator::Local));
+    let (mut batch, _) = batch_of(3);
+    assert!(s.send_batch(&mut batch).await.is_err());
+}
+
+#[tokio::test]
+async fn send_batch_holds_the_write_budget_until_written() {
+    let budget = Arc::new(MemoryBudget::new(1 << 20, None));
+    let write_budget = Arc::new(MemoryBudget::new(1 << 20, None));
+    let w = Arc::new(MuxWriter::with_budgets(
+        0,
+        budget.clone(),
+        Some(write_budget.clone()),
+    ));
+    let (s, _h) = stock_pair(2, StreamKind::Server, &w);
+    let (mut batch, msgs) = batch_of(50);
+    let total: usize = msgs.iter().map(Vec::len).sum();
+    s.send_batch(&mut batch).await.expect("batch");
+    assert_eq!(write_budget.held(), total, "every message reserved once");
+    assert_eq!(take_frames(&w).await.len(), 50);
+    assert_eq!(write_budget.held(), 0, "released once written");
+}
+
+#[tokio::test]
+async fn handle_frames_routes_a_run_with_one_wake_up_and_one_grant() {
+    let w = roomy_writer();
+    let (s, h) = pair_with(
+        1,
+        StreamKind::Client,
+        &w,
+        fork(FRAME as u64 + 4096, 1, 1 << 20),
+    );
+    let (count, waker) = counting_waker();
+    let mut recv = pin!(s.recv());
+    assert!(poll_with(recv.as_mut(), &waker).is_pending());
+    let mut rest = (2..=10u64).map(|mid| whole(1, mid, Kind::MESSAGE, &[mid as u8; 100]));
+    h.handle_frames(whole(1, 1, Kind::MESSAGE, &[1; 100]), || rest.next(), false)
+        .expect("routed");
+    assert_eq!(count.count(), 1, "one wake-up for the run");
+    let first = poll_with(recv.as_mut(), &waker);
+    assert_matches!(first, Poll::Ready(Ok(Some(ref m))) if m[..] == [1; 100][..]);
+    let mut batch = RecvBatch::new();
+    for mid in 2..=10u8 {
+        let m = batch.recv(&s).await.expect("recv").expect("message");
+        assert_eq!(m[..], [mid; 100][..]);
+        if mid == 2 {
+            assert_eq!(batch.len(), 8, "everything queued was taken at once");
+        }
+    }
+    // Credit: the first receive granted 100, the batch 900 in one update.
+    let grants: Vec<_> = take_frames(&w)
+        .await
+        .iter()
+        .filter_map(WindowUpdate::parse)
+        .map(|u| u.delta)
+        .collect();
+    assert_eq!(grants, [100, 900]);
+}
+
+#[tokio::test]
+async fn handle_frames_stops_pulling_once_the_stream_fails() {
+    let w = writer();
+    let opts = StreamOptions {
+        recv_queue_messages: 2,
+        flow_control: FlowControl::off(),
+        ..StreamOptions::default()
+    };
+    let (s, h) = pair_with(2, StreamKind::Server, &w, opts);
+    let mut pulled = 0;
+    h.handle_frames(
+        whole(2, 1, Kind::MESSAGE, b"a"),
+        || {
+            pulled += 1;
+            Some(whole(2, 1 + pulled, Kind::MESSAGE, b"b"))
+        },
+        false,
+    )
+    .expect("routed");
+    // Two queued, the third overflows the shared stream's queue: it fails
+    // alone and nothing more is taken from the reader.
+    assert_eq!(pulled, 2);
+    expect_abort(&take_frames(&w).await, Id::new(2, 1), "receive queue");
+    expect_messages(&s, &[b"a", b"b"]).await;
+    assert_matches!(
+        s.recv().await,
+        Err(e) if matches!(e.kind(), StreamErrorKind::QueueOverflow { .. })
+    );
+}
+
+#[tokio::test]
+async fn recv_batch_discards_what_it_holds_after_a_local_cancel() {
+    let (w, budget) = budgeted();
+    let (s, h) = stock_pair(1, StreamKind::Client, &w);
+    for mid in 1..=3 {
+        h.handle_frame(whole(1, mid, Kind::MESSAGE, b"m"), false)
+            .expect("queued");
+    }
+    let mut batch = RecvBatch::new();
+    assert_eq!(
+        batch.recv(&s).await.expect("recv").as_deref(),
+        Some(&b"m"[..])
+    );
+    assert_eq!(batch.len(), 2);
+    s.cancel(StreamErrorKind::Canceled(Initiator::Local));
+    assert_matches!(
+        batch.recv(&s).await,
+        Err(e) if matches!(e.kind(), StreamErrorKind::Canceled(Initiator::Local))
+    );
+    assert!(batch.is_empty());
+    drop((s, h));
+    let _cancel = take_bytes(&w).await;
+    assert_eq!(budget.held(), 0, "nothing stays charged");
+}
+
+#[tokio::test]
+async fn recv_batch_delivers_held_messages_before_a_remote_end() {
+    let w = writer();
+    for end in [Kind::CLOSE_SEND, Kind::CLOSE, Kind::ERROR] {
+        let (s, h) = stock_pair(1, StreamKind::Client, &w);
+        for mid in 1..=3 {
+            h.handle_frame(whole(1, mid, Kind::MESSAGE, &[mid as u8]), false)
+                .expect("queued");
+        }
+        let last = if end == Kind::ERROR {
+            error_frame(1, 4, 5, "gone")
+        } else {
+            whole(1, 4, end, b"")
+        };
+        h.handle_frame(last, false).expect("end");
+        let mut batch = RecvBatch::new();
+        for mid in 1..=3u8 {
+            let m = batch.recv(&s).await.expect("recv");
+            assert_eq!(m.as_deref(), Some(&[mid][..]), "{end}");
+        }
+        let after = batch.recv(&s).await;
+        match end {
+            Kind::ERROR => {
+                assert_matches!(after, Err(e) if matches!(e.kind(), StreamErrorKind::Remote(_)))
+            }
+            _ => assert_matches!(after, Ok(None)),
+        }
+        let _ = take_bytes(&w).await;
+    }
+}
+
+#[tokio::test]
+async fn poll_recv_many_respects_its_limits() {
+    let w = writer();
+    let (s, h) = stock_pair(1, StreamKind::Client, &w);
+    for mid in 1..=5 {
+        h.handle_frame(whole(1, mid, Kind::MESSAGE, &[0; 40_000]), true)
+            .expect("queued");
+    }
+    let mut out = std::collections::VecDeque::new();
+    let taken = poll_fn(|cx| s.poll_recv_many(cx, &mut out, 3)).await;
+    // 64 KiB is reached after the second message.
+    assert_eq!(taken.expect("taken"), 2);
+    let taken = poll_fn(|cx| s.poll_recv_many(cx, &mut out, 1)).await;
+    assert_eq!(taken.expect("taken"), 1);
+    s.close_send().expect("close send");
+    h.handle_frame(whole(1, 6, Kind::CLOSE_SEND, b""), true)
+        .expect("end");
+    let taken = poll_fn(|cx| s.poll_recv_many(cx, &mut out, 10)).await;
+    assert_eq!(taken.expect("taken"), 2, "the rest before the end");
+    let taken = poll_fn(|cx| s.poll_recv_many(cx, &mut out, 10)).await;
+    assert_eq!(taken.expect("the clean end"), 0);
+    assert_eq!(out.len(), 5);
 }

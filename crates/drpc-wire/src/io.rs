@@ -287,6 +287,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The next frame, if the read buffer already holds all of it and
+    /// `accept` takes its header; never reads from the transport, never
+    /// starts a join, and leaves anything else (an incomplete or malformed
+    /// header, an oversized frame) for [`FrameReader::read_frame`] to
+    /// return or report.
+    ///
+    /// A connection uses it to route a run of one stream's frames that
+    /// arrived together in one step: one lookup, one lock and one wake-up
+    /// for all of them instead of one each.
+    pub fn buffered_frame_if(&mut self, accept: impl FnOnce(&FrameHead) -> bool) -> Option<Frame> {
+        if self.ended_in_frame || self.merge.is_some() {
+            return None;
+        }
+        let head = FrameHead::parse(&self.buf).ok()??;
+        let total = head.header_len as u64 + head.data_len;
+        if total > self.buf.len() as u64 || self.starts_merge(&head) || !accept(&head) {
+            return None;
+        }
+        // The whole frame is buffered, so its length fits a usize; the
+        // decoder still applies the size limit.
+        self.decoder
+            .decode_after_head(&mut self.buf, head)
+            .ok()
+            .flatten()
+    }
+
     /// Whether a frame with header `head` starts a join: a large Message
     /// frame that does not end its packet, on a coalescing reader.
     fn starts_merge(&self, head: &FrameHead) -> bool {
@@ -599,6 +625,95 @@ mod tests {
         assert!(r.read_frame().await.expect("read").is_some());
         assert_eq!(r.next_frame().await.expect("end"), None);
         assert!(r.read_frame().await.expect("clean end").is_none());
+    }
+
+    #[tokio::test]
+    async fn buffered_frames_are_taken_only_when_complete_and_accepted() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut bytes = Vec::new();
+        for (message, data) in [(1, &b"one"[..]), (2, b"two"), (3, b"three")] {
+            crate::append_frame(
+                &mut bytes,
+                Id::new(5, message),
+                Kind::MESSAGE,
+                true,
+                false,
+                data,
+            );
+        }
+        crate::append_frame(
+            &mut bytes,
+            Id::new(6, 1),
+            Kind::MESSAGE,
+            true,
+            false,
+            b"other",
+        );
+        // The last frame arrives in part only.
+        crate::append_frame(
+            &mut bytes,
+            Id::new(5, 4),
+            Kind::MESSAGE,
+            true,
+            false,
+            b"later",
+        );
+        let split = bytes.len() - 2;
+        a.write_all(&bytes[..split]).await.expect("write");
+        let mut r = FrameReader::new(b, 1 << 20);
+        assert_eq!(r.buffered_frame_if(|_| true), None, "nothing read yet");
+        let first = r.read_frame().await.expect("read").expect("frame");
+        assert_eq!(first.id, Id::new(5, 1));
+        let same_stream = |h: &FrameHead| h.id.stream == 5;
+        assert_eq!(
+            r.buffered_frame_if(same_stream).map(|f| f.data),
+            Some(Bytes::from_static(b"two"))
+        );
+        assert_eq!(
+            r.buffered_frame_if(same_stream).map(|f| f.data),
+            Some(Bytes::from_static(b"three"))
+        );
+        assert_eq!(
+            r.buffered_frame_if(same_stream),
+            None,
+            "another stream's frame stays"
+        );
+        assert_eq!(
+            r.read_frame().await.expect("read").expect("frame").id,
+            Id::new(6, 1)
+        );
+        assert_eq!(r.buffered_frame_if(same_stream), None, "incomplete");
+        a.write_all(&bytes[split..]).await.expect("write");
+        drop(a);
+        assert_eq!(
+            r.read_frame().await.expect("read").expect("frame").id,
+            Id::new(5, 4)
+        );
+        assert!(r.read_frame().await.expect("clean end").is_none());
+    }
+
+    #[tokio::test]
+    async fn buffered_frames_leave_malformed_and_oversized_headers_to_read_frame() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut bytes = Vec::new();
+        crate::append_frame(&mut bytes, Id::new(5, 1), Kind::MESSAGE, true, false, b"ok");
+        crate::append_frame(
+            &mut bytes,
+            Id::new(5, 2),
+            Kind::MESSAGE,
+            true,
+            false,
+            &[0; 100],
+        );
+        a.write_all(&bytes).await.expect("write");
+        drop(a);
+        let mut r = FrameReader::new(b, 50);
+        assert!(r.read_frame().await.expect("read").is_some());
+        assert_eq!(r.buffered_frame_if(|_| true), None);
+        assert!(matches!(
+            r.read_frame().await,
+            Err(ReadError::Protocol(WireError::DataOverflow { len: 100 }))
+        ));
     }
 
     #[tokio::test]
