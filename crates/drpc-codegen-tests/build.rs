@@ -8,8 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 format!("{protos}/echo.proto"),
                 format!("{protos}/bare.proto"),
+                format!("{protos}/keywords.proto"),
             ],
             &[protos],
         )?;
+    // tonic's own code for a service named `Self` has warnings.
+    drpc_codegen::configure()
+        .compile_protos(&[format!("{protos}/self_service.proto")], &[protos])?;
     Ok(())
 }

@@ -183,9 +183,10 @@ async fn unimplemented_methods_answer_code_12_and_the_connection_survives() {
             .expect_err("unimplemented");
         assert_eq!(err.code(), Some(12));
         assert_eq!(err.remote_message(), Some("Unimplemented"));
-        // A keyword-named method gets a suffix and still works on the wire.
+        // A keyword-named method is a raw identifier and still works on
+        // the wire.
         let err = client
-            .type_rpc(&msg("t", 0))
+            .r#type(&msg("t", 0))
             .await
             .expect_err("unimplemented");
         assert_eq!(err.code(), Some(12));

@@ -1,8 +1,12 @@
 //! The service code generator, plugged into prost-build.
+//!
+//! Each service's code is built as tokens with `quote!` and formatted with
+//! `prettyplease`, as tonic-build does.
 
-use std::fmt::Write as _;
-
-use prost_build::{Method, Service};
+use heck::ToSnakeCase;
+use proc_macro2::{Ident, Span, TokenStream};
+use prost_build::{Comments, Method, Service};
+use quote::{format_ident, quote};
 
 /// What to generate for each service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,43 +35,72 @@ impl std::fmt::Debug for DrpcServiceGenerator {
 
 impl prost_build::ServiceGenerator for DrpcServiceGenerator {
     fn generate(&mut self, service: Service, buf: &mut String) {
-        let svc = ServiceNames::new(&service);
         if let Some(tonic) = &mut self.grpc {
             tonic.generate(service.clone(), buf);
         }
-        if self.emit.client {
-            client(&service, &svc, buf);
+        let code = service_code(&service, self.emit, self.grpc.is_some());
+        buf.push_str(&format_code(code));
+    }
+}
+
+/// The DRPC code of one service, as tokens.
+fn service_code(service: &Service, emit: Emit, grpc: bool) -> TokenStream {
+    let svc = ServiceNames::new(service);
+    let rpcs: Vec<Rpc<'_>> = service
+        .methods
+        .iter()
+        .map(|method| Rpc::new(&svc, method))
+        .collect();
+    let mut code = TokenStream::new();
+    if emit.client {
+        code.extend(client(&svc, &rpcs));
+    }
+    if emit.server {
+        code.extend(server(&svc, &rpcs));
+        if grpc {
+            code.extend(grpc_adapter(&svc, &rpcs));
         }
-        if self.emit.server {
-            server(&service, &svc, buf);
-            if self.grpc.is_some() {
-                grpc_adapter(&service, &svc, buf);
-            }
-        }
+    }
+    code
+}
+
+/// Formats generated items with prettyplease.
+fn format_code(code: TokenStream) -> String {
+    match syn::parse2::<syn::File>(code) {
+        Ok(file) => prettyplease::unparse(&file),
+        // Only a bug in this generator gets here: every part of the tokens
+        // is built by it, or parsed (types) before going in.
+        Err(e) => panic!("drpc-codegen generated code that does not parse: {e}"),
     }
 }
 
 /// The names derived from one service.
-struct ServiceNames {
+struct ServiceNames<'a> {
+    service: &'a Service,
     /// `package.Service`, or `Service` without a package.
     full_name: String,
-    /// `Service` in Rust style.
+    /// The prefix of the generated types: the service's name in Rust
+    /// style, without the `_` prost appends to `Self`.
     rust: String,
-    /// `service` in snake case, for functions and constants.
+    /// The service's name in snake case, for functions and constants.
     snake: String,
+    /// Its comments, as doc lines.
+    docs: Vec<String>,
 }
 
-impl ServiceNames {
-    fn new(service: &Service) -> ServiceNames {
+impl<'a> ServiceNames<'a> {
+    fn new(service: &'a Service) -> ServiceNames<'a> {
         let full_name = if service.package.is_empty() {
             service.proto_name.clone()
         } else {
             format!("{}.{}", service.package, service.proto_name)
         };
         ServiceNames {
+            service,
             full_name,
-            rust: service.name.clone(),
-            snake: to_snake(&service.proto_name),
+            rust: service.name.trim_end_matches('_').to_owned(),
+            snake: service.proto_name.to_snake_case(),
+            docs: doc_lines(&service.comments),
         }
     }
 
@@ -78,336 +111,476 @@ impl ServiceNames {
     }
 }
 
-/// A method's Rust name, without `r#`, with a suffix when it would clash
-/// with a keyword or with the generated helpers.
-fn method_ident(method: &Method) -> String {
-    let bare = method.name.trim_start_matches("r#");
-    let snake = to_snake(bare);
-    if is_keyword(&snake) || matches!(snake.as_str(), "new" | "get_ref" | "into_inner") {
-        format!("{snake}_rpc")
-    } else {
-        snake
+/// One method, with everything the generated code says about it.
+struct Rpc<'a> {
+    method: &'a Method,
+    /// Its name in the client and the server trait.
+    ident: Ident,
+    /// The name of the client's variant with call options.
+    with: Ident,
+    /// `/package.Service/Method`.
+    path: String,
+    input: syn::Type,
+    output: syn::Type,
+    /// Its comments, as doc lines.
+    docs: Vec<String>,
+}
+
+impl<'a> Rpc<'a> {
+    fn new(svc: &ServiceNames<'_>, method: &'a Method) -> Rpc<'a> {
+        let names = MethodNames::new(&method.proto_name);
+        Rpc {
+            method,
+            ident: ident(&names.ident),
+            with: ident(&names.with),
+            path: svc.path(method),
+            input: rust_type(&method.input_type),
+            output: rust_type(&method.output_type),
+            docs: doc_lines(&method.comments),
+        }
+    }
+
+    fn shape(&self) -> (bool, bool) {
+        (self.method.client_streaming, self.method.server_streaming)
+    }
+
+    /// The method's kind, as named by `drpc_mux::MethodKind`.
+    fn kind(&self) -> Ident {
+        let kind = match self.shape() {
+            (false, false) => "Unary",
+            (false, true) => "ServerStreaming",
+            (true, false) => "ClientStreaming",
+            (true, true) => "Bidi",
+        };
+        Ident::new(kind, Span::call_site())
+    }
+
+    /// The doc comment of the method: `headline`, then the proto comments.
+    fn doc(&self, headline: String) -> TokenStream {
+        let mut lines = vec![headline];
+        if !self.docs.is_empty() {
+            lines.push(String::new());
+            lines.extend(self.docs.iter().cloned());
+        }
+        doc(&lines)
     }
 }
 
-fn is_keyword(s: &str) -> bool {
-    matches!(
-        s,
-        "as" | "break"
-            | "const"
-            | "continue"
-            | "crate"
-            | "else"
-            | "enum"
-            | "extern"
-            | "false"
-            | "fn"
-            | "for"
-            | "if"
-            | "impl"
-            | "in"
-            | "let"
-            | "loop"
-            | "match"
-            | "mod"
-            | "move"
-            | "mut"
-            | "pub"
-            | "ref"
-            | "return"
-            | "self"
-            | "static"
-            | "struct"
-            | "super"
-            | "trait"
-            | "true"
-            | "type"
-            | "unsafe"
-            | "use"
-            | "where"
-            | "while"
-            | "async"
-            | "await"
-            | "dyn"
-            | "abstract"
-            | "become"
-            | "box"
-            | "do"
-            | "final"
-            | "macro"
-            | "override"
-            | "priv"
-            | "typeof"
-            | "unsized"
-            | "virtual"
-            | "yield"
-            | "try"
-            | "gen"
-    )
+/// The Rust names of a method.
+#[derive(Debug, PartialEq, Eq)]
+struct MethodNames {
+    /// Its name in the client and the server trait: prost's and tonic's
+    /// (snake case; `r#` before a keyword that may be raw, `_` after
+    /// `self`, `super`, `crate`, `extern` and `Self`, which may not be), or
+    /// with `_rpc` appended where it would clash with the client's own
+    /// `new`, `get_ref` and `into_inner`.
+    ident: String,
+    /// The client's variant with call options: the bare word, then `_with`
+    /// (`say_with`, `type_with`, `self_with`), never a double underscore.
+    with: String,
 }
 
-/// `FooBar` / `fooBar` / `foo_bar` → `foo_bar`.
-pub(crate) fn to_snake(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    let chars: Vec<char> = name.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        if c.is_uppercase() {
-            let prev_lower =
-                i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
-            let prev_upper = i > 0 && chars[i - 1].is_uppercase();
-            if i > 0 && !out.ends_with('_') && (prev_lower || (prev_upper && next_lower)) {
-                out.push('_');
-            }
-            out.extend(c.to_lowercase());
+impl MethodNames {
+    fn new(proto_name: &str) -> MethodNames {
+        let mut snake = proto_name.to_snake_case();
+        if snake.is_empty() {
+            // `rpc _`: heck keeps no letter of it.
+            snake.push_str("rpc");
+        }
+        let ident = if matches!(snake.as_str(), "new" | "get_ref" | "into_inner") {
+            format!("{snake}_rpc")
         } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The shape of a method.
-fn shape(method: &Method) -> &'static str {
-    match (method.client_streaming, method.server_streaming) {
-        (false, false) => "Unary",
-        (false, true) => "ServerStreaming",
-        (true, false) => "ClientStreaming",
-        (true, true) => "Bidi",
-    }
-}
-
-fn comments(method_or_service: &prost_build::Comments, indent: u8, buf: &mut String) {
-    method_or_service.append_with_indent(indent, buf);
-}
-
-fn client(service: &Service, svc: &ServiceNames, buf: &mut String) {
-    let name = format!("{}DrpcClient", svc.rust);
-    let _ = writeln!(buf, "/// DRPC client of `{}`.", svc.full_name);
-    if !service.comments.leading.is_empty() {
-        buf.push_str("///\n");
-        comments(&service.comments, 0, buf);
-    }
-    let _ = writeln!(
-        buf,
-        "///\n/// Generic over the connection: a [`::drpc_conn::Conn`], or any\n\
-         /// [`::drpc_conn::Invoker`] wrapping one.\n\
-         #[derive(Debug, Clone)]\n\
-         pub struct {name}<C> {{\n    inner: C,\n}}\n\n\
-         impl<C: ::drpc_conn::Invoker> {name}<C> {{\n\
-         \x20   /// A client making its calls through `inner`.\n\
-         \x20   pub fn new(inner: C) -> Self {{\n        Self {{ inner }}\n    }}\n\n\
-         \x20   /// The connection underneath.\n\
-         \x20   pub fn get_ref(&self) -> &C {{\n        &self.inner\n    }}\n\n\
-         \x20   /// Gives the connection back.\n\
-         \x20   pub fn into_inner(self) -> C {{\n        self.inner\n    }}"
-    );
-    for method in &service.methods {
-        let ident = method_ident(method);
-        let path = svc.path(method);
-        let (input, output) = (&method.input_type, &method.output_type);
-        let doc = |buf: &mut String, what: &str| {
-            buf.push('\n');
-            let _ = writeln!(buf, "    /// `{path}` ({what}).");
-            if !method.comments.leading.is_empty() {
-                buf.push_str("    ///\n");
-                comments(&method.comments, 1, buf);
-            }
+            sanitize_identifier(&snake)
         };
-        match (method.client_streaming, method.server_streaming) {
-            (false, false) => {
-                doc(buf, "unary: one request, one response");
-                let _ = writeln!(
-                    buf,
-                    "    pub async fn {ident}(&self, request: &{input}) -> ::core::result::Result<{output}, ::drpc_conn::Error> {{\n\
-                     \x20       self.{ident}_with(request, &::drpc_conn::CallOptions::new()).await\n    }}\n\n\
-                     \x20   /// As [`Self::{ident}`], with call options (metadata, deadline, cancellation).\n\
-                     \x20   pub async fn {ident}_with(&self, request: &{input}, options: &::drpc_conn::CallOptions) -> ::core::result::Result<{output}, ::drpc_conn::Error> {{\n\
-                     \x20       self.inner.invoke(&::drpc_conn::Prost, \"{path}\", request, options).await\n    }}"
-                );
-            }
-            (false, true) => {
-                doc(buf, "server streaming: one request, a stream of responses");
-                let _ = writeln!(
-                    buf,
-                    "    pub async fn {ident}(&self, request: &{input}) -> ::core::result::Result<::drpc_conn::Responses<{output}, ::drpc_conn::Prost>, ::drpc_conn::Error> {{\n\
-                     \x20       self.{ident}_with(request, &::drpc_conn::CallOptions::new()).await\n    }}\n\n\
-                     \x20   /// As [`Self::{ident}`], with call options (metadata, deadline, cancellation).\n\
-                     \x20   pub async fn {ident}_with(&self, request: &{input}, options: &::drpc_conn::CallOptions) -> ::core::result::Result<::drpc_conn::Responses<{output}, ::drpc_conn::Prost>, ::drpc_conn::Error> {{\n\
-                     \x20       let mut call = self.inner.open::<{input}, {output}, _>(::drpc_conn::Prost, \"{path}\", options).await?;\n\
-                     \x20       call.send(request).await?;\n\
-                     \x20       call.close_send()?;\n\
-                     \x20       Ok(::drpc_conn::Responses::new(call.split().1))\n    }}"
-                );
-            }
-            (true, false) => {
-                doc(
-                    buf,
-                    "client streaming: send requests, then `close_and_recv` the response",
-                );
-                let _ = writeln!(
-                    buf,
-                    "    pub async fn {ident}(&self) -> ::core::result::Result<::drpc_conn::ClientStream<{input}, {output}, ::drpc_conn::Prost>, ::drpc_conn::Error> {{\n\
-                     \x20       self.{ident}_with(&::drpc_conn::CallOptions::new()).await\n    }}\n\n\
-                     \x20   /// As [`Self::{ident}`], with call options (metadata, deadline, cancellation).\n\
-                     \x20   pub async fn {ident}_with(&self, options: &::drpc_conn::CallOptions) -> ::core::result::Result<::drpc_conn::ClientStream<{input}, {output}, ::drpc_conn::Prost>, ::drpc_conn::Error> {{\n\
-                     \x20       self.inner.open(::drpc_conn::Prost, \"{path}\", options).await\n    }}"
-                );
-            }
-            (true, true) => {
-                doc(
-                    buf,
-                    "bidirectional: the sending half and the stream of responses",
-                );
-                let _ = writeln!(
-                    buf,
-                    "    pub async fn {ident}(&self) -> ::core::result::Result<(::drpc_conn::ClientSender<{input}, ::drpc_conn::Prost>, ::drpc_conn::Responses<{output}, ::drpc_conn::Prost>), ::drpc_conn::Error> {{\n\
-                     \x20       self.{ident}_with(&::drpc_conn::CallOptions::new()).await\n    }}\n\n\
-                     \x20   /// As [`Self::{ident}`], with call options (metadata, deadline, cancellation).\n\
-                     \x20   pub async fn {ident}_with(&self, options: &::drpc_conn::CallOptions) -> ::core::result::Result<(::drpc_conn::ClientSender<{input}, ::drpc_conn::Prost>, ::drpc_conn::Responses<{output}, ::drpc_conn::Prost>), ::drpc_conn::Error> {{\n\
-                     \x20       let call = self.inner.open::<{input}, {output}, _>(::drpc_conn::Prost, \"{path}\", options).await?;\n\
-                     \x20       let (sender, receiver) = call.split();\n\
-                     \x20       Ok((sender, ::drpc_conn::Responses::new(receiver)))\n    }}"
-                );
-            }
-        }
+        let bare = ident.strip_prefix("r#").unwrap_or(&ident);
+        let with = format!("{}_with", bare.trim_end_matches('_'));
+        MethodNames { ident, with }
     }
-    buf.push_str("}\n\n");
 }
 
-fn server(service: &Service, svc: &ServiceNames, buf: &mut String) {
-    let trait_name = format!("{}DrpcServer", svc.rust);
-    let desc = format!("{}DrpcDescription", svc.rust);
-    let methods_const = format!("{}_DRPC_METHODS", svc.snake.to_uppercase());
-    let unimplemented = "::core::result::Result::Err(::drpc_mux::CodedError::new(::drpc_mux::UNIMPLEMENTED, \"Unimplemented\"))";
-
-    let _ = writeln!(buf, "/// Server side of `{}`.", svc.full_name);
-    if !service.comments.leading.is_empty() {
-        buf.push_str("///\n");
-        comments(&service.comments, 0, buf);
+/// prost-build's `sanitize_identifier`, which tonic's names come from: a
+/// raw identifier for a keyword that may be one, a `_` suffix for those
+/// that may not, a `_` prefix before a digit.
+fn sanitize_identifier(ident: &str) -> String {
+    match ident {
+        "as" | "break" | "const" | "continue" | "else" | "enum" | "false" | "fn" | "for" | "if"
+        | "impl" | "in" | "let" | "loop" | "match" | "mod" | "move" | "mut" | "pub" | "ref"
+        | "return" | "static" | "struct" | "trait" | "true" | "type" | "unsafe" | "use"
+        | "where" | "while" | "dyn" | "abstract" | "become" | "box" | "do" | "final" | "macro"
+        | "override" | "priv" | "typeof" | "unsized" | "virtual" | "yield" | "async" | "await"
+        | "try" | "gen" => format!("r#{ident}"),
+        "_" | "super" | "self" | "Self" | "extern" | "crate" => format!("{ident}_"),
+        s if s.starts_with(|c: char| c.is_ascii_digit()) => format!("_{ident}"),
+        _ => ident.to_owned(),
     }
-    let _ = writeln!(
-        buf,
-        "///\n/// Implement the methods you serve; the others answer code 12\n\
-         /// (Unimplemented). Register with [`register_{snake}_drpc`].\n\
-         pub trait {trait_name}: ::core::marker::Send + ::core::marker::Sync + 'static {{",
-        snake = svc.snake
-    );
-    let future = |out: &str| {
-        format!(
-            "impl ::core::future::Future<Output = ::core::result::Result<{out}, ::drpc_mux::CodedError>> + ::core::marker::Send"
-        )
+}
+
+/// An identifier, raw if written `r#name`.
+fn ident(name: &str) -> Ident {
+    match name.strip_prefix("r#") {
+        Some(raw) => Ident::new_raw(raw, Span::call_site()),
+        None => Ident::new(name, Span::call_site()),
+    }
+}
+
+/// A Rust type as prost names it (`Msg`, `super::v1::Msg`, `()`...).
+fn rust_type(name: &str) -> syn::Type {
+    syn::parse_str(name)
+        .unwrap_or_else(|e| panic!("prost named a message type {name:?}, not a Rust type: {e}"))
+}
+
+/// The rustdoc lines of proto comments (leading, then trailing), as
+/// prost-build writes them (URLs and brackets escaped, indented code kept
+/// as text), each starting with its space.
+fn doc_lines(comments: &Comments) -> Vec<String> {
+    let comments = Comments {
+        leading_detached: Vec::new(),
+        leading: comments.leading.clone(),
+        trailing: comments.trailing.clone(),
     };
-    for (i, method) in service.methods.iter().enumerate() {
-        if i > 0 {
-            buf.push('\n');
-        }
-        let ident = method_ident(method);
-        let (input, output) = (&method.input_type, &method.output_type);
-        let _ = writeln!(buf, "    /// `{}` ({}).", svc.path(method), shape(method));
-        if !method.comments.leading.is_empty() {
-            buf.push_str("    ///\n");
-            comments(&method.comments, 1, buf);
-        }
-        let (params, names, ret) = match (method.client_streaming, method.server_streaming) {
-            (false, false) => (format!("request: {input}"), "request", future(output)),
-            (false, true) => (
-                format!("request: {input}, responses: impl ::drpc_mux::ResponseSink<{output}>"),
-                "request, responses",
-                future("()"),
-            ),
-            (true, false) => (
-                format!("requests: impl ::drpc_mux::RequestStream<{input}>"),
-                "requests",
-                future(output),
-            ),
-            (true, true) => (
-                format!(
-                    "requests: impl ::drpc_mux::RequestStream<{input}>, responses: impl ::drpc_mux::ResponseSink<{output}>"
-                ),
-                "requests, responses",
-                future("()"),
-            ),
-        };
-        let _ = writeln!(
-            buf,
-            "    fn {ident}(&self, ctx: ::drpc_mux::RequestContext, {params}) -> {ret} {{\n\
-             \x20       let _ = (ctx, {names});\n\
-             \x20       async {{ {unimplemented} }}\n    }}"
-        );
-    }
-    buf.push_str("}\n\n");
+    let mut text = String::new();
+    comments.append_with_indent(0, &mut text);
+    text.lines()
+        .filter_map(|line| line.strip_prefix("///"))
+        .map(str::to_owned)
+        .collect()
+}
 
-    let _ = writeln!(
-        buf,
-        "/// The methods of `{full}`, in declaration order.\n\
-         pub const {methods_const}: &[::drpc_mux::MethodDesc] = &[",
-        full = svc.full_name
-    );
-    for method in &service.methods {
-        let _ = writeln!(
-            buf,
-            "    ::drpc_mux::MethodDesc {{ rpc: \"{}\", kind: ::drpc_mux::MethodKind::{} }},",
-            svc.path(method),
-            shape(method)
-        );
-    }
-    buf.push_str("];\n\n");
+/// `#[doc]` attributes, one per line: prettyplease writes them as `///`.
+/// Each line but an empty one starts with its space, as after `///`.
+fn doc(lines: &[String]) -> TokenStream {
+    quote! { #(#[doc = #lines])* }
+}
 
-    let _ = writeln!(
-        buf,
-        "/// Describes `{full}` to a [`::drpc_mux::Mux`], serving it with `S`.\n\
-         #[derive(Debug)]\n\
-         pub struct {desc}<S>(pub ::std::sync::Arc<S>);\n\n\
-         impl<S: {trait_name}> ::drpc_mux::Description for {desc}<S> {{\n\
-         \x20   fn methods(&self) -> &'static [::drpc_mux::MethodDesc] {{\n        {methods_const}\n    }}\n\n\
-         \x20   fn register(self: ::std::sync::Arc<Self>, mux: &mut ::drpc_mux::Mux) {{",
-        full = svc.full_name
+/// The doc comment of an item of a service: `headline`, the service's
+/// comments, then `tail`.
+fn service_doc(svc: &ServiceNames<'_>, headline: String, tail: &[&str]) -> TokenStream {
+    let mut lines = vec![headline];
+    if !svc.docs.is_empty() {
+        lines.push(String::new());
+        lines.extend(svc.docs.iter().cloned());
+    }
+    if !tail.is_empty() {
+        lines.push(String::new());
+        lines.extend(tail.iter().map(|line| (*line).to_owned()));
+    }
+    doc(&lines)
+}
+
+/// `SvcDrpcClient<C>`: one method per RPC, and its `_with` variant.
+fn client(svc: &ServiceNames<'_>, rpcs: &[Rpc<'_>]) -> TokenStream {
+    let name = format_ident!("{}DrpcClient", svc.rust);
+    let doc = service_doc(
+        svc,
+        format!(" DRPC client of `{}`.", svc.full_name),
+        &[
+            " Generic over the connection: a [`::drpc_conn::Conn`], or any",
+            " [`::drpc_conn::Invoker`] wrapping one.",
+        ],
     );
-    for method in &service.methods {
-        let ident = method_ident(method);
-        let path = svc.path(method);
-        let (input, output) = (&method.input_type, &method.output_type);
-        let (register, args, call) = match (method.client_streaming, method.server_streaming) {
-            (false, false) => ("unary", format!("request: {input}"), "request"),
-            (false, true) => (
-                "server_streaming",
-                format!(
-                    "request: {input}, responses: ::drpc_mux::ServerSender<{output}, ::drpc_mux::Prost>"
-                ),
-                "request, responses",
-            ),
-            (true, false) => (
-                "client_streaming",
-                format!("requests: ::drpc_mux::ServerReceiver<{input}, ::drpc_mux::Prost>"),
-                "requests",
-            ),
-            (true, true) => (
-                "bidi",
-                format!(
-                    "requests: ::drpc_mux::ServerReceiver<{input}, ::drpc_mux::Prost>, responses: ::drpc_mux::ServerSender<{output}, ::drpc_mux::Prost>"
-                ),
-                "requests, responses",
-            ),
-        };
-        let _ = writeln!(
-            buf,
-            "        let server = self.0.clone();\n\
-             \x20       mux.{register}(\"{path}\", ::drpc_mux::Prost, move |ctx: ::drpc_mux::RequestContext, {args}| {{\n\
-             \x20           let server = server.clone();\n\
-             \x20           async move {{ server.{ident}(ctx, {call}).await }}\n\
-             \x20       }});"
+    let methods = rpcs.iter().map(client_method);
+    quote! {
+        #doc
+        #[derive(Debug, Clone)]
+        pub struct #name<C> {
+            inner: C,
+        }
+
+        impl<C: ::drpc_conn::Invoker> #name<C> {
+            /// A client making its calls through `inner`.
+            pub fn new(inner: C) -> Self {
+                Self { inner }
+            }
+
+            /// The connection underneath.
+            pub fn get_ref(&self) -> &C {
+                &self.inner
+            }
+
+            /// Gives the connection back.
+            pub fn into_inner(self) -> C {
+                self.inner
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
+fn client_method(rpc: &Rpc<'_>) -> TokenStream {
+    let Rpc {
+        ident,
+        with,
+        path,
+        input,
+        output,
+        ..
+    } = rpc;
+    let what = match rpc.shape() {
+        (false, false) => "unary: one request, one response",
+        (false, true) => "server streaming: one request, a stream of responses",
+        (true, false) => "client streaming: send requests, then `close_and_recv` the response",
+        (true, true) => "bidirectional: the sending half and the stream of responses",
+    };
+    let doc = rpc.doc(format!(" `{path}` ({what})."));
+    // rustdoc resolves `Self::type`, not `Self::r#type`.
+    let link = match ident.to_string().strip_prefix("r#") {
+        Some(bare) => format!("[`Self::{ident}`](Self::{bare})"),
+        None => format!("[`Self::{ident}`]"),
+    };
+    let with_doc = format!(" As {link}, with call options (metadata, deadline, cancellation).");
+    let error = quote!(::drpc_conn::Error);
+    let options = quote!(&::drpc_conn::CallOptions::new());
+    match rpc.shape() {
+        (false, false) => quote! {
+            #doc
+            pub async fn #ident(&self, request: &#input) -> ::core::result::Result<#output, #error> {
+                self.#with(request, #options).await
+            }
+
+            #[doc = #with_doc]
+            pub async fn #with(
+                &self,
+                request: &#input,
+                options: &::drpc_conn::CallOptions,
+            ) -> ::core::result::Result<#output, #error> {
+                self.inner.invoke(&::drpc_conn::Prost, #path, request, options).await
+            }
+        },
+        (false, true) => {
+            let ret = quote! {
+                ::core::result::Result<::drpc_conn::Responses<#output, ::drpc_conn::Prost>, #error>
+            };
+            quote! {
+                #doc
+                pub async fn #ident(&self, request: &#input) -> #ret {
+                    self.#with(request, #options).await
+                }
+
+                #[doc = #with_doc]
+                pub async fn #with(
+                    &self,
+                    request: &#input,
+                    options: &::drpc_conn::CallOptions,
+                ) -> #ret {
+                    let mut call = self
+                        .inner
+                        .open::<#input, #output, _>(::drpc_conn::Prost, #path, options)
+                        .await?;
+                    call.send(request).await?;
+                    call.close_send()?;
+                    Ok(::drpc_conn::Responses::new(call.split().1))
+                }
+            }
+        }
+        (true, false) => {
+            let ret = quote! {
+                ::core::result::Result<
+                    ::drpc_conn::ClientStream<#input, #output, ::drpc_conn::Prost>,
+                    #error,
+                >
+            };
+            quote! {
+                #doc
+                pub async fn #ident(&self) -> #ret {
+                    self.#with(#options).await
+                }
+
+                #[doc = #with_doc]
+                pub async fn #with(&self, options: &::drpc_conn::CallOptions) -> #ret {
+                    self.inner.open(::drpc_conn::Prost, #path, options).await
+                }
+            }
+        }
+        (true, true) => {
+            let ret = quote! {
+                ::core::result::Result<
+                    (
+                        ::drpc_conn::ClientSender<#input, ::drpc_conn::Prost>,
+                        ::drpc_conn::Responses<#output, ::drpc_conn::Prost>,
+                    ),
+                    #error,
+                >
+            };
+            quote! {
+                #doc
+                pub async fn #ident(&self) -> #ret {
+                    self.#with(#options).await
+                }
+
+                #[doc = #with_doc]
+                pub async fn #with(&self, options: &::drpc_conn::CallOptions) -> #ret {
+                    let call = self
+                        .inner
+                        .open::<#input, #output, _>(::drpc_conn::Prost, #path, options)
+                        .await?;
+                    let (sender, receiver) = call.split();
+                    Ok((sender, ::drpc_conn::Responses::new(receiver)))
+                }
+            }
+        }
+    }
+}
+
+/// `SvcDrpcServer`, `SVC_DRPC_METHODS`, `SvcDrpcDescription` and
+/// `register_svc_drpc`.
+fn server(svc: &ServiceNames<'_>, rpcs: &[Rpc<'_>]) -> TokenStream {
+    let trait_name = format_ident!("{}DrpcServer", svc.rust);
+    let desc = format_ident!("{}DrpcDescription", svc.rust);
+    let methods_const = format_ident!("{}_DRPC_METHODS", svc.snake.to_uppercase());
+    let register_fn = format_ident!("register_{}_drpc", svc.snake);
+    let full = &svc.full_name;
+
+    let trait_doc = service_doc(
+        svc,
+        format!(" Server side of `{full}`."),
+        &[
+            " Implement the methods you serve; the others answer code 12",
+            &format!(" (Unimplemented). Register with [`{register_fn}`]."),
+        ],
+    );
+    let trait_methods = rpcs.iter().map(server_method);
+    let descs = rpcs.iter().map(|rpc| {
+        let (path, kind) = (&rpc.path, rpc.kind());
+        quote!(::drpc_mux::MethodDesc { rpc: #path, kind: ::drpc_mux::MethodKind::#kind })
+    });
+    let registrations = rpcs.iter().map(registration);
+    // A service without methods registers nothing.
+    let mux_used = rpcs.is_empty().then(|| quote!(let _ = mux;));
+    let methods_doc = format!(" The methods of `{full}`, in declaration order.");
+    let desc_doc = format!(" Describes `{full}` to a [`::drpc_mux::Mux`], serving it with `S`.");
+    let register_doc = format!(" Registers `server` as the implementation of `{full}` in `mux`.");
+
+    quote! {
+        #trait_doc
+        pub trait #trait_name: ::core::marker::Send + ::core::marker::Sync + 'static {
+            #(#trait_methods)*
+        }
+
+        #[doc = #methods_doc]
+        pub const #methods_const: &[::drpc_mux::MethodDesc] = &[#(#descs),*];
+
+        #[doc = #desc_doc]
+        #[derive(Debug)]
+        pub struct #desc<S>(pub ::std::sync::Arc<S>);
+
+        impl<S: #trait_name> ::drpc_mux::Description for #desc<S> {
+            fn methods(&self) -> &'static [::drpc_mux::MethodDesc] {
+                #methods_const
+            }
+
+            fn register(self: ::std::sync::Arc<Self>, mux: &mut ::drpc_mux::Mux) {
+                #mux_used
+                #(#registrations)*
+            }
+        }
+
+        #[doc = #register_doc]
+        pub fn #register_fn<S: #trait_name>(
+            mux: &mut ::drpc_mux::Mux,
+            server: ::std::sync::Arc<S>,
+        ) {
+            mux.register(::std::sync::Arc::new(#desc(server)));
+        }
+    }
+}
+
+/// A method of the server trait, defaulting to Unimplemented.
+fn server_method(rpc: &Rpc<'_>) -> TokenStream {
+    let Rpc {
+        ident,
+        input,
+        output,
+        ..
+    } = rpc;
+    let doc = rpc.doc(format!(" `{}` ({}).", rpc.path, rpc.kind()));
+    let future = |out: TokenStream| {
+        quote! {
+            impl ::core::future::Future<
+                Output = ::core::result::Result<#out, ::drpc_mux::CodedError>,
+            > + ::core::marker::Send
+        }
+    };
+    let (params, names, ret) = match rpc.shape() {
+        (false, false) => (
+            quote!(request: #input),
+            quote!(request),
+            future(quote!(#output)),
+        ),
+        (false, true) => (
+            quote!(request: #input, responses: impl ::drpc_mux::ResponseSink<#output>),
+            quote!(request, responses),
+            future(quote!(())),
+        ),
+        (true, false) => (
+            quote!(requests: impl ::drpc_mux::RequestStream<#input>),
+            quote!(requests),
+            future(quote!(#output)),
+        ),
+        (true, true) => (
+            quote! {
+                requests: impl ::drpc_mux::RequestStream<#input>,
+                responses: impl ::drpc_mux::ResponseSink<#output>
+            },
+            quote!(requests, responses),
+            future(quote!(())),
+        ),
+    };
+    quote! {
+        #doc
+        fn #ident(&self, ctx: ::drpc_mux::RequestContext, #params) -> #ret {
+            let _ = (ctx, #names);
+            async {
+                ::core::result::Result::Err(::drpc_mux::CodedError::new(
+                    ::drpc_mux::UNIMPLEMENTED,
+                    "Unimplemented",
+                ))
+            }
+        }
+    }
+}
+
+/// One route of `Description::register`.
+fn registration(rpc: &Rpc<'_>) -> TokenStream {
+    let Rpc {
+        ident,
+        path,
+        input,
+        output,
+        ..
+    } = rpc;
+    let (register, args, call) = match rpc.shape() {
+        (false, false) => (quote!(unary), quote!(request: #input), quote!(request)),
+        (false, true) => (
+            quote!(server_streaming),
+            quote!(request: #input, responses: ::drpc_mux::ServerSender<#output, ::drpc_mux::Prost>),
+            quote!(request, responses),
+        ),
+        (true, false) => (
+            quote!(client_streaming),
+            quote!(requests: ::drpc_mux::ServerReceiver<#input, ::drpc_mux::Prost>),
+            quote!(requests),
+        ),
+        (true, true) => (
+            quote!(bidi),
+            quote! {
+                requests: ::drpc_mux::ServerReceiver<#input, ::drpc_mux::Prost>,
+                responses: ::drpc_mux::ServerSender<#output, ::drpc_mux::Prost>
+            },
+            quote!(requests, responses),
+        ),
+    };
+    quote! {
+        let server = self.0.clone();
+        mux.#register(
+            #path,
+            ::drpc_mux::Prost,
+            move |ctx: ::drpc_mux::RequestContext, #args| {
+                let server = server.clone();
+                async move { server.#ident(ctx, #call).await }
+            },
         );
     }
-    let _ = writeln!(
-        buf,
-        "    }}\n}}\n\n\
-         /// Registers `server` as the implementation of `{full}` in `mux`.\n\
-         pub fn register_{snake}_drpc<S: {trait_name}>(mux: &mut ::drpc_mux::Mux, server: ::std::sync::Arc<S>) {{\n\
-         \x20   mux.register(::std::sync::Arc::new({desc}(server)));\n}}\n",
-        full = svc.full_name,
-        snake = svc.snake
-    );
 }
 
 /// tonic's snake case for module names (`naive_snake_case`).
@@ -428,87 +601,210 @@ fn tonic_snake(name: &str) -> String {
 
 /// `SvcGrpcAdapter<S>`: tonic's server trait implemented on top of the
 /// DRPC server trait, so that one implementation serves both protocols.
-fn grpc_adapter(service: &Service, svc: &ServiceNames, buf: &mut String) {
-    let adapter = format!("{}GrpcAdapter", svc.rust);
-    let server_trait = format!("{}DrpcServer", svc.rust);
-    let module = format!("{}_server", tonic_snake(&service.name));
-    let _ = writeln!(
-        buf,
-        "/// Serves a [`{server_trait}`] implementation over gRPC:\n\
-         /// `{module}::{rust}Server::new({adapter}(server))` in a tonic router.\n\
-         #[derive(Debug)]\n\
-         pub struct {adapter}<S>(pub ::std::sync::Arc<S>);\n\n\
-         #[::tonic::async_trait]\n\
-         impl<S: {server_trait}> {module}::{rust} for {adapter}<S> {{",
-        rust = svc.rust
-    );
+fn grpc_adapter(svc: &ServiceNames<'_>, rpcs: &[Rpc<'_>]) -> TokenStream {
+    // tonic's names come from prost's (`Self_` for a service `Self`).
+    let tonic_name = &svc.service.name;
+    let adapter = format_ident!("{}GrpcAdapter", svc.rust);
+    let server_trait = format_ident!("{}DrpcServer", svc.rust);
+    let module = format_ident!("{}_server", tonic_snake(tonic_name));
+    let tonic_trait = ident(tonic_name);
+    let adapter_doc = [
+        format!(" Serves a [`{server_trait}`] implementation over gRPC:"),
+        format!(" `{module}::{tonic_name}Server::new({adapter}(server))` in a tonic router."),
+        String::new(),
+        " Needs `drpc-mux` with its `grpc` feature, `tonic` and `tonic-prost`.".to_owned(),
+    ];
+    let adapter_doc = doc(&adapter_doc);
+    let methods = rpcs.iter().map(grpc_method);
+    quote! {
+        #adapter_doc
+        #[derive(Debug)]
+        pub struct #adapter<S>(pub ::std::sync::Arc<S>);
+
+        #[::tonic::async_trait]
+        impl<S: #server_trait> #module::#tonic_trait for #adapter<S> {
+            #(#methods)*
+        }
+    }
+}
+
+/// One method of tonic's server trait, calling the DRPC one.
+fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
+    let Rpc {
+        ident,
+        path,
+        input,
+        output,
+        ..
+    } = rpc;
+    // tonic names its methods as prost does.
+    let tonic_method = self::ident(&rpc.method.name);
+    let stream_type = format_ident!("{}Stream", rpc.method.proto_name);
     let result =
-        |out: &str| format!("::core::result::Result<::tonic::Response<{out}>, ::tonic::Status>");
-    for method in &service.methods {
-        let tonic_name = &method.name;
-        let ident = method_ident(method);
-        let path = svc.path(method);
-        let (input, output) = (&method.input_type, &method.output_type);
-        let stream_type = format!("{}Stream", method.proto_name);
-        match (method.client_streaming, method.server_streaming) {
-            (false, false) => {
-                let _ = writeln!(
-                    buf,
-                    "    async fn {tonic_name}(&self, request: ::tonic::Request<{input}>) -> {ret} {{\n\
-                     \x20       let ctx = ::drpc_mux::grpc::context(\"{path}\", &request);\n\
-                     \x20       ::drpc_mux::grpc::reply(self.0.{ident}(ctx, request.into_inner()).await)\n    }}",
-                    ret = result(output)
-                );
+        |out: TokenStream| quote!(::core::result::Result<::tonic::Response<#out>, ::tonic::Status>);
+    match rpc.shape() {
+        (false, false) => {
+            let ret = result(quote!(#output));
+            quote! {
+                async fn #tonic_method(&self, request: ::tonic::Request<#input>) -> #ret {
+                    let ctx = ::drpc_mux::grpc::context(#path, &request);
+                    ::drpc_mux::grpc::reply(self.0.#ident(ctx, request.into_inner()).await)
+                }
             }
-            (true, false) => {
-                let _ = writeln!(
-                    buf,
-                    "    async fn {tonic_name}(&self, request: ::tonic::Request<::tonic::Streaming<{input}>>) -> {ret} {{\n\
-                     \x20       let ctx = ::drpc_mux::grpc::context(\"{path}\", &request);\n\
-                     \x20       let requests = ::drpc_mux::grpc::GrpcRequests::new(request.into_inner());\n\
-                     \x20       ::drpc_mux::grpc::reply(self.0.{ident}(ctx, requests).await)\n    }}",
-                    ret = result(output)
-                );
+        }
+        (true, false) => {
+            let ret = result(quote!(#output));
+            quote! {
+                async fn #tonic_method(
+                    &self,
+                    request: ::tonic::Request<::tonic::Streaming<#input>>,
+                ) -> #ret {
+                    let ctx = ::drpc_mux::grpc::context(#path, &request);
+                    let requests = ::drpc_mux::grpc::GrpcRequests::new(request.into_inner());
+                    ::drpc_mux::grpc::reply(self.0.#ident(ctx, requests).await)
+                }
             }
-            (false, true) => {
-                let _ = writeln!(
-                    buf,
-                    "    type {stream_type} = ::drpc_mux::grpc::GrpcResponses<{output}>;\n\n\
-                     \x20   async fn {tonic_name}(&self, request: ::tonic::Request<{input}>) -> {ret} {{\n\
-                     \x20       let server = self.0.clone();\n\
-                     \x20       ::core::result::Result::Ok(::tonic::Response::new(::drpc_mux::grpc::spawn_responses(\"{path}\", request, move |ctx, request, responses| async move {{\n\
-                     \x20           server.{ident}(ctx, request, responses).await\n\
-                     \x20       }})))\n    }}",
-                    ret = result(&format!("Self::{stream_type}"))
-                );
+        }
+        (false, true) => {
+            let ret = result(quote!(Self::#stream_type));
+            quote! {
+                type #stream_type = ::drpc_mux::grpc::GrpcResponses<#output>;
+
+                async fn #tonic_method(&self, request: ::tonic::Request<#input>) -> #ret {
+                    let server = self.0.clone();
+                    ::core::result::Result::Ok(::tonic::Response::new(
+                        ::drpc_mux::grpc::spawn_responses(
+                            #path,
+                            request,
+                            move |ctx, request, responses| async move {
+                                server.#ident(ctx, request, responses).await
+                            },
+                        ),
+                    ))
+                }
             }
-            (true, true) => {
-                let _ = writeln!(
-                    buf,
-                    "    type {stream_type} = ::drpc_mux::grpc::GrpcResponses<{output}>;\n\n\
-                     \x20   async fn {tonic_name}(&self, request: ::tonic::Request<::tonic::Streaming<{input}>>) -> {ret} {{\n\
-                     \x20       let server = self.0.clone();\n\
-                     \x20       ::core::result::Result::Ok(::tonic::Response::new(::drpc_mux::grpc::spawn_responses(\"{path}\", request, move |ctx, requests, responses| async move {{\n\
-                     \x20           server.{ident}(ctx, ::drpc_mux::grpc::GrpcRequests::new(requests), responses).await\n\
-                     \x20       }})))\n    }}",
-                    ret = result(&format!("Self::{stream_type}"))
-                );
+        }
+        (true, true) => {
+            let ret = result(quote!(Self::#stream_type));
+            quote! {
+                type #stream_type = ::drpc_mux::grpc::GrpcResponses<#output>;
+
+                async fn #tonic_method(
+                    &self,
+                    request: ::tonic::Request<::tonic::Streaming<#input>>,
+                ) -> #ret {
+                    let server = self.0.clone();
+                    ::core::result::Result::Ok(::tonic::Response::new(
+                        ::drpc_mux::grpc::spawn_responses(
+                            #path,
+                            request,
+                            move |ctx, requests, responses| async move {
+                                server
+                                    .#ident(ctx, ::drpc_mux::grpc::GrpcRequests::new(requests), responses)
+                                    .await
+                            },
+                        ),
+                    ))
+                }
             }
         }
     }
-    buf.push_str("}\n\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn names(proto_name: &str) -> (String, String) {
+        let names = MethodNames::new(proto_name);
+        (names.ident, names.with)
+    }
+
     #[test]
-    fn snake_case_like_prost() {
-        assert_eq!(to_snake("Method1"), "method1");
-        assert_eq!(to_snake("SayHello"), "say_hello");
-        assert_eq!(to_snake("HTTPGet"), "http_get");
-        assert_eq!(to_snake("streamingOutputCall"), "streaming_output_call");
-        assert_eq!(to_snake("already_snake"), "already_snake");
+    fn method_names_are_snake_case_like_prost() {
+        for (proto, ident, with) in [
+            ("Method1", "method1", "method1_with"),
+            ("SayHello", "say_hello", "say_hello_with"),
+            ("HTTPGet", "http_get", "http_get_with"),
+            (
+                "streamingOutputCall",
+                "streaming_output_call",
+                "streaming_output_call_with",
+            ),
+            ("already_snake", "already_snake", "already_snake_with"),
+            ("Foo__Bar", "foo_bar", "foo_bar_with"),
+            ("_Private", "private", "private_with"),
+        ] {
+            assert_eq!(names(proto), (ident.into(), with.into()), "{proto}");
+        }
+    }
+
+    #[test]
+    fn keywords_are_raw_or_suffixed_as_tonic_does() {
+        for (proto, ident, with) in [
+            ("Type", "r#type", "type_with"),
+            ("Async", "r#async", "async_with"),
+            ("Move", "r#move", "move_with"),
+            ("Gen", "r#gen", "gen_with"),
+            ("Self", "self_", "self_with"),
+            ("Super", "super_", "super_with"),
+            ("Crate", "crate_", "crate_with"),
+            ("Extern", "extern_", "extern_with"),
+            // The client's own methods.
+            ("New", "new_rpc", "new_rpc_with"),
+            ("GetRef", "get_ref_rpc", "get_ref_rpc_with"),
+            ("IntoInner", "into_inner_rpc", "into_inner_rpc_with"),
+            ("_", "rpc", "rpc_with"),
+        ] {
+            assert_eq!(names(proto), (ident.into(), with.into()), "{proto}");
+            // Each is a valid identifier.
+            let _ = self::ident(ident);
+            let _ = self::ident(with);
+        }
+    }
+
+    #[test]
+    fn method_names_match_prost_which_tonic_uses() {
+        // Outside the clashes with the client's methods, the name is
+        // prost's `Method::name`, which tonic's trait methods carry.
+        for proto in ["Type", "Self", "Async", "SayHello", "HTTPGet", "Foo__Bar"] {
+            let prost = sanitize_identifier(&proto.to_snake_case());
+            assert_eq!(MethodNames::new(proto).ident, prost);
+        }
+    }
+
+    #[test]
+    fn service_names_have_no_double_underscores() {
+        let service = |proto_name: &str, name: &str| Service {
+            name: name.into(),
+            proto_name: proto_name.into(),
+            package: String::new(),
+            comments: Comments::default(),
+            methods: Vec::new(),
+            options: Default::default(),
+        };
+        let s = service("Foo__Bar", "FooBar");
+        let svc = ServiceNames::new(&s);
+        assert_eq!(
+            (svc.snake.as_str(), svc.rust.as_str()),
+            ("foo_bar", "FooBar")
+        );
+        let s = service("Self", "Self_");
+        let svc = ServiceNames::new(&s);
+        assert_eq!((svc.snake.as_str(), svc.rust.as_str()), ("self", "Self"));
+    }
+
+    #[test]
+    fn proto_comments_become_doc_lines() {
+        let comments = Comments {
+            leading_detached: vec![vec![" detached".into()]],
+            leading: vec![" Leading, see [docs].".into(), "".into(), " More.".into()],
+            trailing: vec![" Trailing.".into()],
+        };
+        let lines = doc_lines(&comments);
+        assert_eq!(
+            lines,
+            [" Leading, see \\[docs\\].", "", " More.", "", " Trailing."]
+        );
     }
 }

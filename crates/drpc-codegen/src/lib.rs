@@ -28,7 +28,54 @@
 //! RPC paths are `/pkg.Svc/Method` from the proto names, exactly as Go's
 //! generator builds them (`/Svc/Method` without a package). Proto comments
 //! become rustdoc. The generated code refers to the `drpc-conn` (client)
-//! and `drpc-mux` (server) crates, which the using crate depends on.
+//! and `drpc-mux` (server) crates, which the using crate depends on. It is
+//! built with `quote!` and formatted with `prettyplease`, as tonic-build's.
+//!
+//! # Rust names
+//!
+//! Methods are named as prost and tonic name them: in snake case, a
+//! keyword as a raw identifier (`rpc Type` is `r#type`), and `self`,
+//! `super`, `crate`, `extern` and `Self`, which cannot be raw, with a `_`
+//! after them (`rpc Self` is `self_`); a method that would clash with the
+//! client's `new`, `get_ref` or `into_inner` gets `_rpc` after its name.
+//! The variant with call options is the bare word followed by `_with`
+//! (`type_with`, `self_with`). A service `Self` gives `SelfDrpcClient`,
+//! `SelfDrpcServer` and `register_self_drpc`. All of it compiles without
+//! warnings under the default lints (tonic's own code for a service
+//! `Self`, generated with the gRPC adapter, does not: `self__server`).
+//!
+//! # Rebuilds
+//!
+//! [`Builder::compile_protos`] tells cargo to run the build script again
+//! when any file the proto compiler read changes: the protos listed and
+//! every file they import, transitively, as found in the include paths.
+//! [`Builder::compile`] does the same work without printing, and returns
+//! those files.
+//!
+//! # gRPC adapters
+//!
+//! With the `grpc` feature, [`Builder::grpc_adapter`] also generates
+//! tonic's code and, for each service, a `SvcGrpcAdapter` serving the same
+//! `SvcDrpcServer` implementation over gRPC. Three things must be on:
+//!
+//! * the `grpc` feature of `drpc-codegen`, in `[build-dependencies]`:
+//!   without it, calling `grpc_adapter` is a compile error saying so;
+//! * the `grpc` feature of `drpc-mux`, in `[dependencies]`: without it the
+//!   generated adapter fails to compile at its first use of
+//!   `drpc_mux::grpc`, with rustc's note that the module is "gated behind
+//!   the `grpc` feature";
+//! * `tonic` and `tonic-prost` in `[dependencies]`, which tonic's
+//!   generated code uses.
+//!
+//! ```toml
+//! [dependencies]
+//! drpc-mux = { path = "../drpc-rs/crates/drpc-mux", features = ["grpc"] }
+//! tonic = "0.14"
+//! tonic-prost = "0.14"
+//!
+//! [build-dependencies]
+//! drpc-codegen = { path = "../drpc-rs/crates/drpc-codegen", features = ["grpc"] }
+//! ```
 //!
 //! # Example
 //!
@@ -103,12 +150,66 @@ impl Builder {
 
 /// Configures code generation from a build script (in the style of
 /// prost-build and tonic-build).
+///
+/// [`grpc_adapter`](Builder::grpc_adapter) needs the `grpc` feature of
+/// this crate (see [the crate documentation](crate#grpc-adapters) for what
+/// else it needs); without it, calling it is a compile error that names
+/// the feature.
 #[derive(Debug)]
 pub struct Builder {
     emit: Emit,
     grpc: bool,
     out_dir: Option<PathBuf>,
     prost: prost_build::Config,
+}
+
+/// What [`Builder::compile`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Compiled {
+    /// Every file the proto compiler read from disk: the protos listed and
+    /// all they import, transitively, each once, a file after those it
+    /// imports. Each is its include path joined with its proto name
+    /// (`proto/greeter.proto`). protox's built-in copies of the well-known
+    /// types (`google/protobuf/*.proto`, when no include path has them)
+    /// are not files and are not listed.
+    pub inputs: Vec<PathBuf>,
+}
+
+impl Compiled {
+    /// The instructions that make cargo run the build script again when
+    /// an input changes: one `cargo:rerun-if-changed=PATH` per input, what
+    /// [`Builder::compile_protos`] prints.
+    pub fn rerun_if_changed(&self) -> impl Iterator<Item = String> + '_ {
+        self.inputs
+            .iter()
+            .map(|path| format!("cargo:rerun-if-changed={}", path.display()))
+    }
+}
+
+/// Stands in for `bool` in [`Builder::grpc_adapter`] when the `grpc`
+/// feature is off. Nothing implements it, so that calling the method is a
+/// compile error that names the feature, rather than "no method named
+/// `grpc_adapter`":
+///
+/// ```compile_fail,E0277
+/// drpc_codegen::configure().grpc_adapter(true);
+/// ```
+#[cfg(not(feature = "grpc"))]
+#[diagnostic::on_unimplemented(
+    message = "`Builder::grpc_adapter` needs the `grpc` feature of drpc-codegen",
+    label = "gRPC adapters are not compiled in",
+    note = "enable it where drpc-codegen is a build dependency: \
+            `drpc-codegen = {{ ..., features = [\"grpc\"] }}`",
+    note = "the crate that includes the generated code also needs drpc-mux with its \
+            `grpc` feature, tonic and tonic-prost"
+)]
+pub trait GrpcFeature: sealed::Sealed {}
+
+#[cfg(not(feature = "grpc"))]
+mod sealed {
+    /// Keeps [`GrpcFeature`](super::GrpcFeature) unimplemented.
+    pub trait Sealed {}
 }
 
 impl Builder {
@@ -127,12 +228,24 @@ impl Builder {
     /// Also generate tonic's gRPC client and server code, and for each
     /// service a `SvcGrpcAdapter` that serves the DRPC server trait over
     /// gRPC: one implementation answering both protocols, the migration
-    /// path from gRPC (default `false`; needs the `grpc` feature; the
-    /// using crate depends on `tonic`, `tonic-prost` and `drpc-mux` with its
-    /// `grpc` feature).
+    /// path from gRPC (default `false`).
+    ///
+    /// Needs the `grpc` feature of this crate. The crate using the
+    /// generated code depends on `tonic`, `tonic-prost` and `drpc-mux`
+    /// with its `grpc` feature (see [the crate
+    /// documentation](crate#grpc-adapters)).
     #[cfg(feature = "grpc")]
     pub fn grpc_adapter(mut self, enable: bool) -> Self {
         self.grpc = enable;
+        self
+    }
+
+    /// Would generate gRPC adapters, but the `grpc` feature of this crate
+    /// is off: a call does not compile, and the error names the feature
+    /// (see [`GrpcFeature`]).
+    #[cfg(not(feature = "grpc"))]
+    pub fn grpc_adapter(self, enable: impl GrpcFeature) -> Self {
+        let _ = enable;
         self
     }
 
@@ -151,18 +264,43 @@ impl Builder {
 
     /// Parses `protos` (searching `includes`) and writes one Rust file per
     /// proto package: `pkg.rs`, or `_.rs` for protos without a package.
-    /// In a build script, also tells cargo to rerun when they change.
+    ///
+    /// In a build script (when `CARGO` is set), also tells cargo to run it
+    /// again when any file the compiler read changes: the protos and
+    /// everything they import ([`Compiled::rerun_if_changed`]).
     pub fn compile_protos(
-        mut self,
+        self,
         protos: &[impl AsRef<Path>],
         includes: &[impl AsRef<Path>],
     ) -> Result<(), Error> {
-        let fds = protox::compile(protos, includes)?;
+        let compiled = self.compile(protos, includes)?;
         if std::env::var_os("CARGO").is_some() {
-            for file in protos {
-                println!("cargo:rerun-if-changed={}", file.as_ref().display());
+            for line in compiled.rerun_if_changed() {
+                println!("{line}");
             }
         }
+        Ok(())
+    }
+
+    /// As [`compile_protos`](Self::compile_protos), printing nothing:
+    /// returns the files the compiler read, for a build script that tells
+    /// cargo itself.
+    pub fn compile(
+        mut self,
+        protos: &[impl AsRef<Path>],
+        includes: &[impl AsRef<Path>],
+    ) -> Result<Compiled, Error> {
+        let mut compiler = protox::Compiler::new(includes)?;
+        compiler
+            .include_source_info(true)
+            .include_imports(true)
+            .open_files(protos)?;
+        let inputs = compiler
+            .files()
+            .filter_map(|file| file.path())
+            .map(Path::to_path_buf)
+            .collect();
+        let fds = compiler.file_descriptor_set();
         if let Some(dir) = &self.out_dir {
             self.prost.out_dir(dir);
         }
@@ -172,6 +310,6 @@ impl Builder {
             grpc,
         }));
         self.prost.compile_fds(fds)?;
-        Ok(())
+        Ok(Compiled { inputs })
     }
 }

@@ -4,6 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The test protos, all compiled by both.
+const PROTOS: [&str; 4] = [
+    "echo.proto",
+    "bare.proto",
+    "keywords.proto",
+    "self_service.proto",
+];
+
 fn protos_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protos")
 }
@@ -30,19 +38,21 @@ fn plugin_output_matches_the_build_api() -> anyhow::Result<()> {
         .arg(format!("--plugin=protoc-gen-rust-drpc={plugin}"))
         .arg(format!("--rust-drpc_out={}", by_plugin.display()))
         .arg(format!("-I{}", protos.display()))
-        .args(["echo.proto", "bare.proto"])
+        .args(PROTOS)
         .status()?;
     assert!(status.success(), "protoc failed: {status}");
 
     let by_builder = scratch("builder");
     drpc_codegen::configure()
         .out_dir(&by_builder)
-        .compile_protos(
-            &[protos.join("echo.proto"), protos.join("bare.proto")],
-            &[&protos],
-        )?;
+        .compile_protos(&PROTOS.map(|p| protos.join(p)), &[&protos])?;
 
-    for file in ["test.echo.v1.rs", "_.rs"] {
+    for file in [
+        "test.echo.v1.rs",
+        "_.rs",
+        "test.keywords.v1.rs",
+        "test.keywords.service.rs",
+    ] {
         let plugin_code = read(&by_plugin, file);
         assert_eq!(plugin_code, read(&by_builder, file), "{file} differs");
         assert!(
@@ -62,6 +72,15 @@ fn plugin_output_matches_the_build_api() -> anyhow::Result<()> {
         assert!(echo.contains(expected), "missing {expected:?}");
     }
     assert!(read(&by_plugin, "_.rs").contains("\"/Bare/Ping\""));
+    let keywords = read(&by_plugin, "test.keywords.v1.rs");
+    for expected in [
+        "pub async fn r#type(",
+        "pub async fn type_with(",
+        "pub async fn self_(",
+        "pub async fn self_with(",
+    ] {
+        assert!(keywords.contains(expected), "missing {expected:?}");
+    }
     Ok(())
 }
 
@@ -90,6 +109,33 @@ fn plugin_options_select_client_or_server() -> anyhow::Result<()> {
         .arg("bare.proto")
         .output()?;
     assert!(!bad.status.success(), "an unknown option is refused");
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown parameter"));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("unknown parameter \"bogus\""), "{stderr}");
+    assert!(stderr.contains("client=true|false"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn plugin_refuses_values_it_does_not_know() -> anyhow::Result<()> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let plugin = env!("CARGO_BIN_EXE_protoc-gen-rust-drpc");
+    let protos = protos_dir();
+    let out = scratch("bad-value");
+    // `no` used to read as true: anything but `true` or `false` is an error.
+    let bad = Command::new(protoc)
+        .arg(format!("--plugin=protoc-gen-rust-drpc={plugin}"))
+        .arg(format!("--rust-drpc_out={}", out.display()))
+        .arg("--rust-drpc_opt=client=no")
+        .arg(format!("-I{}", protos.display()))
+        .arg("bare.proto")
+        .output()?;
+    assert!(!bad.status.success(), "client=no is refused");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("invalid value \"no\" for parameter \"client\"")
+            && stderr.contains("true and false"),
+        "{stderr}"
+    );
+    assert!(!out.join("_.rs").exists(), "nothing written");
     Ok(())
 }
