@@ -1,5 +1,7 @@
 //! Generates `proto/service.proto` with drpc-codegen (protox, no system
 //! `protoc`): the prost messages plus the DRPC client and server trait.
+//! With the `grpc` feature, also tonic's client and server of the same
+//! service, in `OUT_DIR/tonic/service.rs`, on the same messages.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     drpc_codegen::configure()
@@ -9,5 +11,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             config.bytes(["."]);
         })
         .compile_protos(&["proto/service.proto"], &["proto"])?;
+    #[cfg(feature = "grpc")]
+    tonic_service()?;
+    Ok(())
+}
+
+/// tonic's own code (tonic-prost-build, nothing of DRPC), for the gRPC
+/// server and client that the benchmarks compare against. The messages are
+/// those of `crate::pb`, so both stacks encode the very same types.
+#[cfg(feature = "grpc")]
+fn tonic_service() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("tonic");
+    std::fs::create_dir_all(&out_dir)?;
+    let fds = protox::compile(["proto/service.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .out_dir(out_dir)
+        .extern_path(".service.In", "crate::pb::In")
+        .extern_path(".service.Out", "crate::pb::Out")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -11,10 +11,12 @@
 //!   (part of `ci`).
 //! * `adversarial [--scale N]`: the hostile-peer suite, floods N times
 //!   longer than in CI.
-//! * `interop-bench [--duration D] [--rounds N] [--bin PATH]`: the benchmark shapes of
-//!   the interop contract (release build) next to the raw TCP baselines,
-//!   N times over, with the issue's target ratios per round and their
-//!   medians.
+//! * `interop-bench [--duration D] [--rounds N] [--bin PATH] [--only SUBSTRING]`:
+//!   the benchmark shapes of the interop contract (release build, with the
+//!   `grpc` feature) next to the raw TCP baselines and to tonic (gRPC)
+//!   serving and calling the same service, N times over, with the issues'
+//!   targets per round and their medians; `--only` runs the shapes whose
+//!   label contains SUBSTRING (`--only tonic`, `--only "outstream small"`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -64,8 +66,8 @@ fn usage() -> &'static str {
      \x20 bench                              run the criterion benchmarks\n\
      \x20 interop                            drpc-interop server + every client scenario, each flow-control mode\n\
      \x20 adversarial [--scale N]            the hostile-peer suite with floods N times longer (default 20)\n\
-     \x20 interop-bench [--duration D] [--rounds N] [--bin PATH]\n\
-     \x20                                    interop benchmark shapes, TCP baselines, target ratios"
+     \x20 interop-bench [--duration D] [--rounds N] [--bin PATH] [--only SUBSTRING]\n\
+     \x20                                    interop benchmark shapes, TCP baselines, tonic, targets"
 }
 
 fn workspace_root() -> PathBuf {
@@ -358,33 +360,65 @@ fn interop() -> Result<()> {
 }
 
 /// What runs a benchmark shape: `drpc-interop bench` against the DRPC
-/// server, or `drpc-interop tcp-bench` against the raw TCP echo server.
+/// server, `drpc-interop tcp-bench` against the raw TCP echo server, or
+/// `drpc-interop grpc-bench` (tonic's client) against `grpc-serve`
+/// (tonic's server).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Runner {
     Drpc,
     Tcp,
+    Tonic,
 }
 
-/// The benchmark shapes of the interop contract and their raw TCP
-/// baselines, in the order they run: each baseline right before the shapes
-/// it is the baseline of, so that a ratio compares runs made under the
-/// same conditions on a machine whose speed drifts.
+impl Runner {
+    /// The `drpc-interop` command that runs a shape.
+    fn command(self) -> &'static str {
+        match self {
+            Runner::Drpc => "bench",
+            Runner::Tcp => "tcp-bench",
+            Runner::Tonic => "grpc-bench",
+        }
+    }
+
+    /// The `drpc-interop` command of the server it runs against.
+    fn server(self) -> &'static str {
+        match self {
+            Runner::Drpc => "serve",
+            Runner::Tcp => "tcp-echo",
+            Runner::Tonic => "grpc-serve",
+        }
+    }
+}
+
+// The shapes that both DRPC and tonic run (the tonic row's label is the
+// DRPC one with `tonic ` in front).
+const UNARY_SMALL: &[&str] = &["--kind", "unary", "--size", "small"];
+const UNARY_SMALL_64_ON_1: &[&str] = &[
+    "--kind", "unary", "--size", "small", "--conc", "64", "--conns", "1",
+];
+const BIDI_SMALL: &[&str] = &["--kind", "bidi", "--size", "small"];
+const INSTREAM_SMALL: &[&str] = &["--kind", "instream", "--size", "small"];
+const INSTREAM_MED: &[&str] = &["--kind", "instream", "--size", "med"];
+const INSTREAM_LARGE: &[&str] = &["--kind", "instream", "--size", "large"];
+const OUTSTREAM_SMALL: &[&str] = &["--kind", "outstream", "--size", "small"];
+const OUTSTREAM_MED: &[&str] = &["--kind", "outstream", "--size", "med"];
+const OUTSTREAM_LARGE: &[&str] = &["--kind", "outstream", "--size", "large"];
+
+/// The benchmark shapes of the interop contract, their raw TCP baselines
+/// and their tonic counterparts, in the order they run: each baseline
+/// right before the shapes it is the baseline of, and each tonic row right
+/// after its DRPC row, so that a ratio compares runs made under the same
+/// conditions on a machine whose speed drifts.
 const INTEROP_BENCH_SHAPES: &[(Runner, &str, &[&str])] = &[
     (
         Runner::Tcp,
         "tcp ping-pong small (baseline of unary/bidi small)",
         &["--mode", "pingpong", "--size", "small"],
     ),
-    (
-        Runner::Drpc,
-        "unary small",
-        &["--kind", "unary", "--size", "small"],
-    ),
-    (
-        Runner::Drpc,
-        "bidi small",
-        &["--kind", "bidi", "--size", "small"],
-    ),
+    (Runner::Drpc, "unary small", UNARY_SMALL),
+    (Runner::Tonic, "tonic unary small", UNARY_SMALL),
+    (Runner::Drpc, "bidi small", BIDI_SMALL),
+    (Runner::Tonic, "tonic bidi small", BIDI_SMALL),
     (
         Runner::Tcp,
         "tcp ping-pong med (baseline of unary med)",
@@ -410,26 +444,23 @@ const INTEROP_BENCH_SHAPES: &[(Runner, &str, &[&str])] = &[
         "tcp one way large (baseline of in/outstream large)",
         &["--mode", "oneway", "--size", "large"],
     ),
-    (
-        Runner::Drpc,
-        "outstream large",
-        &["--kind", "outstream", "--size", "large"],
-    ),
-    (
-        Runner::Drpc,
-        "instream large",
-        &["--kind", "instream", "--size", "large"],
-    ),
+    (Runner::Drpc, "outstream large", OUTSTREAM_LARGE),
+    (Runner::Tonic, "tonic outstream large", OUTSTREAM_LARGE),
+    (Runner::Drpc, "instream large", INSTREAM_LARGE),
+    (Runner::Tonic, "tonic instream large", INSTREAM_LARGE),
     (
         Runner::Tcp,
         "tcp one way small (baseline of outstream small)",
         &["--mode", "oneway", "--size", "small"],
     ),
-    (
-        Runner::Drpc,
-        "outstream small",
-        &["--kind", "outstream", "--size", "small"],
-    ),
+    (Runner::Drpc, "outstream small", OUTSTREAM_SMALL),
+    (Runner::Tonic, "tonic outstream small", OUTSTREAM_SMALL),
+    (Runner::Drpc, "outstream med", OUTSTREAM_MED),
+    (Runner::Tonic, "tonic outstream med", OUTSTREAM_MED),
+    (Runner::Drpc, "instream small", INSTREAM_SMALL),
+    (Runner::Tonic, "tonic instream small", INSTREAM_SMALL),
+    (Runner::Drpc, "instream med", INSTREAM_MED),
+    (Runner::Tonic, "tonic instream med", INSTREAM_MED),
     (
         Runner::Drpc,
         "unary small, 64 tasks on 64 sequential connections",
@@ -448,9 +479,12 @@ const INTEROP_BENCH_SHAPES: &[(Runner, &str, &[&str])] = &[
     (
         Runner::Drpc,
         "unary small, 64 tasks on one connection",
-        &[
-            "--kind", "unary", "--size", "small", "--conc", "64", "--conns", "1",
-        ],
+        UNARY_SMALL_64_ON_1,
+    ),
+    (
+        Runner::Tonic,
+        "tonic unary small, 64 tasks on one connection",
+        UNARY_SMALL_64_ON_1,
     ),
     (
         Runner::Drpc,
@@ -461,16 +495,20 @@ const INTEROP_BENCH_SHAPES: &[(Runner, &str, &[&str])] = &[
     ),
 ];
 
-/// Runs the interop benchmark shapes against a release `drpc-interop
-/// serve`, then the raw TCP baselines against `drpc-interop tcp-echo`, and
-/// prints every result line (each under a `# label` line). With
-/// `--rounds N`, the whole list runs N times, and the issue's three targets
-/// are computed per round (each from figures of that round) with their
-/// medians, because a shared machine drifts between runs.
+/// Runs the interop benchmark shapes: DRPC's against a release
+/// `drpc-interop serve`, the raw TCP baselines against `drpc-interop
+/// tcp-echo`, tonic's against `drpc-interop grpc-serve` (the binary built
+/// with its `grpc` feature), and prints every result line (each under a
+/// `# label` line). With `--rounds N`, the whole list runs N times, and the
+/// issues' targets are computed per round (each from figures of that
+/// round) with their medians, because a shared machine drifts between
+/// runs. `--only SUBSTRING` runs only the shapes whose label contains it
+/// (and starts only the servers they need).
 fn interop_bench(args: &[String]) -> Result<()> {
     let mut duration = "3s".to_owned();
     let mut rounds: usize = 1;
     let mut prebuilt: Option<PathBuf> = None;
+    let mut only: Option<String> = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -485,40 +523,73 @@ fn interop_bench(args: &[String]) -> Result<()> {
                     .parse()
                     .context("--rounds")?;
             }
+            "--only" => only = Some(it.next().context("--only needs a value")?.clone()),
             other => bail!(
-                "unexpected argument {other:?}; expected --duration D, --rounds N, --bin PATH"
+                "unexpected argument {other:?}; expected --duration D, --rounds N, --bin PATH, \
+                 --only SUBSTRING"
             ),
         }
+    }
+    let shapes: Vec<(Runner, &str, &[&str])> = INTEROP_BENCH_SHAPES
+        .iter()
+        .filter(|(_, label, _)| only.as_deref().is_none_or(|only| label.contains(only)))
+        .copied()
+        .collect();
+    if shapes.is_empty() {
+        bail!(
+            "--only {:?} matches no shape; the shapes are:\n  {}",
+            only.unwrap_or_default(),
+            INTEROP_BENCH_SHAPES
+                .iter()
+                .map(|(_, label, _)| *label)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
     }
     let bin = match prebuilt {
         Some(bin) => bin,
         None => {
-            run(cargo().args(["build", "-p", "drpc-interop", "--release"]))?;
+            run(cargo().args([
+                "build",
+                "-p",
+                "drpc-interop",
+                "--release",
+                "--features",
+                "grpc",
+            ]))?;
             interop_binary("release")
         }
     };
-    let server = Background::start(&bin, &["serve", "--addr", "127.0.0.1:0"])?;
-    let echo = Background::start(&bin, &["tcp-echo", "--addr", "127.0.0.1:0"])?;
+    // One server for each runner that a selected shape uses.
+    let mut servers: Vec<(Runner, Background)> = Vec::new();
+    for runner in [Runner::Drpc, Runner::Tcp, Runner::Tonic] {
+        if shapes.iter().any(|(r, _, _)| *r == runner) {
+            let server = Background::start(&bin, &[runner.server(), "--addr", "127.0.0.1:0"])?;
+            servers.push((runner, server));
+        }
+    }
     let mut all_rounds = Vec::new();
     let mut failed = Vec::new();
     // Let the machine settle after the build before the first figure.
     std::thread::sleep(Duration::from_secs(3));
     for round in 1..=rounds.max(1) {
-        let runs = INTEROP_BENCH_SHAPES
-            .iter()
-            .map(|(runner, label, shape)| match runner {
-                Runner::Drpc => ("bench", server.addr.as_str(), *label, *shape),
-                Runner::Tcp => ("tcp-bench", echo.addr.as_str(), *label, *shape),
-            });
         let mut results = Vec::new();
-        for (command, addr, label, shape) in runs {
-            let mut args = vec![command, "--addr", addr, "--duration", &duration];
+        for &(runner, label, shape) in &shapes {
+            let Some((_, peer)) = servers.iter().find(|(r, _)| *r == runner) else {
+                bail!("no server started for {label}");
+            };
+            let mut args = vec![
+                runner.command(),
+                "--addr",
+                &peer.addr,
+                "--duration",
+                &duration,
+            ];
             args.extend_from_slice(shape);
             println!(
                 "xtask: round {round}: {label}: drpc-interop {}",
                 args.join(" ")
             );
-            let peer = if command == "bench" { &server } else { &echo };
             let peer_before = cpu_ticks(peer.child.id());
             // Through a shell that prints its own /proc stat once the client
             // has exited: its children's CPU time is the client's.
@@ -557,7 +628,7 @@ fn interop_bench(args: &[String]) -> Result<()> {
         }
         all_rounds.push(results);
     }
-    drop((server, echo));
+    drop(servers);
     print_targets(&all_rounds);
     if !failed.is_empty() {
         bail!("xtask: benchmarks failed: {}", failed.join("; "));
@@ -600,77 +671,127 @@ fn field(line: &str, key: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The issue's targets, per round and as medians over the rounds.
+/// The issues' targets, per round and as medians over the rounds: ratios
+/// of two rows' figures, and single figures. A target whose rows did not
+/// run (see `--only`) prints `n/a`.
 fn print_targets(rounds: &[Vec<(&str, String)>]) {
-    let lookup = |round: &[(&str, String)], label: &str, key: &str| {
+    /// A figure: the label of a row and the key of a field of its line.
+    type Figure = (&'static str, &'static str);
+    const TCP_PINGPONG_SMALL: &str = "tcp ping-pong small (baseline of unary/bidi small)";
+    const TCP_ONE_WAY_LARGE: &str = "tcp one way large (baseline of in/outstream large)";
+    let lookup = |round: &[(&str, String)], (label, key): Figure| {
         round
             .iter()
             .find(|(l, _)| *l == label)
             .and_then(|(_, line)| field(line, key))
     };
-    let ratios: [(&str, &str, &str, &str, &str); 7] = [
+    // (name, figure, divided by: None for the figure itself)
+    let targets: [(&str, Figure, Option<Figure>); 16] = [
         (
             "unary small p50 / TCP ping-pong p50 (target <= 1.15)",
-            "unary small",
-            "p50_us",
-            "tcp ping-pong small (baseline of unary/bidi small)",
-            "p50_us",
+            ("unary small", "p50_us"),
+            Some((TCP_PINGPONG_SMALL, "p50_us")),
         ),
         (
             "unary small mean / TCP ping-pong mean (target <= 1.15)",
-            "unary small",
-            "mean_us",
-            "tcp ping-pong small (baseline of unary/bidi small)",
-            "mean_us",
+            ("unary small", "mean_us"),
+            Some((TCP_PINGPONG_SMALL, "mean_us")),
         ),
         (
             "client stream large / TCP one way (target >= 0.75)",
-            "instream large",
-            "mb_per_s",
-            "tcp one way large (baseline of in/outstream large)",
-            "mb_per_s",
+            ("instream large", "mb_per_s"),
+            Some((TCP_ONE_WAY_LARGE, "mb_per_s")),
         ),
         (
             "server stream large / TCP one way (target >= 0.75)",
-            "outstream large",
-            "mb_per_s",
-            "tcp one way large (baseline of in/outstream large)",
-            "mb_per_s",
+            ("outstream large", "mb_per_s"),
+            Some((TCP_ONE_WAY_LARGE, "mb_per_s")),
         ),
         (
             "unary small CPU per call / TCP ping-pong CPU per exchange (target <= 1.35)",
-            "unary small",
-            "cpu_us_per_op",
-            "tcp ping-pong small (baseline of unary/bidi small)",
-            "cpu_us_per_op",
+            ("unary small", "cpu_us_per_op"),
+            Some((TCP_PINGPONG_SMALL, "cpu_us_per_op")),
         ),
         (
             "64 tasks, one connection / 64 sequential connections (target >= 2)",
-            "unary small, 64 tasks on one connection",
-            "ops_per_s",
-            "unary small, 64 tasks on 64 sequential connections",
-            "ops_per_s",
+            ("unary small, 64 tasks on one connection", "ops_per_s"),
+            Some((
+                "unary small, 64 tasks on 64 sequential connections",
+                "ops_per_s",
+            )),
         ),
         (
             "64 tasks, one connection / 64 multiplexed connections (target >= 1.6)",
-            "unary small, 64 tasks on one connection",
-            "ops_per_s",
-            "unary small, 64 tasks on 64 connections",
-            "ops_per_s",
+            ("unary small, 64 tasks on one connection", "ops_per_s"),
+            Some(("unary small, 64 tasks on 64 connections", "ops_per_s")),
+        ),
+        // Issue 14: streams of small messages, and tonic.
+        (
+            "outstream small drpc/tonic msgs/s (target >= 1)",
+            ("outstream small", "ops_per_s"),
+            Some(("tonic outstream small", "ops_per_s")),
+        ),
+        (
+            "outstream med drpc/tonic msgs/s (target >= 1)",
+            ("outstream med", "ops_per_s"),
+            Some(("tonic outstream med", "ops_per_s")),
+        ),
+        (
+            "instream small drpc/tonic msgs/s (target >= 5)",
+            ("instream small", "ops_per_s"),
+            Some(("tonic instream small", "ops_per_s")),
+        ),
+        (
+            "bidi small p50 / unary small p50 (target <= 0.75)",
+            ("bidi small", "p50_us"),
+            Some(("unary small", "p50_us")),
+        ),
+        (
+            "instream small cpu_us_per_op (target <= 0.2)",
+            ("instream small", "cpu_us_per_op"),
+            None,
+        ),
+        (
+            "outstream small cpu_us_per_op (target <= 0.2)",
+            ("outstream small", "cpu_us_per_op"),
+            None,
+        ),
+        (
+            "unary small p50 drpc/tonic (no target)",
+            ("unary small", "p50_us"),
+            Some(("tonic unary small", "p50_us")),
+        ),
+        (
+            "tonic instream small cpu_us_per_op (no target)",
+            ("tonic instream small", "cpu_us_per_op"),
+            None,
+        ),
+        (
+            "tonic outstream small cpu_us_per_op (no target)",
+            ("tonic outstream small", "cpu_us_per_op"),
+            None,
         ),
     ];
-    println!("\nxtask: targets (ratio per round; median)");
-    for (name, a, a_key, b, b_key) in ratios {
+    println!("\nxtask: targets (value per round; median)");
+    for (name, figure, divisor) in targets {
         let mut values: Vec<f64> = rounds
             .iter()
-            .filter_map(|r| Some(lookup(r, a, a_key)? / lookup(r, b, b_key)?))
+            .filter_map(|r| match divisor {
+                Some(divisor) => Some(lookup(r, figure)? / lookup(r, divisor)?),
+                None => lookup(r, figure),
+            })
             .collect();
+        if values.is_empty() {
+            println!("{name}: n/a");
+            continue;
+        }
         let per_round: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
         values.sort_by(f64::total_cmp);
-        let median = match values.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => values[n / 2],
-            n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        let n = values.len();
+        let median = if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
         };
         println!("{name}: {} ; median {median:.2}", per_round.join(" "));
     }

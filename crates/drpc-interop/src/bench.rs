@@ -11,6 +11,7 @@ use drpc_stream::Prost;
 use drpc_wire::DEFAULT_MAX_PACKET_SIZE;
 use prost::Message;
 use tokio::sync::Barrier;
+use tokio::task::JoinHandle;
 
 use crate::pb::{In, Out, ServiceDrpcClient};
 
@@ -284,11 +285,55 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchResult, String> {
     for i in 0..cfg.conc {
         let conn = conns[i % conns.len()].clone();
         let (request, barrier) = (request.clone(), barrier.clone());
-        let (kind, duration) = (cfg.kind, cfg.duration);
+        let (kind, duration, chunk) = (cfg.kind, cfg.duration, stream_chunk(cfg.size));
         tasks.push(tokio::spawn(async move {
-            worker(conn, kind, request, duration, barrier).await
+            worker(conn, kind, request, duration, chunk, barrier).await
         }));
     }
+    let run = gather(&barrier, tasks).await;
+    for conn in &conns {
+        conn.close().await;
+    }
+    run.into_result(cfg, bytes_per_op)
+}
+
+/// What the tasks of a run measured: every latency, how long the run
+/// took, and the first failure.
+#[derive(Debug)]
+pub(crate) struct Gathered {
+    latencies: Vec<u64>,
+    elapsed: Duration,
+    first_error: Option<String>,
+}
+
+impl Gathered {
+    /// The first failure, or the run summarized as `cfg`'s result.
+    pub(crate) fn into_result(
+        self,
+        cfg: &BenchConfig,
+        bytes_per_op: usize,
+    ) -> Result<BenchResult, String> {
+        if let Some(e) = self.first_error {
+            return Err(e);
+        }
+        Ok(BenchResult::from_latencies(
+            cfg.kind.name(),
+            cfg.size.name(),
+            cfg.conc,
+            cfg.conns,
+            self.latencies,
+            self.elapsed,
+            bytes_per_op,
+        ))
+    }
+}
+
+/// Starts the run once the `tasks` (each of which waits on `barrier` once
+/// set up) are ready, and collects their latencies as they end.
+pub(crate) async fn gather(
+    barrier: &Barrier,
+    tasks: Vec<JoinHandle<Result<Vec<u64>, String>>>,
+) -> Gathered {
     barrier.wait().await;
     let start = Instant::now();
     let mut latencies = Vec::new();
@@ -304,22 +349,69 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchResult, String> {
             }
         }
     }
-    let elapsed = start.elapsed();
-    for conn in &conns {
-        conn.close().await;
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    Ok(BenchResult::from_latencies(
-        cfg.kind.name(),
-        cfg.size.name(),
-        cfg.conc,
-        cfg.conns,
+    Gathered {
         latencies,
-        elapsed,
-        bytes_per_op,
-    ))
+        elapsed: start.elapsed(),
+        first_error,
+    }
+}
+
+/// The operations of one task: when each starts, until the run's time is
+/// up, and how long each took.
+#[derive(Debug)]
+pub(crate) struct OpClock {
+    deadline: Instant,
+    latencies: Vec<u64>,
+}
+
+impl OpClock {
+    /// A clock for operations that run for `duration` from now.
+    pub(crate) fn new(duration: Duration) -> OpClock {
+        OpClock {
+            deadline: Instant::now() + duration,
+            latencies: Vec::with_capacity(4096),
+        }
+    }
+
+    /// The start of the next operation, or `None` once time is up.
+    pub(crate) fn start(&self) -> Option<Instant> {
+        let now = Instant::now();
+        (now < self.deadline).then_some(now)
+    }
+
+    /// Records an operation that started at `start` as done.
+    pub(crate) fn done(&mut self, start: Instant) {
+        self.latencies.push(start.elapsed().as_nanos() as u64);
+    }
+
+    /// Records `n` operations that together took from `start` until now,
+    /// each with their mean latency: streams of small messages are timed
+    /// per chunk, since reading the clock costs as much as a message.
+    pub(crate) fn done_many(&mut self, start: Instant, n: usize) {
+        let each = start.elapsed().as_nanos() as u64 / n.max(1) as u64;
+        self.latencies.extend(std::iter::repeat_n(each, n));
+    }
+
+    /// Operations done so far.
+    pub(crate) fn count(&self) -> usize {
+        self.latencies.len()
+    }
+
+    /// Every operation's latency, in nanoseconds.
+    pub(crate) fn into_latencies(self) -> Vec<u64> {
+        self.latencies
+    }
+}
+
+/// How many messages a streaming operation of `size` handles between two
+/// readings of the clock: sends of a client stream go out together
+/// (`send_all`), as the messages a server streams do. One per reading for
+/// large messages, whose time dwarfs the clock's.
+pub(crate) fn stream_chunk(size: Size) -> usize {
+    match size {
+        Size::Small | Size::Med => 32,
+        Size::Large => 1,
+    }
 }
 
 /// The stream a task keeps open for its operations.
@@ -357,21 +449,17 @@ async fn worker(
     kind: Kind,
     request: Arc<In>,
     duration: Duration,
+    chunk: usize,
     barrier: Arc<Barrier>,
 ) -> Result<Vec<u64>, String> {
     let client = ServiceDrpcClient::new(conn.clone());
     let opened = open(&conn, kind, &request).await;
     barrier.wait().await;
     let mut open = opened?;
-    let deadline = Instant::now() + duration;
-    let mut latencies = Vec::with_capacity(4096);
+    let mut clock = OpClock::new(duration);
     let unary_opts = CallOptions::new();
-    loop {
-        let start = Instant::now();
-        if start >= deadline {
-            break;
-        }
-        let n = latencies.len();
+    while let Some(start) = clock.start() {
+        let n = clock.count();
         match &mut open {
             Open::Unary => {
                 let out: Out = client
@@ -382,15 +470,27 @@ async fn worker(
                     return Err(format!("unary call {n} returned out = {}", out.out));
                 }
             }
-            Open::InStream(stream) => stream
-                .send(&request)
-                .await
-                .map_err(|e| format!("send {n} failed: {e}"))?,
-            Open::OutStream(stream) => match stream.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(format!("the server stream ended after {n} messages")),
-                Err(e) => return Err(format!("receive {n} failed: {e}")),
-            },
+            Open::InStream(stream) => {
+                stream
+                    .send_all(std::iter::repeat_n(&*request, chunk))
+                    .await
+                    .map_err(|e| format!("send {n} failed: {e}"))?;
+                clock.done_many(start, chunk);
+                continue;
+            }
+            Open::OutStream(stream) => {
+                for i in n..n + chunk {
+                    match stream.message().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            return Err(format!("the server stream ended after {i} messages"));
+                        }
+                        Err(e) => return Err(format!("receive {i} failed: {e}")),
+                    }
+                }
+                clock.done_many(start, chunk);
+                continue;
+            }
             Open::Bidi(sender, responses) => {
                 sender
                     .send(&request)
@@ -403,9 +503,9 @@ async fn worker(
                 }
             }
         }
-        latencies.push(start.elapsed().as_nanos() as u64);
+        clock.done(start);
     }
-    let done = latencies.len() as i64;
+    let done = clock.count() as i64;
     match open {
         Open::Unary | Open::OutStream(_) => {}
         Open::InStream(mut stream) => {
@@ -431,7 +531,7 @@ async fn worker(
             }
         }
     }
-    Ok(latencies)
+    Ok(clock.into_latencies())
 }
 
 #[cfg(test)]

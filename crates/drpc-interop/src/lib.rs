@@ -10,7 +10,10 @@
 //! * [`service_mux`]: the server behaviour table (Method1 to Method4);
 //! * [`scenarios`]: the fourteen client scenarios;
 //! * [`bench`](mod@bench): the benchmark runner and its one-line report;
-//! * [`tcp`]: the raw TCP baselines (echo server and client).
+//! * [`tcp`]: the raw TCP baselines (echo server and client);
+//! * `grpc` (feature `grpc`, on by default): the same service served and
+//!   benchmarked by tonic (gRPC over HTTP/2) alone, the column DRPC is
+//!   compared against.
 //!
 //! The `drpc-interop` binary is a thin command line over these, so that
 //! tests can run everything in-process.
@@ -32,6 +35,8 @@
 //! ```
 
 pub mod bench;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod scenarios;
 mod service;
 pub mod tcp;

@@ -23,13 +23,20 @@ commands:
   bench --addr HOST:PORT --kind unary|instream|outstream|bidi --size small|med|large
         [--duration 3s] [--conc N] [--conns C] [--sequential] [--max-message-size BYTES]
         [--flow-control MODE]
+  tcp-echo --addr HOST:PORT
+  tcp-bench --addr HOST:PORT --mode pingpong|oneway --size small|med|large [--duration 3s]
+  grpc-serve --addr HOST:PORT [--max-message-size BYTES]
+  grpc-bench --addr HOST:PORT --kind unary|instream|outstream|bidi --size small|med|large
+             [--duration 3s] [--conc N] [--conns C] [--max-message-size BYTES]
 
 --flow-control off|auto|fork (default auto): auto negotiates flow control
 with peers that speak it; fork uses CockroachDB's fork's flow control from
 the start (both sides must; pair it with --max-message-size 64MiB for the
 fork's message limit); off never gates nor grants.
-  tcp-echo --addr HOST:PORT
-  tcp-bench --addr HOST:PORT --mode pingpong|oneway --size small|med|large [--duration 3s]";
+
+grpc-serve and grpc-bench are the same service and shapes over tonic (gRPC over
+HTTP/2) alone, for comparison (feature grpc); HTTP/2 always multiplexes and has
+its own flow control, so they take no --sequential nor --flow-control.";
 
 /// Options as `--name value` pairs and `--flag`s.
 struct Args {
@@ -120,6 +127,14 @@ async fn main() -> ExitCode {
         "bench" => bench_command(rest).await,
         "tcp-echo" => tcp_echo_command(rest).await,
         "tcp-bench" => tcp_bench_command(rest).await,
+        #[cfg(feature = "grpc")]
+        "grpc-serve" => grpc_serve_command(rest).await,
+        #[cfg(feature = "grpc")]
+        "grpc-bench" => grpc_bench_command(rest).await,
+        #[cfg(not(feature = "grpc"))]
+        "grpc-serve" | "grpc-bench" => {
+            Err(format!("{command}: this build has no gRPC (feature grpc)"))
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -260,24 +275,9 @@ async fn client_command(args: &[String]) -> Result<ExitCode, String> {
 
 async fn bench_command(args: &[String]) -> Result<ExitCode, String> {
     let args = Args::parse(args, &["--sequential"])?;
-    args.only(&[
-        "--addr",
-        "--kind",
-        "--size",
-        "--duration",
-        "--conc",
-        "--conns",
-        "--max-message-size",
-        "--flow-control",
-    ])?;
-    let kind = args.required("--kind")?.parse()?;
-    let size = args.required("--size")?.parse()?;
-    let mut cfg = BenchConfig::new(args.required("--addr")?, kind, size);
-    cfg.duration = args.parsed("--duration", cfg.duration, parse_duration)?;
-    cfg.conc = args.parsed("--conc", cfg.conc, number)?;
-    cfg.conns = args.parsed("--conns", cfg.conns, number)?;
+    args.only(&[BENCH_OPTIONS, &["--flow-control"]].concat())?;
+    let mut cfg = bench_config(&args)?;
     cfg.sequential = args.flag("--sequential");
-    cfg.max_message_size = args.parsed("--max-message-size", cfg.max_message_size, parse_bytes)?;
     cfg.flow_control = args.parsed("--flow-control", cfg.flow_control, parse_flow_control)?;
     match run_bench(&cfg).await {
         Ok(result) => {
@@ -286,6 +286,68 @@ async fn bench_command(args: &[String]) -> Result<ExitCode, String> {
         }
         Err(e) => {
             eprintln!("drpc-interop bench: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The options that `bench` and `grpc-bench` share.
+const BENCH_OPTIONS: &[&str] = &[
+    "--addr",
+    "--kind",
+    "--size",
+    "--duration",
+    "--conc",
+    "--conns",
+    "--max-message-size",
+];
+
+/// The [`BenchConfig`] of [`BENCH_OPTIONS`].
+fn bench_config(args: &Args) -> Result<BenchConfig, String> {
+    let kind = args.required("--kind")?.parse()?;
+    let size = args.required("--size")?.parse()?;
+    let mut cfg = BenchConfig::new(args.required("--addr")?, kind, size);
+    cfg.duration = args.parsed("--duration", cfg.duration, parse_duration)?;
+    cfg.conc = args.parsed("--conc", cfg.conc, number)?;
+    cfg.conns = args.parsed("--conns", cfg.conns, number)?;
+    cfg.max_message_size = args.parsed("--max-message-size", cfg.max_message_size, parse_bytes)?;
+    Ok(cfg)
+}
+
+#[cfg(feature = "grpc")]
+async fn grpc_serve_command(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(args, &[])?;
+    args.only(&["--addr", "--max-message-size"])?;
+    let max_message_size = args.parsed(
+        "--max-message-size",
+        ServeOptions::default().max_message_size,
+        parse_bytes,
+    )?;
+    let listener = bind(args.required("--addr")?).await?;
+    drpc_interop::grpc::serve_grpc(listener, max_message_size, shutdown_signal())
+        .await
+        .map_err(|e| format!("serving: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "grpc")]
+async fn grpc_bench_command(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(args, &["--sequential"])?;
+    if args.flag("--sequential") {
+        return Err("--sequential: gRPC has no sequential mode (HTTP/2 always multiplexes)".into());
+    }
+    if args.get("--flow-control").is_some() {
+        return Err("--flow-control: HTTP/2 has its own flow control, always on".into());
+    }
+    args.only(BENCH_OPTIONS)?;
+    let cfg = bench_config(&args)?;
+    match drpc_interop::grpc::run_grpc_bench(&cfg).await {
+        Ok(result) => {
+            println!("{result}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("drpc-interop grpc-bench: {e}");
             Ok(ExitCode::FAILURE)
         }
     }

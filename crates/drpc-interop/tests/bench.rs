@@ -130,3 +130,131 @@ async fn tcp_baselines_produce_a_line() {
         }
     }
 }
+
+/// The tonic server and bench client: every kind produces a well-formed
+/// line, and the service answers the contract's messages and counts.
+#[cfg(feature = "grpc")]
+mod grpc {
+    use super::*;
+    use drpc_interop::grpc::pb::service_client::ServiceClient;
+    use drpc_interop::grpc::{run_grpc_bench, serve_grpc};
+    use drpc_interop::pb::In;
+    use tokio::sync::oneshot;
+
+    /// Starts the tonic server on a free port; it stops when the sender
+    /// is dropped.
+    async fn start() -> (String, oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve_grpc(listener, 4 << 20, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_kind_produces_a_line() {
+        let (addr, _stop) = start().await;
+        for kind in [Kind::Unary, Kind::InStream, Kind::OutStream, Kind::Bidi] {
+            for (size, conc, conns) in [(Size::Small, 1, 1), (Size::Med, 4, 2)] {
+                let mut cfg = BenchConfig::new(addr.clone(), kind, size);
+                cfg.duration = Duration::from_millis(150);
+                (cfg.conc, cfg.conns) = (conc, conns);
+                // Client streams end by checking the server's count
+                // against what was sent, bidi streams by a clean end.
+                let r = run_grpc_bench(&cfg)
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind:?} {size:?}: {e}"));
+                check_line(&r.to_string(), kind.name(), size.name(), conc, conns);
+                check_result(&r);
+            }
+        }
+        let mut large = BenchConfig::new(addr.clone(), Kind::OutStream, Size::Large);
+        large.duration = Duration::from_millis(150);
+        let r = run_grpc_bench(&large).await.expect("outstream large");
+        check_line(&r.to_string(), "outstream", "large", 1, 1);
+
+        let mut sequential = BenchConfig::new(addr, Kind::Unary, Size::Small);
+        sequential.sequential = true;
+        let err = run_grpc_bench(&sequential).await.expect_err("refused");
+        assert!(err.contains("no sequential mode"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_service_follows_the_contract() {
+        let (addr, _stop) = start().await;
+        let mut client = ServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let req = |n: i64| In {
+            r#in: n,
+            buf: vec![7u8; 3].into(),
+            opt: Some(9),
+        };
+
+        let out = client.method1(req(5)).await.expect("echo").into_inner();
+        assert_eq!(
+            (out.out, &out.buf[..], out.opt),
+            (5, &[7u8; 3][..], Some(9))
+        );
+        let status = client.method1(req(-1)).await.expect_err("boom");
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::Unknown, "boom")
+        );
+        let mut with_metadata = tonic::Request::new(req(-3));
+        with_metadata
+            .metadata_mut()
+            .insert("b-key", "2".parse().expect("value"));
+        with_metadata
+            .metadata_mut()
+            .insert("a-key", "1".parse().expect("value"));
+        let out = client
+            .method1(with_metadata)
+            .await
+            .expect("-3")
+            .into_inner();
+        assert_eq!(out.out, 2);
+        assert_eq!(&out.buf[..], b"a-key=1\nb-key=2\n");
+
+        let requests = tokio_stream::iter((0..1000).map(req));
+        let out = client
+            .method2(requests)
+            .await
+            .expect("method2")
+            .into_inner();
+        assert_eq!(
+            (out.out, &out.buf[..], out.opt),
+            (1000, &[7u8; 3][..], Some(9))
+        );
+        let empty = tokio_stream::iter(Vec::<In>::new());
+        let out = client.method2(empty).await.expect("empty").into_inner();
+        assert_eq!(out.out, 0);
+
+        let mut responses = client
+            .method3(req(1000))
+            .await
+            .expect("method3")
+            .into_inner();
+        let mut count = 0;
+        while let Some(out) = responses.message().await.expect("receive") {
+            assert_eq!((out.out, &out.buf[..]), (1, &[7u8; 3][..]));
+            count += 1;
+        }
+        assert_eq!(count, 1000);
+
+        let mut responses = client
+            .method4(tokio_stream::iter((0..100).map(req)))
+            .await
+            .expect("method4")
+            .into_inner();
+        let mut echoed = Vec::new();
+        while let Some(out) = responses.message().await.expect("receive") {
+            echoed.push(out.out);
+        }
+        assert_eq!(echoed, (0..100).collect::<Vec<i64>>());
+    }
+}
