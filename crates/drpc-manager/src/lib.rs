@@ -22,6 +22,12 @@
 //!   frames of unregistered ids are assembled per id until the Invoke is
 //!   complete; the reader then registers the stream and passes it to the
 //!   accept loop or the acceptor callback. Frames of unknown or finished streams are dropped.
+//!   When a Message frame is followed by more of the same stream's Message
+//!   frames already in the read buffer, the whole run goes to the stream
+//!   in one step ([`drpc_stream::StreamHandle::handle_frames`]): one
+//!   registry lookup, one stream lock and one wake-up for all of them, the
+//!   bytes not yet routed charged to the budget for the run (sequential
+//!   connections, which check ids frame by frame, go one by one).
 //! * The *writer* drains the connection's [`drpc_stream::MuxWriter`]:
 //!   streams append whole frames to one shared buffer under a short lock
 //!   and the writer swaps the buffer out and writes it in one call, so

@@ -40,6 +40,15 @@
 //!   reasons, is in `drpc-manager`'s crate documentation. Queued messages
 //!   are delivered before a termination by the peer, a limit or the
 //!   connection is reported; a local close or cancel discards them.
+//! * **Batches.** A stream of small messages costs about one lock, one
+//!   accounting and one wake-up per batch, not per message: the connection
+//!   routes a run of one stream's frames that arrived together in one step
+//!   ([`StreamHandle::handle_frames`]), a consumer takes every queued
+//!   message at once ([`Stream::poll_recv_many`], handed out one by one by
+//!   [`RecvBatch`]), and [`Stream::send_batch`] appends a [`MessageBatch`]
+//!   under one lock of the stream and one of the writer. Each message still
+//!   goes through exactly the rules it would alone (order, credit, bounds,
+//!   cancellation).
 //! * **Credit.** A flow-controlled sender waits until the next message's
 //!   first frame fits its balance; a grant, a cancel or the stream's end
 //!   wakes it. Receives grant consumed bytes back in WindowUpdates.

@@ -156,14 +156,15 @@ impl PacketAssembler {
             Some(_) => {}
             None => self.stream = Some(id.stream),
         }
-        let regression = WireError::MessageIdRegression {
-            stream: id.stream,
-            got: id.message,
-            expected: self.min_message.unwrap_or(u64::MAX),
-        };
         match self.min_message {
             Some(min) if id.message >= min => {}
-            _ => return Err(regression),
+            _ => {
+                return Err(WireError::MessageIdRegression {
+                    stream: id.stream,
+                    got: id.message,
+                    expected: self.min_message.unwrap_or(u64::MAX),
+                });
+            }
         }
 
         match self.partial.as_mut().filter(|p| p.message == id.message) {
@@ -187,6 +188,18 @@ impl PacketAssembler {
                     return Err(WireError::DataOverflow {
                         len: data.len() as u64,
                     });
+                }
+                if done {
+                    // A whole packet in one frame, the common case: it
+                    // completes at once, exactly as through `partial`.
+                    self.partial = None;
+                    self.min_message = id.message.checked_add(1);
+                    return Ok(Some(Packet {
+                        id,
+                        kind,
+                        control,
+                        data,
+                    }));
                 }
                 self.min_message = Some(id.message);
                 self.partial = Some(Partial {
