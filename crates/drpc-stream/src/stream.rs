@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::core::{Inbound, Recv, StreamCore};
 use crate::flow::FlowControl;
 use crate::queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
-use crate::sync::{Mutex, MutexGuard, lock};
+use crate::sync::{AtomicBool, Mutex, MutexGuard, lock};
 use crate::{
     ConnectionError, Initiator, MessageBatch, MessageBuf, MuxWriter, StreamError, StreamErrorKind,
 };

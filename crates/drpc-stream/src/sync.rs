@@ -2,7 +2,11 @@
 //! (`RUSTFLAGS="--cfg drpc_loom"`).
 
 #[cfg(drpc_loom)]
+pub(crate) use loom::sync::atomic::AtomicBool;
+#[cfg(drpc_loom)]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
+#[cfg(not(drpc_loom))]
+pub(crate) use std::sync::atomic::AtomicBool;
 #[cfg(not(drpc_loom))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 

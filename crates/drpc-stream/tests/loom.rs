@@ -1,4 +1,5 @@
-//! Loom models of the stream's flow-control credit, its receive queue and
+//! Loom models of the stream's flow-control credit, its receive queue, its
+//! batches (a routed run, a consumer's batch, a batched send) and
 //! the MuxWriter.
 //!
 //! Run with:
@@ -14,8 +15,8 @@ use std::future::poll_fn;
 
 use bytes::{Bytes, BytesMut};
 use drpc_stream::{
-    ConnectionError, FlowControl, Initiator, MuxWriter, Stream, StreamError, StreamErrorKind,
-    StreamHandle, StreamKind, StreamOptions, new_stream,
+    ConnectionError, FlowControl, Initiator, MessageBatch, MuxWriter, RecvBatch, Stream,
+    StreamError, StreamErrorKind, StreamHandle, StreamKind, StreamOptions, new_stream,
 };
 use drpc_wire::{Frame, FrameDecoder, Id, Kind, Metadata, WindowUpdate, append_packet};
 use loom::future::block_on;
@@ -382,5 +383,90 @@ fn terminated_wakes_on_racing_termination() {
         assert!(h.is_terminated());
         closer.join().expect("closer");
         assert_eq!(w.buffered(), 4, "one Close frame");
+    });
+}
+
+/// The reader routes a run of messages and then the end while the
+/// application receives through a batch: every message arrives, in order,
+/// then the clean end; no wake-up is lost between the run and the batch.
+#[test]
+fn handle_frames_run_vs_batched_recv() {
+    model(3, || {
+        let w = std::sync::Arc::new(MuxWriter::new(0));
+        let (s, h) = new_stream(1, StreamKind::Server, w.clone(), &fork());
+        let reader = thread::spawn(move || {
+            let mut rest = (2..=3).map(message);
+            h.handle_frames(message(1), || rest.next(), false)
+                .expect("routed");
+            let end = Frame {
+                kind: Kind::CLOSE_SEND,
+                data: Bytes::new(),
+                ..message(4)
+            };
+            h.handle_frame(end, false).expect("end");
+        });
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        while let Some(m) = block_on(batch.recv(&s)).expect("no failure") {
+            got.push(m[0]);
+        }
+        reader.join().expect("reader");
+        assert_eq!(got, [1, 2, 3]);
+    });
+}
+
+/// A cancel races a consumer whose batch still holds messages: it gets a
+/// prefix of them, in order, then the cancellation, never a clean end nor
+/// a message after the error.
+#[test]
+fn recv_batch_vs_cancel() {
+    model(3, || {
+        let w = std::sync::Arc::new(MuxWriter::new(0));
+        let (s, h) = new_stream(1, StreamKind::Server, w.clone(), &fork());
+        let mut rest = (2..=3).map(message);
+        h.handle_frames(message(1), || rest.next(), false)
+            .expect("routed");
+        let mut batch = RecvBatch::new();
+        let first = block_on(batch.recv(&s)).expect("first").expect("message");
+        assert_eq!(first[..], [1]);
+        let canceller =
+            thread::spawn(move || h.cancel(StreamErrorKind::Canceled(Initiator::Local)));
+        let mut got = Vec::new();
+        let err = loop {
+            match block_on(batch.recv(&s)) {
+                Ok(Some(m)) => got.push(m[0]),
+                Ok(None) => panic!("a clean end after a cancel"),
+                Err(e) => break e,
+            }
+            if got.len() > 2 {
+                panic!("more messages than were sent: {got:?}");
+            }
+        };
+        canceller.join().expect("canceller");
+        assert!(err.is_canceled(), "{err:?}");
+        assert!([&[][..], &[2], &[2, 3]].contains(&&got[..]), "{got:?}");
+        // Once the cancel has returned, the batch is discarded.
+        assert!(block_on(batch.recv(&s)).is_err());
+    });
+}
+
+/// A batch waiting for credit between its messages races the grants that
+/// bring it: both messages go, in order, with consecutive ids.
+#[test]
+fn send_batch_vs_window_updates() {
+    model(3, || {
+        let (w, s, h) = out_of_credit();
+        let granter = thread::spawn(move || {
+            h.window_update(1);
+            h.window_update(1);
+        });
+        let mut batch = MessageBatch::new();
+        batch.push_encoded(b"a");
+        batch.push_encoded(b"b");
+        block_on(s.send_batch(&mut batch)).expect("sent once credited");
+        granter.join().expect("granter");
+        let frames = drain(&w);
+        let got: Vec<(u64, &[u8])> = frames.iter().map(|f| (f.id.message, &f.data[..])).collect();
+        assert_eq!(got, [(2, &b"a"[..]), (3, &b"b"[..])]);
     });
 }
