@@ -922,3 +922,111 @@ async fn blocked_writes_do_not_stop_reading() {
     })
     .await
 }
+
+/// Frames of `stream` with message ids `ids`, each a whole one-frame
+/// Message whose data is its id.
+fn messages(buf: &mut Vec<u8>, stream: u64, ids: std::ops::RangeInclusive<u64>) {
+    for mid in ids {
+        drpc_wire::append_frame(
+            buf,
+            Id::new(stream, mid),
+            Kind::MESSAGE,
+            true,
+            false,
+            &mid.to_le_bytes(),
+        );
+    }
+}
+
+/// Many frames in one write, runs of one stream's Messages broken up by
+/// another stream's frames and by a WindowUpdate: every message reaches its
+/// stream, in order, whole.
+#[tokio::test]
+async fn runs_of_messages_among_other_frames_arrive_in_order() {
+    bounded(async {
+        let (server, mut peer) = server();
+        let mut buf = Vec::new();
+        for id in [1, 3] {
+            drpc_wire::append_frame(
+                &mut buf,
+                Id::new(id, 1),
+                Kind::INVOKE,
+                true,
+                false,
+                RPC.as_bytes(),
+            );
+        }
+        // Within the queue bound of a stream without flow control (256).
+        messages(&mut buf, 1, 2..=100);
+        messages(&mut buf, 3, 2..=2);
+        messages(&mut buf, 1, 101..=150);
+        drpc_wire::WindowUpdate {
+            stream: 1,
+            delta: 5,
+        }
+        .append_to(&mut buf);
+        messages(&mut buf, 1, 151..=250);
+        messages(&mut buf, 3, 3..=50);
+        for id in [1, 3] {
+            drpc_wire::append_frame(
+                &mut buf,
+                Id::new(id, 500),
+                Kind::CLOSE_SEND,
+                true,
+                false,
+                b"",
+            );
+        }
+        peer.send_raw(&buf).await;
+        for (id, last) in [(1u64, 250u64), (3, 50)] {
+            let incoming = step("accept", server.accept()).await.expect("accepted");
+            assert_eq!(incoming.stream.id(), id);
+            for mid in 2..=last {
+                let m = step("recv", incoming.stream.recv())
+                    .await
+                    .expect("recv")
+                    .expect("a message");
+                assert_eq!(m[..], mid.to_le_bytes(), "stream {id}");
+            }
+            assert_eq!(
+                step("end", incoming.stream.recv()).await.expect("end"),
+                None
+            );
+        }
+    })
+    .await;
+}
+
+/// The frames of a run get the rules each frame gets alone: a message id
+/// that goes back inside a run ends the connection as a protocol error.
+#[tokio::test]
+async fn a_message_id_regression_inside_a_run_ends_the_connection() {
+    bounded(async {
+        let (server, mut peer) = server();
+        let mut buf = Vec::new();
+        drpc_wire::append_frame(
+            &mut buf,
+            Id::new(1, 1),
+            Kind::INVOKE,
+            true,
+            false,
+            RPC.as_bytes(),
+        );
+        messages(&mut buf, 1, 2..=10);
+        messages(&mut buf, 1, 5..=5);
+        peer.send_raw(&buf).await;
+        let err = step("connection end", server.closed()).await;
+        assert!(
+            matches!(
+                err,
+                ConnectionError::Wire(WireError::MessageIdRegression {
+                    stream: 1,
+                    got: 5,
+                    expected: 11,
+                })
+            ),
+            "{err:?}"
+        );
+    })
+    .await;
+}
