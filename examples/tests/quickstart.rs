@@ -20,7 +20,7 @@ fn quickstart_exercises_every_shape_and_exits_cleanly() {
     for line in [
         "unary:            Hello, world!",
         "with metadata:    Bonjour, le monde!",
-        "error with code:  code 3 (name must not be empty)",
+        "error with code:  code InvalidArgument (name must not be empty)",
         "server streaming: [5, 4, 3, 2, 1]",
         "client streaming: sum 10 of 4 numbers",
         "bidi:             you said \"hi\"",

@@ -118,7 +118,7 @@ async fn unary_with_metadata_and_error_code() {
         let reply = client.say_with(&msg("hi", 1), &opts).await.expect("say");
         assert_eq!(reply.text, "hi!");
         let err = client.say(&msg("x", -1)).await.expect_err("fails");
-        assert_eq!(err.code(), Some(42));
+        assert_eq!(err.code(), Some(drpc_conn::Code::from(42)));
         assert_eq!(err.remote_message(), Some("negative"));
     })
     .await
@@ -151,7 +151,7 @@ async fn server_streaming_is_a_stream() {
             .await
             .expect("open");
         let err = responses.message().await.expect_err("unimplemented");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
     })
     .await
 }
@@ -181,7 +181,7 @@ async fn unimplemented_methods_answer_code_12_and_the_connection_survives() {
             .missing(&msg("m", 0))
             .await
             .expect_err("unimplemented");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
         assert_eq!(err.remote_message(), Some("Unimplemented"));
         // A keyword-named method is a raw identifier and still works on
         // the wire.
@@ -189,7 +189,7 @@ async fn unimplemented_methods_answer_code_12_and_the_connection_survives() {
             .r#type(&msg("t", 0))
             .await
             .expect_err("unimplemented");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
         assert_eq!(client.say(&msg("ok", 0)).await.expect("say").text, "ok");
     })
     .await

@@ -130,7 +130,7 @@ async fn one_implementation_serves_grpc_and_drpc() -> anyhow::Result<()> {
         assert_eq!(status.code(), tonic::Code::NotFound);
         assert_eq!(status.message(), "not found");
         let err = drpc.say(&msg("x", -1)).await.expect_err("fails");
-        assert_eq!(err.code(), Some(5));
+        assert_eq!(err.code(), Some(drpc_conn::Code::NotFound));
 
         // Client streaming.
         let sent = tokio_stream::iter(vec![msg("a", 0), msg("b", 0), msg("c", 0)]);
@@ -190,7 +190,7 @@ async fn one_implementation_serves_grpc_and_drpc() -> anyhow::Result<()> {
                 .await
                 .expect_err("unimplemented")
                 .code(),
-            Some(12)
+            Some(drpc_conn::Code::Unimplemented)
         );
 
         // Both protocols reached the one implementation.

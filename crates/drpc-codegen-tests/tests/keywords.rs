@@ -147,20 +147,20 @@ async fn keyword_methods_in_every_shape() {
 
         // Raw identifiers of every shape, left unimplemented.
         let err = client.r#fn(&word("i")).await.expect_err("unimplemented");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
         let err = client.gen_with(&word("i"), &opts).await.expect_err("un");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
         let err = client.snake_case(&word("i")).await.expect_err("un");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
         let mut responses = client.r#async(&word("j")).await.expect("async");
         let err = responses.message().await.expect_err("unimplemented");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
         let mut call = client.move_with(&opts).await.expect("move");
         let err = call.close_and_recv().await.expect_err("unimplemented");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
         let (_sender, mut responses) = client.r#await().await.expect("await");
         let err = responses.message().await.expect_err("unimplemented");
-        assert_eq!(err.code(), Some(12));
+        assert_eq!(err.code(), Some(drpc_conn::Code::Unimplemented));
     })
     .await
 }

@@ -4,7 +4,9 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,7 @@ use drpc_stream::{
     StreamError, StreamErrorKind, StreamWatch,
 };
 use drpc_wire::{Metadata, TIMEOUT_METADATA_KEY, encode_timeout};
+use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -149,24 +152,36 @@ impl Conn {
         }
     }
 
-    /// Dials a TCP address, with TCP_NODELAY set.
+    /// Dials a TCP address (`"host:port"`, a `SocketAddr`), with
+    /// TCP_NODELAY set. A failure is [`Error::Connect`], naming `addr`.
     pub async fn connect_tcp(
-        addr: impl tokio::net::ToSocketAddrs,
+        addr: impl tokio::net::ToSocketAddrs + fmt::Display,
         opts: ConnOptions,
-    ) -> io::Result<Conn> {
-        let socket = tokio::net::TcpStream::connect(addr).await?;
-        socket.set_nodelay(true)?;
-        Ok(Conn::new(socket, opts))
+    ) -> Result<Conn, Error> {
+        let name = addr.to_string();
+        let dial = async {
+            let socket = tokio::net::TcpStream::connect(addr).await?;
+            socket.set_nodelay(true)?;
+            io::Result::Ok(socket)
+        };
+        match dial.await {
+            Ok(socket) => Ok(Conn::new(socket, opts)),
+            Err(e) => Err(Error::connect(name, e)),
+        }
     }
 
-    /// Dials a Unix-domain socket.
+    /// Dials a Unix-domain socket. A failure is [`Error::Connect`], naming
+    /// the path.
     #[cfg(unix)]
     pub async fn connect_unix(
         path: impl AsRef<std::path::Path>,
         opts: ConnOptions,
-    ) -> io::Result<Conn> {
-        let socket = tokio::net::UnixStream::connect(path).await?;
-        Ok(Conn::new(socket, opts))
+    ) -> Result<Conn, Error> {
+        let path = path.as_ref();
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(socket) => Ok(Conn::new(socket, opts)),
+            Err(e) => Err(Error::connect(path.display().to_string(), e)),
+        }
     }
 
     /// The connection underneath.
@@ -214,11 +229,15 @@ impl Conn {
         let metadata = opts.wire_metadata()?;
         let mut buf = MessageBuf::new();
         encoding.encode_to(req, &mut buf).map_err(Error::Encode)?;
+        // The stream's id, once opened, for an error of the deadline or
+        // cancellation that ends the call from outside.
+        let opened = AtomicU64::new(0);
         let call = async {
             let stream = self
                 .manager
                 .open_unary_encoded(rpc, &metadata, &mut buf)
                 .await?;
+            opened.store(stream.id(), Ordering::Relaxed);
             let result = unary_response(&stream).await;
             // A call racing its own cancellation reports the cancellation,
             // never a bare end of stream.
@@ -226,7 +245,7 @@ impl Conn {
             stream.close()?;
             encoding.decode(data).map_err(Error::Decode)
         };
-        bounded(call, opts).await
+        bounded(call, &opened, opts).await
     }
 
     /// Opens a streaming call (client, server or bidi streaming) with
@@ -256,6 +275,7 @@ impl Conn {
         let metadata = opts.wire_metadata()?;
         let stream = bounded(
             async { Ok(self.manager.open_stream(rpc, &metadata).await?) },
+            &AtomicU64::new(0),
             opts,
         )
         .await?;
@@ -267,6 +287,8 @@ impl Conn {
             buf: MessageBuf::new(),
             batch_out: MessageBatch::new(),
             batch: RecvBatch::new(),
+            sink: SinkState::new(self.manager.options().stream.max_packet_size),
+            recv_done: false,
             watchdog: watchdog.map(AbortOnDrop),
             _types: PhantomData,
         })
@@ -333,9 +355,11 @@ async fn unary_response(stream: &Stream) -> Result<bytes::Bytes, StreamError> {
 
 /// Runs `call` under the deadline and cancellation token of `opts`. When
 /// either fires first, `call` is dropped, which cancels its stream on the
-/// wire.
+/// wire, and the error names the stream `call` stored in `opened` (0 when
+/// it had none yet).
 async fn bounded<T>(
     call: impl Future<Output = Result<T, Error>>,
+    opened: &AtomicU64,
     opts: &CallOptions,
 ) -> Result<T, Error> {
     if opts.deadline.is_none() && opts.cancel.is_none() {
@@ -344,7 +368,9 @@ async fn bounded<T>(
     tokio::select! {
         biased;
         r = call => r,
-        reason = ended(opts.deadline, opts.cancel.clone()) => Err(StreamError::new(0, reason).into()),
+        reason = ended(opts.deadline, opts.cancel.clone()) => {
+            Err(StreamError::new(opened.load(Ordering::Relaxed), reason).into())
+        }
     }
 }
 
@@ -397,6 +423,14 @@ impl Drop for AbortOnDrop {
 /// A streaming call: send requests of type `Req`, receive responses of
 /// type `Resp`.
 ///
+/// Besides its methods it is a [`futures_core::Stream`] of responses and
+/// a [`futures_sink::Sink`] of requests, for the combinators of the
+/// `futures` crates (see [`ClientReceiver`] and [`ClientSender`], which
+/// behave the same; `SinkExt::close` is CloseSend after a flush, where the
+/// inherent [`ClientStream::close`] ends the whole call).
+/// [`ClientStream::split`] gives halves that can be used from different
+/// tasks.
+///
 /// Dropping it before the call has ended cancels the call (a Cancel packet
 /// on the wire); the connection and other calls go on.
 pub struct ClientStream<Req, Resp, E> {
@@ -407,6 +441,11 @@ pub struct ClientStream<Req, Resp, E> {
     batch_out: MessageBatch,
     /// Responses taken from the stream together, handed out one by one.
     batch: RecvBatch,
+    /// Requests given to the `Sink`, not yet sent.
+    sink: SinkState,
+    /// Whether the `Stream` of responses has ended (after the last
+    /// response or the first error).
+    recv_done: bool,
     watchdog: Option<AbortOnDrop>,
     _types: PhantomData<fn(Req) -> Resp>,
 }
@@ -428,8 +467,9 @@ where
         self.stream.id()
     }
 
-    /// Sends one request.
+    /// Sends one request (after those the `Sink` holds).
     pub async fn send(&mut self, msg: &Req) -> Result<(), Error> {
+        self.sink.flush(&self.stream).await?;
         send_encoded(&self.stream, &*self.encoding, &mut self.buf, msg).await
     }
 
@@ -441,6 +481,7 @@ where
         Req: 'a,
         I: IntoIterator<Item = &'a Req>,
     {
+        self.sink.flush(&self.stream).await?;
         send_all(&self.stream, &*self.encoding, &mut self.batch_out, msgs).await
     }
 
@@ -450,7 +491,9 @@ where
             .await
     }
 
-    /// Closes the sending side (CloseSend).
+    /// Closes the sending side (CloseSend). Requests given to the `Sink`
+    /// and not flushed are not sent: flush first, or close through the
+    /// `Sink` (`SinkExt::close`), which flushes.
     pub fn close_send(&self) -> Result<(), Error> {
         Ok(self.stream.close_send()?)
     }
@@ -486,8 +529,9 @@ where
     }
 
     /// Splits into a sending and a receiving half, for sending and
-    /// receiving from different tasks. The call is cancelled when both
-    /// halves are dropped before it ended.
+    /// receiving from different tasks. Dropping the sending half ends the
+    /// request side (CloseSend); the call is cancelled when both halves
+    /// are dropped before it ended.
     pub fn split(self) -> (ClientSender<Req, E>, ClientReceiver<Resp, E>) {
         let watchdog = self.watchdog.map(Arc::new);
         (
@@ -496,6 +540,7 @@ where
                 encoding: self.encoding.clone(),
                 buf: self.buf,
                 batch: self.batch_out,
+                sink: self.sink,
                 _watchdog: watchdog.clone(),
                 _req: PhantomData,
             },
@@ -503,6 +548,7 @@ where
                 stream: self.stream,
                 encoding: self.encoding,
                 batch: self.batch,
+                done: self.recv_done,
                 _watchdog: watchdog,
                 _resp: PhantomData,
             },
@@ -510,21 +556,100 @@ where
     }
 }
 
+/// The responses, until the server's clean end or the first error (which
+/// is the last item).
+impl<Req, Resp, E> futures_core::Stream for ClientStream<Req, Resp, E>
+where
+    E: Encoding<Req> + Encoding<Resp>,
+{
+    type Item = Result<Resp, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        poll_next_response(
+            &this.stream,
+            &mut this.batch,
+            &*this.encoding,
+            &mut this.recv_done,
+            cx,
+        )
+    }
+}
+
+/// Requests, sent as [`ClientSender`]'s `Sink` sends them.
+impl<Req, Resp, E> Sink<Req> for ClientStream<Req, Resp, E>
+where
+    E: Encoding<Req> + Encoding<Resp>,
+{
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        this.sink.poll_ready(&this.stream, cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Req) -> Result<(), Error> {
+        let this = self.get_mut();
+        this.sink.start_send(&this.stream, &*this.encoding, &item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        this.sink.poll_flush(&this.stream, cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        this.sink.poll_close(&this.stream, cx)
+    }
+}
+
 /// The sending half of a [`ClientStream`].
+///
+/// Besides its methods it is a [`futures_sink::Sink`] of requests:
+/// `start_send` encodes a request and keeps it, `poll_flush` sends what
+/// it keeps, small requests together in one batch (as
+/// [`ClientSender::send_all`]), and `poll_ready` sends them first once
+/// they reach 64 KiB or a large request is waiting, waiting for
+/// flow-control credit and room in the connection's write buffer as
+/// `send` does. So `SinkExt::send_all` of a run of ready requests sends
+/// them in batches, and `SinkExt::send` sends one request and waits
+/// until it has left. `poll_close` flushes, then ends the request side
+/// (CloseSend). A request over the connection's maximum message size fails
+/// `start_send` at once (the call goes on, the requests kept before it
+/// stay); one that does not encode fails it with [`Error::Encode`].
+///
+/// The inherent `send` and `send_all` (by reference, sent at once) come
+/// before `SinkExt`'s in method calls: name the trait for the `Sink`'s,
+/// as in `SinkExt::send(&mut sender, msg)`. The inherent ones first send
+/// what the `Sink` keeps, so the order of requests is always kept.
+///
+/// Dropping the sender ends the request side (CloseSend), as tonic does,
+/// without cancelling the call: the receiving half still gets the
+/// responses. Requests kept by the `Sink` and not flushed are then not
+/// sent.
 pub struct ClientSender<Req, E> {
     stream: Arc<Stream>,
     encoding: Arc<E>,
     buf: MessageBuf,
     batch: MessageBatch,
+    sink: SinkState,
     _watchdog: Option<Arc<AbortOnDrop>>,
     _req: PhantomData<fn(Req)>,
 }
 
 /// The receiving half of a [`ClientStream`].
+///
+/// Besides its methods it is a [`futures_core::Stream`] of
+/// `Result<Resp, Error>`: the responses until the server's clean end, or
+/// until the first error, which is the last item (for combinators such as
+/// `StreamExt::map` and `collect`, or `TryStreamExt::try_collect`).
 pub struct ClientReceiver<Resp, E> {
     stream: Arc<Stream>,
     encoding: Arc<E>,
     batch: RecvBatch,
+    /// Whether the `Stream` has ended.
+    done: bool,
     _watchdog: Option<Arc<AbortOnDrop>>,
     _resp: PhantomData<fn() -> Resp>,
 }
@@ -546,8 +671,14 @@ impl<Resp, E> fmt::Debug for ClientReceiver<Resp, E> {
 }
 
 impl<Req, E: Encoding<Req>> ClientSender<Req, E> {
-    /// Sends one request.
+    /// The stream id.
+    pub fn id(&self) -> u64 {
+        self.stream.id()
+    }
+
+    /// Sends one request (after those the `Sink` holds).
     pub async fn send(&mut self, msg: &Req) -> Result<(), Error> {
+        self.sink.flush(&self.stream).await?;
         send_encoded(&self.stream, &*self.encoding, &mut self.buf, msg).await
     }
 
@@ -557,12 +688,47 @@ impl<Req, E: Encoding<Req>> ClientSender<Req, E> {
         Req: 'a,
         I: IntoIterator<Item = &'a Req>,
     {
+        self.sink.flush(&self.stream).await?;
         send_all(&self.stream, &*self.encoding, &mut self.batch, msgs).await
     }
 
-    /// Closes the sending side (CloseSend).
+    /// Closes the sending side (CloseSend). Requests given to the `Sink`
+    /// and not flushed are not sent: flush first, or close through the
+    /// `Sink` (`SinkExt::close`), which flushes.
     pub fn close_send(&self) -> Result<(), Error> {
         Ok(self.stream.close_send()?)
+    }
+}
+
+/// Ends the request side with CloseSend, unless the call has ended or
+/// CloseSend was sent already; the call goes on for the receiving half.
+impl<Req, E> Drop for ClientSender<Req, E> {
+    fn drop(&mut self) {
+        let _ = self.stream.close_send();
+    }
+}
+
+impl<Req, E: Encoding<Req>> Sink<Req> for ClientSender<Req, E> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        this.sink.poll_ready(&this.stream, cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Req) -> Result<(), Error> {
+        let this = self.get_mut();
+        this.sink.start_send(&this.stream, &*this.encoding, &item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        this.sink.poll_flush(&this.stream, cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        this.sink.poll_close(&this.stream, cx)
     }
 }
 
@@ -575,6 +741,216 @@ impl<Resp, E: Encoding<Resp>> ClientReceiver<Resp, E> {
     /// The poll form of [`ClientReceiver::recv`].
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Resp>, Error>> {
         poll_decode(&self.stream, &mut self.batch, &*self.encoding, cx)
+    }
+
+    /// The stream id.
+    pub fn id(&self) -> u64 {
+        self.stream.id()
+    }
+}
+
+impl<Resp, E: Encoding<Resp>> futures_core::Stream for ClientReceiver<Resp, E> {
+    type Item = Result<Resp, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        poll_next_response(
+            &this.stream,
+            &mut this.batch,
+            &*this.encoding,
+            &mut this.done,
+            cx,
+        )
+    }
+}
+
+/// [`poll_decode`] as a `Stream`'s item: `None` after the end or an error.
+fn poll_next_response<Resp, E: Encoding<Resp>>(
+    stream: &Stream,
+    batch: &mut RecvBatch,
+    encoding: &E,
+    done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Resp, Error>>> {
+    if *done {
+        return Poll::Ready(None);
+    }
+    let next = ready!(poll_decode(stream, batch, encoding, cx)).transpose();
+    if !matches!(next, Some(Ok(_))) {
+        *done = true;
+    }
+    Poll::Ready(next)
+}
+
+/// How many bytes of small requests a `Sink` keeps before `poll_ready`
+/// sends them.
+const SINK_FLUSH_BYTES: usize = 64 << 10;
+
+/// A request larger than this is kept on its own and sent without a copy
+/// into the batch (by [`Stream::send_encoded`]); `poll_ready` sends it
+/// before taking another.
+const SINK_BATCH_MESSAGE_MAX: usize = 16 << 10;
+
+/// A flush in flight: it gives the buffers back when done.
+type Flush = Pin<Box<dyn Future<Output = (SinkBuffers, Result<(), StreamError>)> + Send>>;
+
+/// The requests a `Sink` keeps until they are flushed.
+#[derive(Debug, Default)]
+struct SinkBuffers {
+    /// Small requests, sent together.
+    batch: MessageBatch,
+    /// A large request after them (holding the large buffers of the
+    /// message uncopied), then any request given after it without
+    /// `poll_ready`, in order.
+    tail: Vec<MessageBuf>,
+    /// Where a request is encoded.
+    scratch: MessageBuf,
+}
+
+impl SinkBuffers {
+    fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.tail.is_empty()
+    }
+
+    /// Sends what is kept: the batch, then the others, in order.
+    async fn send(mut self, stream: Arc<Stream>) -> (SinkBuffers, Result<(), StreamError>) {
+        let mut result = Ok(());
+        if !self.batch.is_empty() {
+            result = stream.send_batch(&mut self.batch).await;
+        }
+        for mut msg in self.tail.drain(..) {
+            if result.is_ok() {
+                result = stream.send_encoded(&mut msg).await;
+            }
+            // Keep one allocation for the next request to encode.
+            msg.clear();
+            self.scratch = msg;
+        }
+        (self, result)
+    }
+}
+
+/// The `Sink` side of a call: requests encoded by `start_send`, sent by
+/// `poll_flush`.
+struct SinkState {
+    /// `None` while a flush has them.
+    buffers: Option<SinkBuffers>,
+    flushing: Option<Flush>,
+    /// The largest request the connection sends.
+    max_message: usize,
+}
+
+impl fmt::Debug for SinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkState")
+            .field("buffers", &self.buffers)
+            .field("flushing", &self.flushing.is_some())
+            .finish()
+    }
+}
+
+impl SinkState {
+    fn new(max_message: usize) -> SinkState {
+        SinkState {
+            buffers: Some(SinkBuffers::default()),
+            flushing: None,
+            max_message,
+        }
+    }
+
+    /// Drives the flush in flight to its end.
+    fn poll_flushing(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if let Some(flush) = &mut self.flushing {
+            let (buffers, result) = ready!(flush.as_mut().poll(cx));
+            self.flushing = None;
+            self.buffers = Some(buffers);
+            result?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_flush(&mut self, stream: &Arc<Stream>) {
+        if let Some(buffers) = self.buffers.take_if(|b| !b.is_empty()) {
+            self.flushing = Some(Box::pin(buffers.send(stream.clone())));
+        }
+    }
+
+    fn buffers(&mut self) -> &mut SinkBuffers {
+        self.buffers.get_or_insert_with(SinkBuffers::default)
+    }
+
+    /// Ready once nothing is in flight and the requests kept are below
+    /// [`SINK_FLUSH_BYTES`], with no large one among them; sends them
+    /// first otherwise.
+    fn poll_ready(
+        &mut self,
+        stream: &Arc<Stream>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        ready!(self.poll_flushing(cx))?;
+        let buffers = self.buffers();
+        if !buffers.tail.is_empty() || buffers.batch.bytes() >= SINK_FLUSH_BYTES {
+            self.start_flush(stream);
+            ready!(self.poll_flushing(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send<T, E: Encoding<T>>(
+        &mut self,
+        stream: &Stream,
+        encoding: &E,
+        msg: &T,
+    ) -> Result<(), Error> {
+        let max_message = self.max_message;
+        let buffers = self.buffers();
+        let scratch = &mut buffers.scratch;
+        scratch.clear();
+        encoding.encode_to(msg, scratch).map_err(Error::Encode)?;
+        let size = scratch.len();
+        if size > max_message {
+            let kind = StreamErrorKind::MessageTooLarge {
+                size,
+                limit: max_message,
+            };
+            return Err(StreamError::new(stream.id(), kind).into());
+        }
+        match scratch.as_contiguous() {
+            Some(bytes) if size <= SINK_BATCH_MESSAGE_MAX && buffers.tail.is_empty() => {
+                buffers.batch.push_encoded(bytes);
+            }
+            // A large request, or any after one (`start_send` without
+            // `poll_ready`), waits on its own.
+            _ => buffers.tail.push(std::mem::take(scratch)),
+        }
+        Ok(())
+    }
+
+    fn poll_flush(
+        &mut self,
+        stream: &Arc<Stream>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        ready!(self.poll_flushing(cx))?;
+        self.start_flush(stream);
+        self.poll_flushing(cx)
+    }
+
+    fn poll_close(
+        &mut self,
+        stream: &Arc<Stream>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        ready!(self.poll_flush(stream, cx))?;
+        Poll::Ready(stream.close_send().map_err(Error::from))
+    }
+
+    /// Sends whatever the `Sink` keeps (nothing to do, usually).
+    async fn flush(&mut self, stream: &Arc<Stream>) -> Result<(), Error> {
+        if self.flushing.is_none() && self.buffers.as_ref().is_none_or(SinkBuffers::is_empty) {
+            return Ok(());
+        }
+        std::future::poll_fn(|cx| self.poll_flush(stream, cx)).await
     }
 }
 

@@ -44,14 +44,84 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Channel
+//!
+//! A [`Channel`] is the client handle for production: it dials lazily,
+//! dials again with jittered exponential [`Backoff`] when its connection
+//! ends, fails calls fast with [`Error::Unavailable`] (naming the address
+//! and the last connect error) while it cannot connect, keeps a pool of
+//! connections in sequential mode, and spreads calls over many servers
+//! ([`Channel::balance_list`], [`Channel::balance_channel`]). It is an
+//! [`Invoker`], so generated clients take it as they take a [`Conn`], and
+//! a `tower::Service` of [`Request`]s, so `tower` layers wrap its unary
+//! calls ([`ServiceInvoker`] hands the stack to a generated client);
+//! [`with_interceptor`] changes the options of every call.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use drpc_conn::{CallOptions, Endpoint, Invoker, Raw, ServiceInvoker, with_interceptor};
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! # let mut mux = drpc_mux::Mux::new();
+//! # mux.unary("/echo.Echo/Say", Raw, |ctx: drpc_mux::RequestContext, req: Bytes| async move {
+//! #     let token = ctx.metadata().get("authorization").cloned().unwrap_or_default();
+//! #     Ok(Bytes::from(format!("{} ({token})", String::from_utf8_lossy(&req))))
+//! # });
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let addr = listener.local_addr()?.to_string();
+//! # let server = drpc_server::Server::new(mux);
+//! # tokio::spawn(async move { server.serve_tcp(listener).await });
+//! let channel = Endpoint::tcp(addr)
+//!     .connect_timeout(Duration::from_secs(2))
+//!     .connect_lazy(); // `GreeterDrpcClient::new(channel.clone())` works too
+//!
+//! // An interceptor: every call, unary or streaming, carries a token.
+//! let authed = with_interceptor(channel.clone(), |_path, opts| {
+//!     Ok(opts.metadata("authorization", "Bearer t0k3n"))
+//! });
+//! let reply: Bytes = authed
+//!     .invoke(&Raw, "/echo.Echo/Say", &Bytes::from("hi"), &CallOptions::new())
+//!     .await?;
+//! assert_eq!(reply, "hi (Bearer t0k3n)");
+//!
+//! // tower layers over unary calls; streaming calls go to the channel.
+//! let layered = ServiceInvoker::new(
+//!     ServiceBuilder::new()
+//!         .timeout(Duration::from_secs(1))
+//!         .concurrency_limit(32)
+//!         .service(authed.clone()),
+//!     authed,
+//! );
+//! let reply: Bytes = layered
+//!     .invoke(&Raw, "/echo.Echo/Say", &Bytes::from("again"), &CallOptions::new())
+//!     .await?;
+//! assert_eq!(reply, "again (Bearer t0k3n)");
+//! # Ok(())
+//! # }
+//! ```
 
+mod channel;
 mod conn;
 mod error;
 mod invoker;
+mod service;
 
+pub use channel::{
+    Backoff, Channel, Connectivity, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP_KEEPALIVE, Endpoint, ResponseFuture,
+};
 pub use conn::{CallOptions, ClientReceiver, ClientSender, ClientStream, Conn, ConnOptions};
+pub use drpc_stream::EncodingError;
 pub use drpc_stream::{Encoding, Prost, Raw};
 pub use drpc_wire::Metadata;
+pub use drpc_wire::{Code, CodedError, Status};
 pub use error::Error;
 pub use invoker::{Invoker, Responses};
+pub use service::{
+    InterceptedChannel, Interceptor, Request, ServiceInvoker, from_layer_error, with_interceptor,
+};
 pub use tokio_util::sync::CancellationToken;

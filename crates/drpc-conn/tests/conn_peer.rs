@@ -114,9 +114,12 @@ async fn peer_answers_surface_as_errors() {
             .send_error(&CodedError::new(7, "nope"))
             .expect("send_error");
         let err = call.await.expect("task").expect_err("remote error");
-        assert_eq!(err.code(), Some(7));
+        assert_eq!(err.code(), Some(drpc_conn::Code::PermissionDenied));
         assert_eq!(err.remote_message(), Some("nope"));
-        assert_eq!(err.to_string(), "nope");
+        assert_eq!(
+            err.to_string(),
+            format!("PermissionDenied: nope (stream {})", incoming.stream.id())
+        );
 
         // An error without a code: code() is None, the text arrives.
         let call = unary(&conn, "/svc.S/E", "x", CallOptions::new());
@@ -252,12 +255,17 @@ async fn split_halves_cancel_only_when_both_are_dropped() {
             incoming.stream.recv().await.expect("recv"),
             Some(Bytes::from("two"))
         );
-        // Dropping the last half cancels it.
+        // Dropping the sending half ends the request side (CloseSend);
+        // as it is the last half, the call is cancelled too.
         drop(tx);
-        let err = within("cancel arrives", incoming.stream.recv())
-            .await
-            .expect_err("cancelled");
-        assert!(err.is_canceled(), "{err:?}");
+        assert_eq!(
+            within("close send arrives", incoming.stream.recv())
+                .await
+                .expect("CloseSend first"),
+            None
+        );
+        within("cancel arrives", incoming.stream.terminated()).await;
+        assert!(incoming.stream.send(b"late").await.is_err());
 
         // The other way round: the sending half dropped first.
         let s = conn
@@ -268,6 +276,13 @@ async fn split_halves_cancel_only_when_both_are_dropped() {
         let (tx, r) = s.split();
         rx = r;
         drop(tx);
+        // The request side ended; the call goes on.
+        assert_eq!(
+            within("close send arrives", incoming.stream.recv())
+                .await
+                .expect("CloseSend"),
+            None
+        );
         incoming.stream.send(b"three").await.expect("server send");
         assert_eq!(rx.recv().await.expect("recv"), Some(Bytes::from("three")));
         incoming.stream.close_send().expect("close_send");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use drpc_conn::{CallOptions, Conn, ConnOptions, Error};
 use drpc_stream::StreamErrorKind;
-use drpc_wire::{DEFAULT_MAX_PACKET_SIZE, UNIMPLEMENTED};
+use drpc_wire::{Code, DEFAULT_MAX_PACKET_SIZE};
 use tokio::task::JoinSet;
 
 use crate::pb::{In, Out, ServiceDrpcClient};
@@ -250,7 +250,7 @@ async fn status_code_and_message(cfg: &ClientConfig) -> Result<(), String> {
     match unary(&conn, &req, &CallOptions::new()).await {
         Ok(out) => Err(format!("expected an error, got {out:?}")),
         Err(e) => ensure(
-            e.code() == Some(BOOM_CODE) && e.remote_message() == Some("boom"),
+            e.code() == Some(Code::from(BOOM_CODE)) && e.remote_message() == Some("boom"),
             || {
                 format!(
                     "expected code {BOOM_CODE} and message \"boom\", got code {:?} and {:?} ({e})",
@@ -410,9 +410,9 @@ async fn cancel_blocked(cfg: &ClientConfig) -> Result<(), String> {
 
 /// A local or remote cancellation or deadline: the client's own timer, a
 /// Cancel from the server, or the server's error for a call it cancelled
-/// (gRPC's Canceled, 1, or DeadlineExceeded, 4).
+/// (Canceled or DeadlineExceeded).
 fn is_cancellation(e: &Error) -> bool {
-    e.is_canceled() || e.is_deadline_exceeded() || matches!(e.code(), Some(1 | 4))
+    e.is_canceled() || e.is_deadline_exceeded()
 }
 
 async fn unknown_method(cfg: &ClientConfig) -> Result<(), String> {
@@ -422,14 +422,15 @@ async fn unknown_method(cfg: &ClientConfig) -> Result<(), String> {
         .await;
     match result {
         Ok(out) => return Err(format!("expected an error, got {out:?}")),
-        Err(e) if e.code() == Some(UNIMPLEMENTED) => {}
+        Err(e) if e.code() == Some(Code::Unimplemented) => {}
         // The reference Go server: no code (0), and
         // `protocol error: unknown rpc: "/service.Service/Nope"`.
         Err(e) if e.code().is_none() && e.to_string().contains("unknown rpc") => {}
         Err(e) => {
             return Err(format!(
-                "expected code {UNIMPLEMENTED} (Unimplemented), or a text saying \
+                "expected code {} (Unimplemented), or a text saying \
                  \"unknown rpc\", got code {:?}: {e}",
+                Code::Unimplemented.as_u64(),
                 e.code()
             ));
         }

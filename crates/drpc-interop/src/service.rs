@@ -29,10 +29,6 @@ pub const BOOM_CODE: u64 = 42;
 /// sleep) before it echoes.
 const BLOCKING_HANDLER_SLEEP: Duration = Duration::from_secs(1);
 
-/// The code a cancelled `Method1` with `in == -2` ends with (gRPC's
-/// Canceled); the server normally drops the handler first.
-const CANCELED_CODE: u64 = 1;
-
 /// The implementation of `service.Service` (the generated
 /// [`ServiceDrpcServer`] trait), with the behaviour table of the contract:
 ///
@@ -54,7 +50,8 @@ impl ServiceDrpcServer for InteropService {
             -1 => Err(CodedError::new(BOOM_CODE, "boom")),
             -2 => {
                 ctx.cancelled().await;
-                Err(CodedError::new(CANCELED_CODE, "context canceled"))
+                // Canceled; the server normally drops the handler first.
+                Err(CodedError::canceled("context canceled"))
             }
             -3 => {
                 let mut lines = String::new();

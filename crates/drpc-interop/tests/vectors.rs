@@ -523,7 +523,7 @@ async fn run_calls(conn: &Conn, sc: &Scenario, peer: &Recorder) -> Result<(), St
             match (got, expect) {
                 (Ok(out), Ok(want)) => check("response", &out, want),
                 (Err(e), Err((code, message))) => {
-                    check("error code", e.code(), Some(*code))?;
+                    check("error code", e.code(), Some(drpc_wire::Code::from(*code)))?;
                     check("error message", e.remote_message(), Some(*message))
                 }
                 (got, want) => Err(format!("call ended as {got:?}, want {want:?}")),

@@ -7,8 +7,8 @@
 //! request metadata and the `grpc-timeout` deadline into a
 //! [`RequestContext`], tonic's request streams into [`RequestStream`],
 //! [`ResponseSink`] into tonic's response streams, and [`CodedError`]
-//! codes into gRPC status codes (the codes are gRPC's numbers by
-//! convention).
+//! codes into gRPC status codes ([`tonic_code`], [`drpc_code`]: DRPC's
+//! [`Code`] is gRPC's codes by convention).
 
 use std::fmt;
 use std::future::Future;
@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use drpc_wire::{CodedError, Metadata, parse_timeout};
+use drpc_wire::{Code, CodedError, Metadata, parse_timeout};
 use futures_core::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -52,19 +52,29 @@ fn context_with<T>(
     RequestContext::new(rpc.to_owned(), 0, metadata, deadline, cancel)
 }
 
-/// A DRPC error as a gRPC status: codes 1 to 16 map to gRPC's codes, 0
-/// and anything else to Unknown.
-pub fn status(err: CodedError) -> tonic::Status {
-    let code = match err.code() {
+/// A DRPC error's code as a gRPC status code: codes 1 to 16 are gRPC's
+/// codes; 0 ("no code": still an error) and any other number are
+/// Unknown.
+pub fn tonic_code(code: Code) -> tonic::Code {
+    match code.as_u64() {
         c @ 1..=16 => tonic::Code::from(c as i32),
         _ => tonic::Code::Unknown,
-    };
-    tonic::Status::new(code, err.message())
+    }
+}
+
+/// A gRPC status code as DRPC's: the same code.
+pub fn drpc_code(code: tonic::Code) -> Code {
+    Code::from_u64(code as u64)
+}
+
+/// A DRPC error as a gRPC status, its code mapped by [`tonic_code`].
+pub fn status(err: CodedError) -> tonic::Status {
+    tonic::Status::new(tonic_code(err.kind()), err.message())
 }
 
 /// A gRPC status as a DRPC error with the same code.
 pub fn coded(status: tonic::Status) -> CodedError {
-    CodedError::new(status.code() as u64, status.message())
+    CodedError::new(drpc_code(status.code()), status.message())
 }
 
 /// A unary handler's result as tonic's.
@@ -98,7 +108,7 @@ impl<T: Clone + Send + Sync + 'static> ResponseSink<T> for GrpcSink<T> {
         self.0
             .send(Ok(msg.clone()))
             .await
-            .map_err(|_| CodedError::new(1, "context canceled"))
+            .map_err(|_| CodedError::canceled("context canceled"))
     }
 }
 
@@ -160,7 +170,7 @@ where
         let outcome = tokio::select! {
             r = running => r,
             _ = token.cancelled() => return,
-            _ = deadline_passed => Err(CodedError::new(4, "context deadline exceeded")),
+            _ = deadline_passed => Err(CodedError::deadline_exceeded("context deadline exceeded")),
         };
         if let Err(e) = outcome {
             let _ = tx.send(Err(status(e))).await;

@@ -19,7 +19,7 @@
 //! let mut mux = Mux::new();
 //! mux.unary("/echo.Echo/Say", Raw, |_ctx: RequestContext, req: Bytes| async move {
 //!     if req.is_empty() {
-//!         return Err(CodedError::new(3, "empty request"));
+//!         return Err(CodedError::invalid_argument("empty request"));
 //!     }
 //!     Ok(req)
 //! });
@@ -35,6 +35,6 @@ mod typed;
 
 pub use context::RequestContext;
 pub use drpc_stream::{Encoding, Prost, Raw};
-pub use drpc_wire::{CodedError, UNIMPLEMENTED};
+pub use drpc_wire::{Code, CodedError, Status, UNIMPLEMENTED};
 pub use mux::{BoxFuture, Description, Handler, MethodDesc, MethodKind, Mux, ServerCall};
 pub use typed::{RequestStream, ResponseSink, ServerReceiver, ServerSender};

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use drpc_stream::{Encoding, MessageBuf, Stream};
-use drpc_wire::{CodedError, UNIMPLEMENTED};
+use drpc_wire::CodedError;
 
 use crate::RequestContext;
 use crate::quote::{MAX_QUOTED_NAME, quote_bounded};
@@ -287,13 +287,10 @@ async fn recv_request<Req, E: Encoding<Req>>(
 /// implementation's text, with a bounded quote of the path (the peer
 /// chooses it, up to the maximum packet size).
 fn unknown_rpc(rpc: &str) -> CodedError {
-    CodedError::new(
-        UNIMPLEMENTED,
-        format!(
-            "protocol error: unknown rpc: {}",
-            quote_bounded(rpc.as_bytes(), MAX_QUOTED_NAME)
-        ),
-    )
+    CodedError::unimplemented(format!(
+        "protocol error: unknown rpc: {}",
+        quote_bounded(rpc.as_bytes(), MAX_QUOTED_NAME)
+    ))
 }
 
 impl Handler for Mux {
@@ -321,7 +318,7 @@ mod tests {
     #[test]
     fn unknown_rpc_errors_read_as_the_reference_ones() {
         let err = unknown_rpc("/service.Service/Nope");
-        assert_eq!(err.code(), UNIMPLEMENTED);
+        assert_eq!(err.kind(), drpc_wire::Code::Unimplemented);
         assert_eq!(
             err.message(),
             r#"protocol error: unknown rpc: "/service.Service/Nope""#
@@ -332,7 +329,7 @@ mod tests {
     fn unknown_rpc_errors_are_short_whatever_the_path() {
         let name = format!("/{}", "\u{0}".repeat(4 << 20));
         let err = unknown_rpc(&name);
-        assert_eq!(err.code(), UNIMPLEMENTED);
+        assert_eq!(err.kind(), drpc_wire::Code::Unimplemented);
         assert!(
             err.message().len() < 5 * MAX_QUOTED_NAME,
             "{}",

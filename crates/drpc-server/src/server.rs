@@ -29,11 +29,6 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(1);
 /// listener (too many open files and the like), as Go's server does.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
-/// gRPC status numbers used for errors the server itself produces.
-const CODE_DEADLINE_EXCEEDED: u64 = 4;
-const CODE_INTERNAL: u64 = 13;
-const CODE_UNAVAILABLE: u64 = 14;
-
 /// Server settings, with documented defaults.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -367,7 +362,7 @@ fn is_resource_error(e: &io::Error) -> bool {
 
 /// Answers an RPC that arrived during shutdown.
 fn refuse(incoming: Incoming) {
-    let err = CodedError::new(CODE_UNAVAILABLE, "server shutting down");
+    let err = CodedError::unavailable("server shutting down");
     if let Err(e) = incoming.stream.send_error(&err) {
         tracing::debug!(rpc = %incoming.rpc, error = %e, "could not refuse the stream");
     }
@@ -445,10 +440,7 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
         Outcome::Panicked => {
             tracing::error!(rpc = %rpc_name, "handler panicked");
             cancel.cancel();
-            stream.send_error(&CodedError::new(
-                CODE_INTERNAL,
-                "internal error: handler panicked",
-            ))
+            stream.send_error(&CodedError::internal("internal error: handler panicked"))
         }
         Outcome::StreamEnded => {
             cancel.cancel();
@@ -456,14 +448,11 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
         }
         Outcome::DeadlineExceeded => {
             cancel.cancel();
-            stream.send_error(&CodedError::new(
-                CODE_DEADLINE_EXCEEDED,
-                "context deadline exceeded",
-            ))
+            stream.send_error(&CodedError::deadline_exceeded("context deadline exceeded"))
         }
         Outcome::ShuttingDown => {
             cancel.cancel();
-            stream.send_error(&CodedError::new(CODE_UNAVAILABLE, "server shutting down"))
+            stream.send_error(&CodedError::unavailable("server shutting down"))
         }
     };
     if let Err(e) = end {

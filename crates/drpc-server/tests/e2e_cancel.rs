@@ -300,7 +300,7 @@ async fn server_enforces_drpc_timeout() {
         let took = start.elapsed();
         match err.kind() {
             StreamErrorKind::Remote(e) => {
-                assert_eq!(e.code(), 4, "{e:?}");
+                assert_eq!(e.kind(), drpc_wire::Code::DeadlineExceeded, "{e:?}");
                 assert!(e.message().contains("deadline"), "{e:?}");
             }
             other => panic!("expected the server's error, got {other:?}"),

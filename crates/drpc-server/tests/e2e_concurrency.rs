@@ -129,7 +129,7 @@ async fn sequential_mixed_calls() {
                 .unary_with::<Bytes, Bytes, _>(&Raw, FAIL, &b("f"), &CallOptions::new())
                 .await
                 .expect_err("fail");
-            assert_eq!(err.code(), Some(42));
+            assert_eq!(err.code(), Some(drpc_conn::Code::from(42)));
             let mut s = conn
                 .server_streaming::<Bytes, Bytes, _>(Raw, REPEAT, &b("3"), &CallOptions::new())
                 .await

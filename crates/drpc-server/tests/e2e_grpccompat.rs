@@ -84,7 +84,7 @@ async fn error_codes_and_texts_arrive_unchanged() {
                 .unary_with::<Bytes, Bytes, _>(&Raw, CODE, &b(&n.to_string()), &CallOptions::new())
                 .await
                 .expect_err("coded error");
-            assert_eq!(err.code(), Some(n));
+            assert_eq!(err.code(), Some(drpc_conn::Code::from(n)));
             assert_eq!(err.remote_message(), Some(format!("code {n}").as_str()));
         }
         for text in [

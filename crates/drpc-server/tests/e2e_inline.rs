@@ -262,7 +262,7 @@ async fn panic_at_once(inline_first_poll: bool) {
                 )
                 .await
                 .expect_err("the call fails");
-            assert_eq!(err.code(), Some(13), "{err}");
+            assert_eq!(err.code(), Some(drpc_conn::Code::Internal), "{err}");
             who(&conn, 1).await;
         }
     })

@@ -299,7 +299,11 @@ async fn client_only_raised_limit_fails_only_the_call() {
             .expect_err("the server refuses it");
         assert!(err.is_too_large(), "{err:?}");
         assert!(err.is_resource_exhausted(), "{err:?}");
-        assert_eq!(err.code(), Some(drpc_wire::RESOURCE_EXHAUSTED), "{err:?}");
+        assert_eq!(
+            err.code(),
+            Some(drpc_conn::Code::ResourceExhausted),
+            "{err:?}"
+        );
         assert!(!err.is_connection_lost(), "{err:?}");
         assert_eq!(
             echo(&conn, &b("again")).await.expect("same connection"),

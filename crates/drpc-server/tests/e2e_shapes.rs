@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use drpc_conn::{CallOptions, Conn, Error};
+use drpc_conn::{CallOptions, Code, Conn, Error};
 use drpc_stream::Raw;
 
 async fn unary(conn: &Conn, rpc: &str, req: &str) -> Result<Bytes, Error> {
@@ -90,7 +90,7 @@ async fn all_shapes(transport: Transport) {
 
     // A handler error: code and message reach the client.
     let err = unary(&conn, FAIL, "x").await.expect_err("handler error");
-    assert_eq!(err.code(), Some(42), "{err:?}");
+    assert_eq!(err.code(), Some(Code::from(42)), "{err:?}");
     assert_eq!(err.remote_message(), Some("boom"), "{err:?}");
     assert!(!err.is_connection_lost());
 
@@ -98,7 +98,7 @@ async fn all_shapes(transport: Transport) {
     let err = unary(&conn, "/test.Test/Nope", "x")
         .await
         .expect_err("unknown rpc");
-    assert_eq!(err.code(), Some(12), "{err:?}");
+    assert_eq!(err.code(), Some(Code::Unimplemented), "{err:?}");
     let msg = err.remote_message().expect("remote message");
     assert!(msg.contains("/test.Test/Nope"), "{msg}");
     assert_eq!(
@@ -112,7 +112,7 @@ async fn all_shapes(transport: Transport) {
         .await
         .expect("open unknown stream");
     let err = s.recv().await.expect_err("unknown streaming rpc");
-    assert_eq!(err.code(), Some(12), "{err:?}");
+    assert_eq!(err.code(), Some(Code::Unimplemented), "{err:?}");
     drop(s);
 
     // A panicking handler: code 13 to its client; a call in flight on the
@@ -128,7 +128,7 @@ async fn all_shapes(transport: Transport) {
         .wait_for("block:start", Duration::from_secs(5))
         .await;
     let err = unary(&conn, PANIC, "x").await.expect_err("panic");
-    assert_eq!(err.code(), Some(13), "{err:?}");
+    assert_eq!(err.code(), Some(Code::Internal), "{err:?}");
     assert!(!err.is_connection_lost());
     for i in 0..3 {
         let msg = format!("after panic {i}");
@@ -249,7 +249,7 @@ async fn unknown_rpc_never_reports_bare_eof() {
             .collect();
         for call in calls {
             let err = call.await.expect("task").expect_err("unknown rpc");
-            assert_eq!(err.code(), Some(12), "{err:?}");
+            assert_eq!(err.code(), Some(Code::Unimplemented), "{err:?}");
         }
     })
     .await;

@@ -16,7 +16,7 @@ const FIVE_S: Duration = Duration::from_secs(5);
 /// A call on a connection to a server that is shutting down or gone: it
 /// must fail (Unavailable, or the connection lost) within bounded time.
 fn refused(err: &Error) -> bool {
-    err.code() == Some(14) || err.is_connection_lost()
+    err.is_unavailable()
 }
 
 async fn graceful_lets_calls_finish(transport: Transport) {

@@ -66,7 +66,9 @@ mod window;
 
 pub use assembler::{ConnectionIdOrder, DEFAULT_MAX_PACKET_SIZE, PacketAssembler};
 pub use decoder::FrameDecoder;
-pub use errcode::{CodedError, RESOURCE_EXHAUSTED, UNIMPLEMENTED, append_error, code_of};
+pub use errcode::{
+    Code, CodedError, RESOURCE_EXHAUSTED, Status, UNIMPLEMENTED, append_error, code_of,
+};
 pub use error::WireError;
 pub use frame::{
     Frame, FrameHead, Id, MAX_HEADER_LEN, MIN_FRAME_LEN, append_frame, append_frame_header,
