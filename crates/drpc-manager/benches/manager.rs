@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use drpc_manager::{Incoming, Manager, ManagerOptions, Role};
-use drpc_stream::Stream;
+use drpc_stream::{MessageBatch, Stream};
 use drpc_wire::Metadata;
 use tokio::runtime::Runtime;
 
@@ -143,6 +143,53 @@ async fn upload(client: &Manager, message: &[u8], count: usize) {
     assert_eq!(stream.recv().await.expect("recv end"), None);
 }
 
+/// Sends `count` copies of `message` on a new `SINK` stream in batches of
+/// `batch` ([`Stream::send_batch`]) and checks the server's count.
+async fn upload_batched(client: &Manager, message: &[u8], count: usize, batch: usize) {
+    let stream: Stream = client
+        .open_stream(SINK, &Metadata::new())
+        .await
+        .expect("open_stream");
+    let mut messages = MessageBatch::new();
+    for sent in (0..count).step_by(batch) {
+        for _ in sent..(sent + batch).min(count) {
+            messages.push_encoded(message);
+        }
+        stream.send_batch(&mut messages).await.expect("send_batch");
+    }
+    stream.close_send().expect("close_send");
+    let reply = stream.recv().await.expect("recv").expect("the count");
+    let total = u64::from_le_bytes(reply[..].try_into().expect("8 bytes"));
+    assert_eq!(total, (message.len() * count) as u64);
+    assert_eq!(stream.recv().await.expect("recv end"), None);
+}
+
+/// A stream of 2-byte messages, sent one by one and in batches of 32.
+fn bench_small_messages(c: &mut Criterion) {
+    const COUNT: usize = 8192;
+    let rt = runtime();
+    let pair = Pair::new(&rt);
+    let message = [0x08u8, 0x05];
+    let mut group = c.benchmark_group("small_messages");
+    group.throughput(Throughput::Elements(COUNT as u64));
+    group.bench_function("send_each_2B", |b| {
+        b.iter_custom(|iters| {
+            timed(&rt, iters, || {
+                upload(&pair.client, black_box(&message), COUNT)
+            })
+        });
+    });
+    group.bench_function("send_batch_32x2B", |b| {
+        b.iter_custom(|iters| {
+            timed(&rt, iters, || {
+                upload_batched(&pair.client, black_box(&message), COUNT, 32)
+            })
+        });
+    });
+    group.finish();
+    pair.close(&rt);
+}
+
 fn bench_unary(c: &mut Criterion) {
     let rt = runtime();
     let pair = Pair::new(&rt);
@@ -221,6 +268,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_unary, bench_stream_1, bench_streams_64
+    targets = bench_unary, bench_stream_1, bench_streams_64, bench_small_messages
 }
 criterion_main!(benches);

@@ -16,7 +16,7 @@ use drpc_stream::{
 };
 use drpc_wire::{
     CodedError, ConnectionIdOrder, FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameReader, Id,
-    Kind, Metadata, ReadError, WindowUpdate, append_frame,
+    Kind, MIGRATION_HEADER, Metadata, ReadError, Sniffed, WindowUpdate, append_frame, sniff,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -774,6 +774,13 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
     // than one per frame.
     let mut ended = pin!(inner.term_token.cancelled());
     let result: Result<(), ConnectionError> = async {
+        if inner.role == Role::Server {
+            tokio::select! {
+                biased;
+                r = sniff_start(&mut reader, &inner.span) => r?,
+                _ = ended.as_mut() => return Ok(()),
+            }
+        }
         loop {
             // `term` is set before the token is cancelled, and reading it
             // is one atomic load where the token takes a lock.
@@ -855,6 +862,42 @@ async fn run_reader<R: AsyncRead + Unpin>(inner: Arc<Inner>, read_half: R, mut a
     {
         queue.close();
         while queue.try_recv().is_ok() {}
+    }
+}
+
+/// Looks at a server connection's first bytes: skips the reference
+/// implementation's migration header, and ends a connection that speaks
+/// another protocol at once, with a line at info naming what it sent,
+/// rather than dropping its bytes as frames of unknown streams while its
+/// client waits forever.
+async fn sniff_start<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    span: &tracing::Span,
+) -> Result<(), ConnectionError> {
+    let mut have = 0;
+    loop {
+        let prefix = reader
+            .peek_more(have)
+            .await
+            .map_err(ConnectionError::from_io)?;
+        if prefix.len() == have {
+            // The transport ended: the frame loop reports how.
+            return Ok(());
+        }
+        have = prefix.len();
+        match sniff(prefix) {
+            Sniffed::NeedMore => {}
+            Sniffed::Drpc => return Ok(()),
+            Sniffed::MigrationHeader => {
+                reader.skip(MIGRATION_HEADER.len());
+                tracing::debug!(parent: span, "skipped the migration header");
+                return Ok(());
+            }
+            Sniffed::Foreign(seen) => {
+                tracing::info!(parent: span, seen, "closing a connection that does not speak DRPC");
+                return Err(ConnectionError::WrongProtocol { seen });
+            }
+        }
     }
 }
 

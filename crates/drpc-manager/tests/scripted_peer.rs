@@ -1030,3 +1030,61 @@ async fn a_message_id_regression_inside_a_run_ends_the_connection() {
     })
     .await;
 }
+
+/// Another protocol's first bytes end the connection at once, with an error
+/// that names what was seen, instead of a wait for frames that never come.
+#[tokio::test]
+async fn a_peer_speaking_another_protocol_is_closed_at_once() {
+    let tls_client_hello = [
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ];
+    let cases: [(&[u8], &str); 3] = [
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+            "HTTP/2",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1"),
+        (&tls_client_hello, "TLS"),
+    ];
+    for (bytes, name) in cases {
+        bounded(async {
+            let (server, mut peer) = server();
+            peer.send_raw(bytes).await;
+            let err = step("connection end", server.closed()).await;
+            match &err {
+                ConnectionError::WrongProtocol { seen } => assert!(seen.contains(name), "{seen}"),
+                other => panic!("{name}: {other:?}"),
+            }
+            assert!(err.is_protocol_violation());
+            assert!(peer.expect_eof().await.is_empty(), "nothing written back");
+        })
+        .await;
+    }
+}
+
+/// The reference implementation's migration header (`drpcmigrate`), even
+/// when it arrives in pieces, is skipped: the stream behind it is served.
+#[tokio::test]
+async fn the_migration_header_is_skipped() {
+    bounded(async {
+        let (server, mut peer) = server();
+        peer.send_raw(&drpc_wire::MIGRATION_HEADER[..3]).await;
+        assert_pending("the rest of the header", server.accept()).await;
+        let mut buf = drpc_wire::MIGRATION_HEADER[3..].to_vec();
+        drpc_wire::append_frame(
+            &mut buf,
+            Id::new(1, 1),
+            Kind::INVOKE,
+            true,
+            false,
+            RPC.as_bytes(),
+        );
+        messages(&mut buf, 1, 2..=2);
+        peer.send_raw(&buf).await;
+        let incoming = step("accept", server.accept()).await.expect("accepted");
+        assert_eq!(incoming.rpc, RPC);
+        let m = step("recv", incoming.stream.recv()).await.expect("recv");
+        assert_eq!(m.as_deref(), Some(&2u64.to_le_bytes()[..]));
+    })
+    .await;
+}

@@ -64,6 +64,13 @@ pub enum ConnectionError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The peer speaks another protocol: its first bytes were `seen` (an
+    /// HTTP/2 preface, an HTTP/1 request, a TLS handshake).
+    #[error("protocol error: not DRPC: the peer sent {seen}")]
+    WrongProtocol {
+        /// What the first bytes were.
+        seen: &'static str,
+    },
     /// The peer started more streams than the connection allows to be
     /// pending (Invoke still incomplete) at once.
     #[error("protocol error: too many pending invokes (limit {limit})")]
@@ -94,6 +101,7 @@ impl ConnectionError {
                 | ConnectionError::InvalidMetadata { .. }
                 | ConnectionError::MetadataTooLarge { .. }
                 | ConnectionError::TooManyPendingInvokes { .. }
+                | ConnectionError::WrongProtocol { .. }
         )
     }
 }

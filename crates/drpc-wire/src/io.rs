@@ -415,6 +415,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Waits until the read buffer holds at least one byte more than
+    /// `have` (or the transport ended), then returns everything buffered
+    /// but not yet returned as frames: for looking at a connection's first
+    /// bytes ([`crate::sniff`]) before reading frames. An empty slice means
+    /// the transport ended first.
+    pub async fn peek_more(&mut self, have: usize) -> io::Result<&[u8]> {
+        while self.buf.len() <= have && !self.ended_in_frame && self.merge.is_none() {
+            if self.fill().await? == 0 {
+                break;
+            }
+        }
+        Ok(&self.buf)
+    }
+
+    /// Drops the first `n` buffered bytes (at most what is buffered): a
+    /// header that precedes the frames, such as
+    /// [`MIGRATION_HEADER`](crate::MIGRATION_HEADER).
+    pub fn skip(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.advance(n);
+    }
+
     /// The underlying transport.
     pub fn get_ref(&self) -> &R {
         &self.inner

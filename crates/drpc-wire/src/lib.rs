@@ -61,6 +61,7 @@ mod kind;
 mod metadata;
 mod packet;
 mod pool;
+mod sniff;
 mod varint;
 mod window;
 
@@ -87,5 +88,6 @@ pub use packet::{
     packet_encoded_len, split_frames,
 };
 pub use pool::POOL_MAX_BYTES;
+pub use sniff::{MIGRATION_HEADER, Sniffed, sniff};
 pub use varint::{MAX_VARINT_LEN, append_varint, read_varint, varint_len};
 pub use window::{FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams, WindowUpdate};
