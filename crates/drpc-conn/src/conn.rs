@@ -326,24 +326,33 @@ async fn send_encoded<T, E: Encoding<T>>(
     Ok(stream.send_encoded(buf).await?)
 }
 
-/// Encodes `msgs` into `batch` and sends them together; a message that
-/// does not encode fails the call after those before it were sent.
+/// Encodes `msgs` into `batch` and sends them together, except large ones,
+/// which go alone through `buf`, by reference ([`MessageBatch::push_small`]);
+/// a message that does not encode fails the call after those before it
+/// were sent.
 async fn send_all<'a, T: 'a, E: Encoding<T>>(
     stream: &Stream,
     encoding: &E,
     batch: &mut MessageBatch,
+    buf: &mut MessageBuf,
     msgs: impl IntoIterator<Item = &'a T>,
 ) -> Result<(), Error> {
     batch.clear();
-    let mut encoded = Ok(());
     for msg in msgs {
-        if let Err(e) = batch.push(encoding, msg) {
-            encoded = Err(Error::Encode(e));
-            break;
+        match batch.push_small(encoding, msg) {
+            Ok(true) => {}
+            Ok(false) => {
+                stream.send_batch(batch).await?;
+                send_encoded(stream, encoding, buf, msg).await?;
+            }
+            Err(e) => {
+                stream.send_batch(batch).await?;
+                return Err(Error::Encode(e));
+            }
         }
     }
     stream.send_batch(batch).await?;
-    encoded
+    Ok(())
 }
 
 async fn unary_response(stream: &Stream) -> Result<bytes::Bytes, StreamError> {
@@ -475,14 +484,23 @@ where
 
     /// Sends several requests, in order, appended to the connection
     /// together as far as credit and the write buffer allow: the way to
-    /// send a run of small messages (see [`Stream::send_batch`]).
+    /// send a run of small messages (see [`Stream::send_batch`]). A large
+    /// one (at least [`drpc_stream::ZERO_COPY_MIN`] bytes) goes alone, as
+    /// `send` sends it: by reference, uncopied.
     pub async fn send_all<'a, I>(&mut self, msgs: I) -> Result<(), Error>
     where
         Req: 'a,
         I: IntoIterator<Item = &'a Req>,
     {
         self.sink.flush(&self.stream).await?;
-        send_all(&self.stream, &*self.encoding, &mut self.batch_out, msgs).await
+        send_all(
+            &self.stream,
+            &*self.encoding,
+            &mut self.batch_out,
+            &mut self.buf,
+            msgs,
+        )
+        .await
     }
 
     /// Receives the next response; `Ok(None)` at the server's clean end.
@@ -689,7 +707,14 @@ impl<Req, E: Encoding<Req>> ClientSender<Req, E> {
         I: IntoIterator<Item = &'a Req>,
     {
         self.sink.flush(&self.stream).await?;
-        send_all(&self.stream, &*self.encoding, &mut self.batch, msgs).await
+        send_all(
+            &self.stream,
+            &*self.encoding,
+            &mut self.batch,
+            &mut self.buf,
+            msgs,
+        )
+        .await
     }
 
     /// Closes the sending side (CloseSend). Requests given to the `Sink`

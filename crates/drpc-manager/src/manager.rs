@@ -15,8 +15,9 @@ use drpc_stream::{
     new_stream,
 };
 use drpc_wire::{
-    CodedError, ConnectionIdOrder, FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameReader, Id,
-    Kind, MIGRATION_HEADER, Metadata, ReadError, Sniffed, WindowUpdate, append_frame, sniff,
+    CodedError, ConnectionIdOrder, FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameHead,
+    FrameReader, Id, Kind, MIGRATION_HEADER, Metadata, ReadError, Sniffed, WindowUpdate,
+    append_frame, sniff,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -948,10 +949,14 @@ async fn read_and_route<R: AsyncRead + Unpin>(
     }
     if let Some(order) = order {
         order.check(frame.id, frame.done)?;
-    } else if frame.kind == Kind::MESSAGE && reader.buffered() > 0 {
-        // More frames already read: the run of this stream's Messages among
-        // them is routed in one step. Sequential connections (one stream at
-        // a time, ids checked frame by frame) go one by one.
+    } else if frame.kind == Kind::MESSAGE
+        && reader
+            .buffered_head()
+            .is_some_and(|next| continues_run(&next, frame.id.stream))
+    {
+        // The next frame, already read, is this stream's next Message: the
+        // run of them is routed in one step. Sequential connections (one
+        // stream at a time, ids checked frame by frame) go one by one.
         let id = frame.id.stream;
         if let Some((handle, alone)) = inner.lookup(id) {
             accept.flush_unless_for(id);
@@ -962,6 +967,12 @@ async fn read_and_route<R: AsyncRead + Unpin>(
     accept.flush_unless_for(frame.id.stream);
     inner.route(frame, pending, accept).await?;
     Ok(false)
+}
+
+/// Whether a frame with header `head` joins a run of stream `id`'s
+/// Messages (a control frame goes the usual way).
+fn continues_run(head: &FrameHead, id: u64) -> bool {
+    head.id.stream == id && head.kind == Kind::MESSAGE && !head.control
 }
 
 /// The most frames routed in one run, so that a stream's lock is never
@@ -990,9 +1001,7 @@ fn route_run<R: AsyncRead + Unpin>(
         first,
         || {
             left = left.checked_sub(1)?;
-            reader.buffered_frame_if(|head| {
-                head.id.stream == id && head.kind == Kind::MESSAGE && !head.control
-            })
+            reader.buffered_frame_if(|head| continues_run(head, id))
         },
         alone,
     );

@@ -144,6 +144,8 @@ impl<Resp, E: Encoding<Resp>> ServerSender<Resp, E> {
     /// Sends every message of `msgs`, in order, appending as many as the
     /// stream's credit and the connection's write buffer allow together
     /// ([`Stream::send_batch`]): the way to send a run of small messages.
+    /// A large one (at least [`drpc_stream::ZERO_COPY_MIN`] bytes) goes
+    /// alone, as [`ServerSender::send`] sends it: by reference, uncopied.
     /// A message that does not encode fails the call before any of those
     /// after it is sent.
     pub async fn send_all<'a, I>(&mut self, msgs: I) -> Result<(), CodedError>
@@ -152,18 +154,28 @@ impl<Resp, E: Encoding<Resp>> ServerSender<Resp, E> {
         I: IntoIterator<Item = &'a Resp>,
     {
         self.batch.clear();
-        let mut encoded = Ok(());
         for msg in msgs {
-            if let Err(e) = self.batch.push(&self.encoding, msg) {
-                encoded = Err(CodedError::new(0, e.to_string()));
-                break;
+            match self.batch.push_small(&self.encoding, msg) {
+                Ok(true) => {}
+                // Large: alone, by reference, after what the batch holds.
+                Ok(false) => {
+                    self.flush_batch().await?;
+                    self.send(msg).await?;
+                }
+                Err(e) => {
+                    self.flush_batch().await?;
+                    return Err(CodedError::new(0, e.to_string()));
+                }
             }
         }
+        self.flush_batch().await
+    }
+
+    async fn flush_batch(&mut self) -> Result<(), CodedError> {
         self.stream
             .send_batch(&mut self.batch)
             .await
-            .map_err(stream_failure)?;
-        encoded
+            .map_err(stream_failure)
     }
 }
 

@@ -40,6 +40,14 @@ pub trait Encoding<T>: Send + Sync + 'static {
     fn encode_to(&self, msg: &T, buf: &mut MessageBuf) -> Result<(), EncodingError> {
         self.encode(msg, &mut buf.run)
     }
+
+    /// The length `msg` encodes to, if the encoding knows it without
+    /// encoding: lets a batch send a large message by reference rather than
+    /// copy it ([`MessageBatch::push_small`]). `None` by default.
+    fn encoded_len(&self, msg: &T) -> Option<usize> {
+        let _ = msg;
+        None
+    }
 }
 
 /// An encoded message: runs of bytes the encoder wrote, and buffers of at
@@ -190,6 +198,10 @@ impl<T: prost::Message + Default + 'static> Encoding<T> for Prost {
     fn decode(&self, data: Bytes) -> Result<T, EncodingError> {
         T::decode(data).map_err(EncodingError::new)
     }
+
+    fn encoded_len(&self, msg: &T) -> Option<usize> {
+        Some(msg.encoded_len())
+    }
 }
 
 /// The identity encoding: messages are their bytes.
@@ -210,11 +222,50 @@ impl Encoding<Bytes> for Raw {
     fn decode(&self, data: Bytes) -> Result<Bytes, EncodingError> {
         Ok(data)
     }
+
+    fn encoded_len(&self, msg: &Bytes) -> Option<usize> {
+        Some(msg.len())
+    }
 }
 
 #[cfg(all(test, feature = "prost"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_small_leaves_large_messages_out() {
+        let mut batch = MessageBatch::new();
+        assert!(
+            batch
+                .push_small(&Raw, &Bytes::from_static(b"ab"))
+                .expect("encodes")
+        );
+        let large = Bytes::from(vec![7; ZERO_COPY_MIN]);
+        assert!(!batch.push_small(&Raw, &large).expect("encodes"));
+        assert!(
+            batch
+                .push_small(&Raw, &Bytes::from_static(b"c"))
+                .expect("encodes")
+        );
+        assert_eq!((batch.len(), batch.bytes()), (2, 3));
+        assert_eq!(
+            (batch.message(0), batch.message(1)),
+            (&b"ab"[..], &b"c"[..])
+        );
+        // An encoding that cannot tell the length: encoded, then taken out.
+        struct Opaque;
+        impl Encoding<Bytes> for Opaque {
+            fn encode(&self, msg: &Bytes, buf: &mut Vec<u8>) -> Result<(), EncodingError> {
+                buf.extend_from_slice(msg);
+                Ok(())
+            }
+            fn decode(&self, data: Bytes) -> Result<Bytes, EncodingError> {
+                Ok(data)
+            }
+        }
+        assert!(!batch.push_small(&Opaque, &large).expect("encodes"));
+        assert_eq!((batch.len(), batch.bytes()), (2, 3), "as it was");
+    }
 
     #[derive(Clone, PartialEq, prost::Message)]
     struct In {
@@ -378,6 +429,36 @@ impl MessageBatch {
         }
         self.ends.push(self.data.len());
         Ok(())
+    }
+
+    /// Adds `msg` unless it is large: a message of at least
+    /// [`ZERO_COPY_MIN`] bytes is left out (`Ok(false)`), for the caller to
+    /// send alone with [`Stream::send_encoded`](crate::Stream::send_encoded),
+    /// by reference instead of copied twice, after sending what the batch
+    /// holds. The length comes from [`Encoding::encoded_len`], or from
+    /// encoding the message when the encoding does not know it.
+    pub fn push_small<T, E: Encoding<T>>(
+        &mut self,
+        encoding: &E,
+        msg: &T,
+    ) -> Result<bool, EncodingError> {
+        if encoding
+            .encoded_len(msg)
+            .is_some_and(|len| len >= ZERO_COPY_MIN)
+        {
+            return Ok(false);
+        }
+        self.push(encoding, msg)?;
+        let start = match self.ends.len() {
+            0 | 1 => 0,
+            n => self.ends[n - 2],
+        };
+        if self.data.len() - start >= ZERO_COPY_MIN {
+            self.data.truncate(start);
+            self.ends.pop();
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Adds an encoded message.

@@ -297,12 +297,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// arrived together in one step: one lookup, one lock and one wake-up
     /// for all of them instead of one each.
     pub fn buffered_frame_if(&mut self, accept: impl FnOnce(&FrameHead) -> bool) -> Option<Frame> {
-        if self.ended_in_frame || self.merge.is_some() {
-            return None;
-        }
-        let head = FrameHead::parse(&self.buf).ok()??;
-        let total = head.header_len as u64 + head.data_len;
-        if total > self.buf.len() as u64 || self.starts_merge(&head) || !accept(&head) {
+        let head = self.buffered_head()?;
+        if !accept(&head) {
             return None;
         }
         // The whole frame is buffered, so its length fits a usize; the
@@ -311,6 +307,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             .decode_after_head(&mut self.buf, head)
             .ok()
             .flatten()
+    }
+
+    /// The header of the next frame if the read buffer holds all of that
+    /// frame and [`FrameReader::buffered_frame_if`] could return it.
+    pub fn buffered_head(&self) -> Option<FrameHead> {
+        if self.ended_in_frame || self.merge.is_some() {
+            return None;
+        }
+        let head = FrameHead::parse(&self.buf).ok()??;
+        let total = head.header_len as u64 + head.data_len;
+        (total <= self.buf.len() as u64 && !self.starts_merge(&head)).then_some(head)
     }
 
     /// Whether a frame with header `head` starts a join: a large Message
