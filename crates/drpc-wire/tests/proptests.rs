@@ -525,3 +525,22 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// sniffing: a DRPC frame of a known kind is never taken for another protocol
+// ---------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn frames_of_known_kinds_are_drpc_from_any_prefix(
+        frame in any_frame().prop_filter("a known kind", |f| (1..=9).contains(&f.kind.value())),
+        cut in 1usize..64,
+    ) {
+        let mut encoded = Vec::new();
+        frame.append_to(&mut encoded);
+        let prefix = &encoded[..cut.min(encoded.len())];
+        prop_assert_eq!(drpc_wire::sniff(prefix), drpc_wire::Sniffed::Drpc);
+    }
+}
