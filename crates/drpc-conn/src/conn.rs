@@ -55,6 +55,25 @@ impl ConnOptions {
 }
 
 /// Per-call options: metadata, deadline, cancellation.
+///
+/// Built with [`CallOptions::metadata`], [`CallOptions::timeout`],
+/// [`CallOptions::deadline`] and [`CallOptions::cancel_on`]; read back
+/// (by an interceptor, a `tower` layer through [`Request::options`](crate::Request::options))
+/// with the `get_` methods, named as `std::process::Command`'s because the
+/// plain names build:
+///
+/// ```
+/// use std::time::Duration;
+/// use drpc_conn::{CallOptions, CancellationToken};
+///
+/// let opts = CallOptions::new()
+///     .metadata("tenant", "blue")
+///     .timeout(Duration::from_secs(2))
+///     .cancel_on(CancellationToken::new());
+/// assert_eq!(opts.get_metadata().get("tenant").map(String::as_str), Some("blue"));
+/// assert!(opts.get_deadline().is_some());
+/// assert!(opts.get_cancellation_token().is_some());
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     metadata: Metadata,
@@ -94,6 +113,24 @@ impl CallOptions {
     pub fn cancel_on(mut self, token: CancellationToken) -> Self {
         self.cancel = Some(token);
         self
+    }
+
+    /// The metadata pairs set so far, without the `drpc-timeout` pair the
+    /// deadline adds on the wire.
+    pub fn get_metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The deadline, if one is set: the earliest of those given to
+    /// [`CallOptions::deadline`] and [`CallOptions::timeout`].
+    pub fn get_deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The token that cancels the call, if one was given to
+    /// [`CallOptions::cancel_on`].
+    pub fn get_cancellation_token(&self) -> Option<&CancellationToken> {
+        self.cancel.as_ref()
     }
 
     /// The metadata that goes on the wire, with the remaining time; fails

@@ -13,7 +13,7 @@ use futures_util::future::{Either, Ready, ready};
 use tower::BoxError;
 use tower::Service;
 
-use crate::{CallOptions, ClientStream, Error, Invoker};
+use crate::{CallOptions, ClientStream, Error, Invoker, Metadata};
 
 /// A unary call as `tower` sees it: the RPC's path, the encoded request
 /// message, and the call's [`CallOptions`] (metadata, deadline,
@@ -21,8 +21,9 @@ use crate::{CallOptions, ClientStream, Error, Invoker};
 /// [`Bytes`].
 ///
 /// [`Channel`](crate::Channel) serves it as a [`tower::Service`]; layers
-/// may change the options ([`Request::insert_metadata`],
-/// [`Request::set_timeout`]) on the way.
+/// may read what the caller set ([`Request::metadata`],
+/// [`Request::deadline`], the token in [`Request::options`]) and change it
+/// ([`Request::insert_metadata`], [`Request::set_timeout`]) on the way.
 #[derive(Debug, Clone)]
 pub struct Request {
     path: String,
@@ -54,6 +55,17 @@ impl Request {
     /// The encoded request message.
     pub fn message(&self) -> &Bytes {
         &self.message
+    }
+
+    /// The call's metadata pairs ([`CallOptions::get_metadata`]).
+    pub fn metadata(&self) -> &Metadata {
+        self.options.get_metadata()
+    }
+
+    /// The call's deadline, if it has one ([`CallOptions::get_deadline`]):
+    /// a layer can take the time left from it.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.options.get_deadline()
     }
 
     /// The call's options.
