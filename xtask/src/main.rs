@@ -108,6 +108,7 @@ fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
@@ -116,7 +117,7 @@ fn ci() -> Result<()> {
     interop()?;
     loom()?;
     run(cargo()
-        .args(["doc", "--workspace", "--no-deps"])
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     println!("xtask: ci passed");
     Ok(())
