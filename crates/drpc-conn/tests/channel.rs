@@ -414,6 +414,49 @@ async fn a_connect_that_never_completes_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_a_connection_no_longer_than_its_deadline() {
+    let never = || std::future::pending::<io::Result<tokio::io::DuplexStream>>();
+    let channel = Endpoint::from_connector("black-hole:2", never)
+        .connect_timeout(Duration::from_secs(3600))
+        .connect_lazy()
+        .wait_for_ready(true);
+    let opts = CallOptions::new().timeout(Duration::from_millis(50));
+    let err = within(
+        "deadline",
+        channel.unary_with(&Raw, ECHO, &Bytes::from_static(b"x"), &opts),
+    )
+    .await
+    .map(|_: Bytes| ())
+    .unwrap_err();
+    assert!(err.is_deadline_exceeded(), "{err}");
+    let token = drpc_conn::CancellationToken::new();
+    let opts = CallOptions::new().cancel_on(token.clone());
+    let request = Bytes::from_static(b"x");
+    let call = channel.unary_with(&Raw, ECHO, &request, &opts);
+    token.cancel();
+    let err = within("cancel", call).await.map(|_: Bytes| ()).unwrap_err();
+    assert!(err.is_canceled(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_panics_is_a_failed_attempt() {
+    let panicking =
+        || async { panic!("a broken connector") as io::Result<tokio::io::DuplexStream> };
+    let channel = Endpoint::from_connector("panics:1", panicking).connect_lazy();
+    let err = within("first call", call(&channel, ECHO, "x"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    // And the next call fails fast too, rather than waiting for a dial
+    // that died with its task.
+    let err = within("second call", call(&channel, ECHO, "x"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_ready_waits_for_a_connection_instead_of_failing() {
     let server = TestServer::start("127.0.0.1:0", "late", ServerOptions::default()).await;
     let addr = server.address();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use drpc_stream::{Encoding, Raw};
+use drpc_stream::{Encoding, Initiator, Raw, StreamError, StreamErrorKind};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tower::discover::{Change, Discover};
@@ -61,7 +61,8 @@ impl Connectivity {
 /// * **It heals**: when the connection ends it dials again at once, then,
 ///   while attempts fail, with jittered exponential [`Backoff`]. Calls made
 ///   while an attempt is under way and no attempt has failed yet wait for
-///   it (at most the connect timeout); after a failed attempt they fail
+///   it (at most the connect timeout, and never past the call's own
+///   deadline or cancellation); after a failed attempt they fail
 ///   fast with [`Error::Unavailable`], which names the address and the
 ///   last connect error, until a connection is made again (or, with
 ///   [`Channel::wait_for_ready`], wait for one).
@@ -190,9 +191,9 @@ impl Channel {
     /// This handle, with calls that wait for a connection instead of
     /// failing fast while the channel is not connected (gRPC's
     /// `wait_for_ready`; default off). A waiting call ends when a
-    /// connection is made, or when it is dropped: bound it with a timeout
-    /// (a `tower` timeout layer, `tokio::time::timeout`). Other clones keep
-    /// their setting.
+    /// connection is made, at its deadline or cancellation
+    /// ([`CallOptions`]), or when it is dropped. Other clones keep their
+    /// setting.
     pub fn wait_for_ready(mut self, wait: bool) -> Channel {
         self.wait_for_ready = wait;
         self
@@ -216,10 +217,38 @@ impl Channel {
         }
     }
 
-    async fn lease(&self, kind: CallKind) -> Result<Lease, Error> {
-        match &self.inner.kind {
-            Kind::Single(sub) => sub.acquire(kind, self.wait_for_ready).await,
-            Kind::Balanced(balancer) => balancer.acquire(kind, self.wait_for_ready).await,
+    /// A connection for one call, waiting no longer than the call's
+    /// deadline and cancellation token allow (the call itself is bounded by
+    /// them once it starts).
+    async fn lease(&self, kind: CallKind, opts: &CallOptions) -> Result<Lease, Error> {
+        let acquire = async {
+            match &self.inner.kind {
+                Kind::Single(sub) => sub.acquire(kind, self.wait_for_ready).await,
+                Kind::Balanced(balancer) => balancer.acquire(kind, self.wait_for_ready).await,
+            }
+        };
+        let (deadline, cancel) = (opts.get_deadline(), opts.get_cancellation_token());
+        if deadline.is_none() && cancel.is_none() {
+            return acquire.await;
+        }
+        let deadline_passed = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let cancelled = async {
+            match cancel {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = |kind| Error::from(StreamError::new(0, kind));
+        tokio::select! {
+            biased;
+            lease = acquire => lease,
+            _ = deadline_passed => Err(ended(StreamErrorKind::DeadlineExceeded)),
+            _ = cancelled => Err(ended(StreamErrorKind::Canceled(Initiator::Local))),
         }
     }
 
@@ -235,7 +264,7 @@ impl Channel {
     where
         E: Encoding<Req> + Encoding<Resp>,
     {
-        let lease = self.lease(CallKind::Unary).await?;
+        let lease = self.lease(CallKind::Unary, opts).await?;
         lease.conn().unary_with(encoding, rpc, req, opts).await
     }
 
@@ -250,7 +279,7 @@ impl Channel {
     where
         E: Encoding<Req> + Encoding<Resp>,
     {
-        let lease = self.lease(CallKind::Stream).await?;
+        let lease = self.lease(CallKind::Stream, opts).await?;
         lease.conn().stream_with(encoding, rpc, opts).await
     }
 }

@@ -5,7 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +62,10 @@ struct Shared {
 }
 
 /// One connection of a subchannel.
+/// How long a connection must have lived for its end not to count
+/// towards the backoff of the redial after it.
+const STABLE_CONNECTION: Duration = Duration::from_secs(5);
+
 pub(crate) struct Pooled {
     conn: Conn,
     /// Sequential mode: calls holding or waiting for this connection.
@@ -71,16 +77,20 @@ pub(crate) struct Pooled {
     touched: AtomicBool,
     /// Whether any call was made on it.
     used: AtomicBool,
+    /// How many connections in a row ended soon after they were made,
+    /// before this one: the backoff attempt a redial after it starts from.
+    streak: u32,
 }
 
 impl Pooled {
-    fn new(conn: Conn) -> Pooled {
+    fn new(conn: Conn, streak: u32) -> Pooled {
         Pooled {
             conn,
             claims: AtomicUsize::new(0),
             streamed: AtomicBool::new(false),
             touched: AtomicBool::new(false),
             used: AtomicBool::new(false),
+            streak,
         }
     }
 
@@ -185,7 +195,7 @@ impl Subchannel {
     /// Adopts a connection made outside (the first one of
     /// [`Endpoint::connect`]).
     pub(crate) fn adopt(self: &Arc<Self>, conn: Conn) {
-        let pooled = Arc::new(Pooled::new(conn));
+        let pooled = Arc::new(Pooled::new(conn, 0));
         {
             let mut shared = lock(&self.shared);
             shared.conns.push(pooled.clone());
@@ -376,17 +386,18 @@ impl Subchannel {
     fn start_dial(self: &Arc<Self>, shared: &mut Shared) {
         shared.dialing += 1;
         self.update_state(shared);
-        tokio::spawn(self.clone().dial_loop(None));
+        tokio::spawn(self.clone().dial_loop(None, 0));
     }
 
     /// Dials until a connection is made. After a failure, either hands the
     /// retrying to the dial task already doing it, or retries itself with
     /// backoff, until a connection is made, the subchannel shuts down, or
     /// no call came for an idle timeout. `failed` starts it as if an
-    /// attempt had just failed for that reason.
-    async fn dial_loop(self: Arc<Self>, failed: Option<String>) {
+    /// attempt had just failed for that reason; `attempt` is the backoff
+    /// attempt it starts from.
+    async fn dial_loop(self: Arc<Self>, failed: Option<String>, attempt: u32) {
         let backoff = self.endpoint.backoff;
-        let mut attempt = 0u32;
+        let mut attempt = attempt;
         let mut retrier = false;
         let mut quiet_since = Instant::now();
         let mut failed = failed;
@@ -425,13 +436,16 @@ impl Subchannel {
                     return self.stop_dialing(true);
                 }
             }
+            // A connector that panics is a failed attempt, not a dial that
+            // never ends (calls would wait for it forever).
+            let dial = std::panic::AssertUnwindSafe(self.endpoint.dial()).catch_unwind();
             let dialed = tokio::select! {
-                r = self.endpoint.dial() => r,
+                r = dial => r.unwrap_or_else(|_| Err(std::io::Error::other("the connector panicked"))),
                 _ = self.shutdown.cancelled() => return self.stop_dialing(retrier),
             };
             match dialed {
                 Ok(conn) => {
-                    let pooled = Arc::new(Pooled::new(conn));
+                    let pooled = Arc::new(Pooled::new(conn, attempt));
                     {
                         let mut shared = lock(&self.shared);
                         shared.dialing -= 1;
@@ -508,13 +522,22 @@ impl Subchannel {
             && shared.dialing == 0
         {
             shared.dialing += 1;
-            // A connection that ends unused as soon as it is made (a server
-            // that accepts and closes) counts as a failed attempt.
-            let short = born.elapsed() < self.endpoint.backoff.initial
-                && !pooled.used.load(Ordering::Relaxed);
-            let failed =
-                short.then(|| format!("the connection ended right after it was made: {e}"));
-            tokio::spawn(self.clone().dial_loop(failed));
+            // A connection that ends soon after it was made continues the
+            // streak of the attempts before it: a server that accepts and
+            // drops connections (at once, or after a call or two) is
+            // redialled with growing backoff, not in a tight loop. One that
+            // ended unused, or the second short one in a row, counts as a
+            // failed attempt; a first short one that served calls (a
+            // restart, a cut) is redialled at once.
+            let short = born.elapsed() < STABLE_CONNECTION;
+            let streak = if short {
+                pooled.streak.saturating_add(1)
+            } else {
+                0
+            };
+            let failed = (short && (streak > 1 || !pooled.used.load(Ordering::Relaxed)))
+                .then(|| format!("the connection ended soon after it was made: {e}"));
+            tokio::spawn(self.clone().dial_loop(failed, streak));
         }
         self.update_state(&shared);
         drop(shared);
