@@ -511,6 +511,34 @@ async fn an_idle_connection_is_closed_and_redialed_at_the_next_call() {
 }
 
 #[cfg(unix)]
+/// A server that closes connections that say nothing (a first-byte
+/// timeout) does not make an unused channel redial for ever: the
+/// connection is replaced at the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_connection_closed_by_the_server_is_redialed_at_the_next_call() {
+    let opts = ServerOptions::default().handshake_timeout(Some(Duration::from_millis(30)));
+    let server = TestServer::start("127.0.0.1:0", "strict", opts).await;
+    let channel = within(
+        "connect",
+        fast(Endpoint::tcp(server.addr.to_string())).connect(),
+    )
+    .await
+    .expect("connected");
+    wait_until("the server closed the silent connection", || {
+        channel.connectivity() == Connectivity::Idle
+    })
+    .await;
+    // Many first-byte timeouts' worth of time: an eager redial would have
+    // made several more connections.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    let reply = within("call", call(&channel, ECHO, "again"))
+        .await
+        .expect("served");
+    assert_eq!(reply, "again");
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_endpoint() {
     let dir = std::env::temp_dir().join(format!("drpc-channel-{}", std::process::id()));

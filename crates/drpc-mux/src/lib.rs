@@ -33,7 +33,9 @@ mod mux;
 mod quote;
 mod typed;
 
-pub use context::RequestContext;
+pub use context::{
+    ConnectionInfo, Extensions, PeerAddr, PeerInfo, RequestContext, UnixCredentials,
+};
 pub use drpc_stream::{Encoding, Prost, Raw};
 pub use drpc_wire::{Code, CodedError, Status, UNIMPLEMENTED};
 pub use mux::{BoxFuture, Description, Handler, MethodDesc, MethodKind, Mux, ServerCall};

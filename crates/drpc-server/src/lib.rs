@@ -25,9 +25,30 @@
 //!   `drpc-timeout` metadata) or whose connection ends has its handler
 //!   future dropped; its [`RequestContext`](drpc_mux::RequestContext) is
 //!   cancelled for any work it handed off.
-//! * [`Server::shutdown`] stops accepting, lets in-flight RPCs finish
-//!   within a grace period, cancels the rest, and returns once every
-//!   connection task has ended.
+//! * Who calls: handlers see the peer's address
+//!   ([`RequestContext::peer`](drpc_mux::RequestContext::peer),
+//!   [`peer_addr`](drpc_mux::RequestContext::peer_addr)) for TCP and Unix
+//!   sockets, and what a transport adds to [`PeerInfo`] (the
+//!   [`UnixCredentials`] of a Unix peer, say). [`Server::serve_incoming`]
+//!   serves any listener (a stream of transports, each with its
+//!   [`PeerInfo`]) with every limit applied; `serve_tcp` and `serve_unix`
+//!   are made of it.
+//! * Connection hygiene: a connection beyond
+//!   [`ServerOptions::max_connections`] is closed at once; one that sends
+//!   nothing within [`ServerOptions::handshake_timeout`] (off by default:
+//!   clients that dial ahead send nothing until their first call) or has no
+//!   stream and receives nothing for [`ServerOptions::idle_timeout`] (one
+//!   hour) is closed.
+//! * [`Server::shutdown`] stops accepting at once (the listeners are
+//!   closed), tells running handlers
+//!   ([`RequestContext::shutting_down`](drpc_mux::RequestContext::shutting_down),
+//!   a future to select on), lets in-flight RPCs finish within a grace
+//!   period, cancels the rest, and returns once every connection task has
+//!   ended.
+//! * Everything a user sets is a builder method of [`ServerOptions`]
+//!   (message size, streams per connection, flow control, memory budgets,
+//!   timeouts, connections), with the types it takes re-exported here:
+//!   no need to depend on the internal crates.
 //!
 //! # Example
 //!
@@ -49,5 +70,23 @@
 mod server;
 
 pub use server::{
-    DEFAULT_MAX_CONNECTIONS, INLINE_STEP_HARD_LIMIT, INLINE_STEP_LIMIT, Server, ServerOptions,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, INLINE_STEP_HARD_LIMIT, INLINE_STEP_LIMIT,
+    SUGGESTED_HANDSHAKE_TIMEOUT, Server, ServerOptions,
 };
+
+// What handlers learn about their peer, and what `serve_incoming` takes.
+pub use drpc_mux::{ConnectionInfo, Extensions, PeerAddr, PeerInfo, UnixCredentials};
+
+// What the options take and return, so that setting them needs no other
+// crate.
+pub use drpc_manager::{
+    DEFAULT_CONNECTION_MEMORY, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_METADATA_SIZE,
+    DEFAULT_SHARED_MEMORY, DEFAULT_SHARED_WRITE_MEMORY, ManagerOptions,
+};
+pub use drpc_stream::{
+    ConnectionError, FlowControl, FlowControlError, FlowControlMode, MemoryBudget, StreamOptions,
+};
+
+/// The default largest message accepted and sent
+/// ([`ServerOptions::max_message_size`]): 4 MiB, as Go's.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = drpc_wire::DEFAULT_MAX_PACKET_SIZE;

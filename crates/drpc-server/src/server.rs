@@ -1,19 +1,22 @@
-//! The server: listeners, connections, RPC tasks, shutdown.
+//! The server: listeners, connections, RPC tasks, connection hygiene,
+//! shutdown.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use drpc_manager::{Incoming, Manager, ManagerOptions};
-use drpc_mux::{Handler, RequestContext, ServerCall};
-use drpc_stream::ConnectionError;
+use drpc_mux::{ConnectionInfo, Handler, PeerInfo, RequestContext, ServerCall};
+use drpc_stream::{ConnectionError, FlowControl, MemoryBudget};
 use drpc_wire::{CodedError, TIMEOUT_METADATA_KEY, parse_timeout};
-use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +24,21 @@ use tokio_util::task::TaskTracker;
 
 /// The default maximum number of concurrent connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// The default [`ServerOptions::idle_timeout`]: one hour.
+///
+/// Longer than the idle timeout of `drpc-conn`'s `Channel` (30 min), so
+/// that clients of this implementation close their idle connections
+/// first: DRPC has no goaway message, so a call a client sends just as
+/// the server closes the connection fails, and a channel whose connection
+/// the server closed dials again at once. The server's timeout is the
+/// backstop for peers that vanished without closing (a crashed host, a
+/// dropped NAT entry) or forgot their connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// A first-byte limit for servers whose clients never dial ahead (see
+/// [`ServerOptions::handshake_timeout`], off by default): 10 s.
+pub const SUGGESTED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a closing connection waits for its last frames to be written.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(1);
@@ -30,13 +48,38 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(1);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Server settings, with documented defaults.
+///
+/// Set them with the builder methods, which need no other crate:
+///
+/// ```
+/// use std::time::Duration;
+/// use drpc_server::{FlowControl, ServerOptions};
+///
+/// let opts = ServerOptions::new()
+///     .max_message_size(16 << 20)
+///     .max_concurrent_streams(256)
+///     .flow_control(FlowControl::auto())
+///     .max_connection_memory(64 << 20)
+///     .shared_memory(Some(1 << 30))
+///     .max_connections(10_000)
+///     .idle_timeout(Some(Duration::from_secs(600)))
+///     .handshake_timeout(Some(Duration::from_secs(5)));
+/// assert_eq!(opts.manager.stream.max_packet_size, 16 << 20);
+/// ```
+///
+/// The fields stay public for what the methods do not cover
+/// ([`ManagerOptions`] is re-exported by this crate).
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Settings of every connection: maximum packet size (4 MiB), maximum
-    /// concurrent streams per connection (4096), queue and writer bounds.
+    /// Settings of every connection: maximum message size (4 MiB),
+    /// maximum concurrent streams per connection (4096), flow control,
+    /// memory budgets, queue and writer bounds.
     pub manager: ManagerOptions,
-    /// The most connections served at once (default 4096); further
-    /// connections wait in the listener's backlog.
+    /// The most connections served at once (default 4096). A connection
+    /// accepted beyond it is closed at once, before anything is read from
+    /// it: its client sees the connection end (end of file or reset) at
+    /// its first call, and a healing client dials again with backoff.
+    /// Connections given to [`Server::serve_connection`] do not count.
     pub max_connections: usize,
     /// Whether an RPC is first run on its connection's reader task, and
     /// moved to a task of its own only if it does not finish in that first
@@ -66,6 +109,26 @@ pub struct ServerOptions {
     /// handler stalls the connection, not for how long: the step that
     /// trips the gate has already blocked the reader.
     pub inline_first_poll: bool,
+    /// How long a connection may go with no stream open and no byte
+    /// received before the server closes it (default
+    /// [`DEFAULT_IDLE_TIMEOUT`], one hour, and why; `None` or zero:
+    /// never). A connection with a call in progress is never idle, however
+    /// quiet the call. Checked every quarter of the timeout: the
+    /// connection closes between one and one and a half timeouts after it
+    /// went quiet.
+    pub idle_timeout: Option<Duration>,
+    /// How long a new connection may take to send its first byte before
+    /// the server closes it (default `None`: no limit beyond the idle
+    /// timeout; [`SUGGESTED_HANDSHAKE_TIMEOUT`] is a value to start from).
+    /// It frees the slots of peers that connect and say nothing sooner than
+    /// the idle timeout does.
+    ///
+    /// Off by default because a DRPC client sends nothing before its first
+    /// call: clients that dial ahead (connection pools such as
+    /// CockroachDB's, a Go `drpcconn` kept for later, `drpc-conn`'s
+    /// `Endpoint::connect`) would find their connection closed at their
+    /// first call. Set it when every client calls as soon as it connects.
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// How long an RPC's first step on the reader task may take without
@@ -121,7 +184,126 @@ impl Default for ServerOptions {
             manager: ManagerOptions::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             inline_first_poll: false,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            handshake_timeout: None,
         }
+    }
+}
+
+impl ServerOptions {
+    /// The defaults, as [`ServerOptions::default`], to change with the
+    /// methods below.
+    pub fn new() -> ServerOptions {
+        ServerOptions::default()
+    }
+
+    /// The most connections served at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]; at least 1); see
+    /// [`ServerOptions::max_connections`](#structfield.max_connections).
+    pub fn max_connections(mut self, max: usize) -> ServerOptions {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Closes connections without a stream and without a byte received
+    /// for `timeout` (default [`DEFAULT_IDLE_TIMEOUT`]; `None` or zero:
+    /// never); see [`ServerOptions::idle_timeout`](#structfield.idle_timeout).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> ServerOptions {
+        self.idle_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// Closes new connections that send nothing within `timeout` (default
+    /// `None`; `None` or zero: no limit); see
+    /// [`ServerOptions::handshake_timeout`](#structfield.handshake_timeout).
+    pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> ServerOptions {
+        self.handshake_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// Runs RPCs' first steps on their connection's reader task (default
+    /// off); see [`ServerOptions::inline_first_poll`](#structfield.inline_first_poll).
+    pub fn inline_first_poll(mut self, on: bool) -> ServerOptions {
+        self.inline_first_poll = on;
+        self
+    }
+
+    /// The largest message accepted from a client and sent to one
+    /// (default [`DEFAULT_MAX_MESSAGE_SIZE`](crate::DEFAULT_MAX_MESSAGE_SIZE),
+    /// 4 MiB, as Go's). A larger message fails its call alone, with
+    /// ResourceExhausted (a single frame over it, possible only with a
+    /// limit under the 64 KiB frame size, ends the connection). Clients
+    /// that exchange larger messages raise their own limit too.
+    pub fn max_message_size(mut self, bytes: usize) -> ServerOptions {
+        self.manager.stream.max_packet_size = bytes;
+        self
+    }
+
+    /// The most calls open at once on one connection (default
+    /// [`DEFAULT_MAX_CONCURRENT_STREAMS`](crate::DEFAULT_MAX_CONCURRENT_STREAMS),
+    /// 4096). A client's calls beyond it are refused one by one with an
+    /// Error (ResourceExhausted); the connection goes on.
+    pub fn max_concurrent_streams(mut self, max: usize) -> ServerOptions {
+        self.manager.max_concurrent_streams = max;
+        self
+    }
+
+    /// Flow control of every connection (default [`FlowControl::auto`]:
+    /// with the clients that offer it, none with the others;
+    /// [`FlowControl::fork`] for peers of CockroachDB's fork with flow
+    /// control on, [`FlowControl::off`] for none).
+    pub fn flow_control(mut self, flow_control: FlowControl) -> ServerOptions {
+        self.manager.stream.flow_control = flow_control;
+        self
+    }
+
+    /// The memory one connection may hold for its client (default
+    /// [`DEFAULT_CONNECTION_MEMORY`](crate::DEFAULT_CONNECTION_MEMORY),
+    /// 32 MiB): messages received and not yet taken by handlers, and
+    /// bytes waiting to be written. Above it the connection stops reading
+    /// until handlers or the client catch up: TCP backpressure.
+    pub fn max_connection_memory(mut self, bytes: usize) -> ServerOptions {
+        self.manager.max_connection_memory = bytes;
+        self
+    }
+
+    /// The memory all the server's connections may hold together (default
+    /// [`DEFAULT_SHARED_MEMORY`](crate::DEFAULT_SHARED_MEMORY), 256 MiB;
+    /// `None`: no limit beyond each connection's). A new budget: servers
+    /// given clones of these options share it.
+    pub fn shared_memory(mut self, bytes: Option<usize>) -> ServerOptions {
+        self.manager.shared_memory = bytes.map(|n| Arc::new(MemoryBudget::new(n, None)));
+        self
+    }
+
+    /// The bytes waiting to be written that all the server's connections
+    /// may hold together (default
+    /// [`DEFAULT_SHARED_WRITE_MEMORY`](crate::DEFAULT_SHARED_WRITE_MEMORY),
+    /// 256 MiB; `None`: no limit beyond each connection's writer bound):
+    /// however many clients stop reading, what waits for them stays
+    /// bounded. A new budget, shared like [`ServerOptions::shared_memory`].
+    pub fn shared_write_memory(mut self, bytes: Option<usize>) -> ServerOptions {
+        self.manager.shared_write_memory = bytes.map(|n| Arc::new(MemoryBudget::new(n, None)));
+        self
+    }
+
+    /// The largest metadata a call may carry (default
+    /// [`DEFAULT_MAX_METADATA_SIZE`](crate::DEFAULT_MAX_METADATA_SIZE),
+    /// 256 KiB); larger metadata ends the connection.
+    pub fn max_metadata_size(mut self, bytes: usize) -> ServerOptions {
+        self.manager.max_metadata_size = bytes;
+        self
+    }
+
+    /// How many messages and bytes may wait for a handler on a stream
+    /// without flow control (default 256 messages, 8 MiB). Past either, a
+    /// stream that shares its connection fails alone (ResourceExhausted);
+    /// the connection's only stream makes the connection stop reading
+    /// instead.
+    pub fn recv_queue(mut self, messages: usize, bytes: usize) -> ServerOptions {
+        self.manager.stream.recv_queue_messages = messages;
+        self.manager.stream.recv_queue_bytes = bytes;
+        self
     }
 }
 
@@ -136,7 +318,8 @@ struct Inner {
     handler: Arc<dyn Handler>,
     opts: ServerOptions,
     connections: Arc<Semaphore>,
-    /// Cancelled by `shutdown`: stop accepting connections and RPCs.
+    /// Cancelled by `shutdown`: stop accepting connections and RPCs, and
+    /// tell the running handlers.
     stop_accepting: CancellationToken,
     /// Cancelled when the grace period is over: cancel in-flight RPCs.
     cancel_rpcs: CancellationToken,
@@ -161,11 +344,14 @@ impl Server {
     }
 
     /// A server with `opts`.
-    pub fn with_options(handler: impl Handler, opts: ServerOptions) -> Server {
+    pub fn with_options(handler: impl Handler, mut opts: ServerOptions) -> Server {
+        opts.max_connections = opts.max_connections.max(1);
+        opts.idle_timeout = opts.idle_timeout.filter(|t| !t.is_zero());
+        opts.handshake_timeout = opts.handshake_timeout.filter(|t| !t.is_zero());
         Server {
             inner: Arc::new(Inner {
                 handler: Arc::new(handler),
-                connections: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+                connections: Arc::new(Semaphore::new(opts.max_connections)),
                 opts,
                 stop_accepting: CancellationToken::new(),
                 cancel_rpcs: CancellationToken::new(),
@@ -174,73 +360,163 @@ impl Server {
         }
     }
 
-    /// Serves a TCP listener until [`Server::shutdown`]; sets TCP_NODELAY
-    /// on every connection. Returns once every connection has ended, or
-    /// with the listener's error.
-    pub async fn serve_tcp(&self, listener: tokio::net::TcpListener) -> io::Result<()> {
-        self.serve_listener(|| async {
-            let (socket, _) = listener.accept().await?;
-            socket.set_nodelay(true)?;
-            Ok(socket)
-        })
-        .await
+    /// The settings in force.
+    pub fn options(&self) -> &ServerOptions {
+        &self.inner.opts
     }
 
-    /// Serves a Unix-domain listener until [`Server::shutdown`].
+    /// Serves a TCP listener until [`Server::shutdown`]; sets TCP_NODELAY
+    /// on every connection, and gives handlers the client's address
+    /// ([`RequestContext::peer_addr`]). Returns once every connection has
+    /// ended, or with the listener's error. See
+    /// [`Server::serve_incoming`].
+    pub async fn serve_tcp(&self, listener: tokio::net::TcpListener) -> io::Result<()> {
+        let incoming = futures_util::stream::unfold(listener, |listener| async move {
+            let accepted = listener.accept().await.map(|(socket, addr)| {
+                if let Err(e) = socket.set_nodelay(true) {
+                    tracing::debug!(peer = %addr, error = %e, "could not set TCP_NODELAY");
+                }
+                (socket, PeerInfo::tcp(addr))
+            });
+            Some((accepted, listener))
+        });
+        self.serve_incoming(incoming).await
+    }
+
+    /// Serves a Unix-domain listener until [`Server::shutdown`]; gives
+    /// handlers the client's path, if it is bound to one, and its
+    /// [`UnixCredentials`](crate::UnixCredentials) (in
+    /// [`PeerInfo::extensions`]) where the platform has them. See
+    /// [`Server::serve_incoming`].
     #[cfg(unix)]
     pub async fn serve_unix(&self, listener: tokio::net::UnixListener) -> io::Result<()> {
-        self.serve_listener(|| async { listener.accept().await.map(|(s, _)| s) })
-            .await
+        let incoming = futures_util::stream::unfold(listener, |listener| async move {
+            let accepted = listener.accept().await.map(|(socket, addr)| {
+                let mut peer = PeerInfo::unix(addr.as_pathname().map(|p| p.to_path_buf()));
+                match socket.peer_cred() {
+                    Ok(cred) => peer.extensions_mut().insert(crate::UnixCredentials {
+                        uid: cred.uid(),
+                        gid: cred.gid(),
+                        pid: cred.pid(),
+                    }),
+                    Err(e) => tracing::debug!(error = %e, "no credentials for a unix peer"),
+                }
+                (socket, peer)
+            });
+            Some((accepted, listener))
+        });
+        self.serve_incoming(incoming).await
     }
 
-    async fn serve_listener<T, F, Fut>(&self, mut accept: F) -> io::Result<()>
+    /// Serves the transports `incoming` yields, each with what is known of
+    /// its peer, until [`Server::shutdown`] or the end of `incoming`: the
+    /// way to serve any listener (`serve_tcp` and `serve_unix` are this).
+    /// Returns once every connection has ended, or with the first error
+    /// of `incoming` that is not about resources (too many open files and
+    /// the like, after which it pauses and goes on).
+    ///
+    /// Every limit of [`ServerOptions`] applies: a transport beyond
+    /// `max_connections` is closed at once, a connection that sends
+    /// nothing within the handshake timeout or goes idle is closed, and
+    /// shutdown drops `incoming` at once (a listener inside it stops
+    /// accepting), before it waits for the connections.
+    ///
+    /// `incoming` should yield errors only for the listener: a failure of
+    /// one connection (a TLS handshake, say) should be left out of the
+    /// stream, not yielded. Each transport is served in a task of its own.
+    ///
+    /// ```no_run
+    /// use drpc_server::{PeerInfo, Server};
+    /// use futures_util::stream;
+    ///
+    /// # async fn run(server: Server) -> std::io::Result<()> {
+    /// // In-memory pipes, say; a transport layer would add what it knows
+    /// // of the peer with `PeerInfo::with_extension`.
+    /// let (_client, served) = tokio::io::duplex(64 * 1024);
+    /// let incoming = stream::iter([Ok((served, PeerInfo::unknown()))]);
+    /// server.serve_incoming(incoming).await
+    /// # }
+    /// ```
+    pub async fn serve_incoming<S, T>(&self, incoming: S) -> io::Result<()>
     where
+        S: Stream<Item = io::Result<(T, PeerInfo)>>,
         T: AsyncRead + AsyncWrite + Send + 'static,
-        F: FnMut() -> Fut,
-        Fut: Future<Output = io::Result<T>>,
     {
         let inner = &self.inner;
+        let mut incoming = Box::pin(incoming);
         let result = loop {
-            let permit = tokio::select! {
+            let next = tokio::select! {
                 biased;
                 _ = inner.stop_accepting.cancelled() => break Ok(()),
-                p = inner.connections.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break Ok(()),
-                },
+                next = incoming.next() => next,
             };
-            let accepted = tokio::select! {
-                biased;
-                _ = inner.stop_accepting.cancelled() => break Ok(()),
-                a = accept() => a,
-            };
-            match accepted {
-                Ok(transport) => {
-                    let server = self.clone();
-                    inner.tracker.spawn(async move {
-                        let end = server.connection(transport).await;
-                        tracing::debug!(reason = %end, "connection ended");
-                        drop(permit);
-                    });
-                }
-                Err(e) if is_resource_error(&e) => {
+            match next {
+                None => break Ok(()),
+                Some(Ok((transport, peer))) => self.admit(transport, peer),
+                Some(Err(e)) if is_resource_error(&e) => {
                     tracing::warn!(error = %e, "accept failed; retrying");
                     tokio::select! {
                         _ = inner.stop_accepting.cancelled() => break Ok(()),
                         _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                     }
                 }
-                Err(e) => break Err(e),
+                Some(Err(e)) => break Err(e),
             }
         };
+        // Closes the listener at once: during the grace period, clients
+        // are refused instead of left in its backlog.
+        drop(incoming);
         inner.tracker.close();
         inner.tracker.wait().await;
         result
     }
 
+    /// Serves an accepted transport in a task of its own, or closes it at
+    /// once when the server is full or shutting down.
+    fn admit<T>(&self, transport: T, peer: PeerInfo)
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let inner = &self.inner;
+        if inner.stop_accepting.is_cancelled() {
+            tracing::debug!(peer = %peer.addr(), "connection closed: server shutting down");
+            return;
+        }
+        let Ok(permit) = inner.connections.clone().try_acquire_owned() else {
+            tracing::debug!(
+                peer = %peer.addr(),
+                max_connections = inner.opts.max_connections,
+                "connection closed: over max_connections"
+            );
+            return;
+        };
+        let server = self.clone();
+        inner.tracker.spawn(async move {
+            server.connection(transport, peer).await;
+            drop(permit);
+        });
+    }
+
     /// Serves one transport until its connection ends (the peer leaves, a
-    /// protocol error, or shutdown); returns why it ended.
+    /// protocol error, the idle or handshake timeout, or shutdown); returns
+    /// why it ended (for the server's own timeouts and for shutdown, as
+    /// the manager saw it once closed: [`ConnectionError::Closed`] unless
+    /// the peer left first). Handlers see an unknown peer; the
+    /// connection does not count against `max_connections`.
     pub async fn serve_connection<T>(&self, transport: T) -> ConnectionError
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        self.serve_connection_with_peer(transport, PeerInfo::unknown())
+            .await
+    }
+
+    /// As [`Server::serve_connection`], with handlers seeing `peer`.
+    pub async fn serve_connection_with_peer<T>(
+        &self,
+        transport: T,
+        peer: PeerInfo,
+    ) -> ConnectionError
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -248,15 +524,24 @@ impl Server {
         // period cancels) connections served directly as well.
         self.inner
             .tracker
-            .track_future(self.connection(transport))
+            .track_future(self.connection(transport, peer))
             .await
     }
 
-    async fn connection<T>(&self, transport: T) -> ConnectionError
+    async fn connection<T>(&self, transport: T, peer: PeerInfo) -> ConnectionError
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
         let inner = &self.inner;
+        let heard = Arc::new(AtomicBool::new(false));
+        let transport = Heard {
+            io: Box::pin(transport),
+            heard: heard.clone(),
+        };
+        // What every call of the connection shares, behind one reference
+        // count: cloning the shutdown token for each would take its lock.
+        let connection =
+            Arc::new(ConnectionInfo::new(peer).with_shutdown(inner.stop_accepting.clone()));
         let rpcs = TaskTracker::new();
         // Each stream is served by a task spawned right on the connection's
         // reader task (or, opted in, first polled there); once shutdown has
@@ -268,14 +553,15 @@ impl Server {
         let on_incoming = {
             // The server's state goes to each RPC as one reference count:
             // cloning a token each time would take its lock.
-            let (rpcs, server) = (rpcs.clone(), inner.clone());
+            let (rpcs, server, connection) = (rpcs.clone(), inner.clone(), connection.clone());
             let mut inline = InlineGate::new(inner.opts.inline_first_poll);
             move |incoming: Incoming| {
                 if server.stop_accepting.is_cancelled() {
                     refuse(incoming);
                     return;
                 }
-                let rpc = rpcs.track_future(serve_rpc(server.clone(), incoming));
+                let rpc =
+                    rpcs.track_future(serve_rpc(server.clone(), incoming, connection.clone()));
                 if inline.is_enabled() {
                     let mut rpc = Box::pin(rpc);
                     let started = std::time::Instant::now();
@@ -311,24 +597,32 @@ impl Server {
             }
         };
         let manager = Manager::with_acceptor(transport, inner.opts.manager.clone(), on_incoming);
-        let end = tokio::select! {
+        let ended = tokio::select! {
             biased;
-            _ = inner.stop_accepting.cancelled() => None,
-            e = manager.closed() => Some(e),
+            _ = inner.stop_accepting.cancelled() => Ended::Shutdown,
+            e = manager.closed() => Ended::Connection(e),
+            expired = expiry(&inner.opts, &heard, &manager, &rpcs) => expired,
         };
         // Handlers end by themselves: by returning, when their stream ends,
-        // or when the grace period is over (`cancel_rpcs`).
+        // or when the grace period is over (`cancel_rpcs`). (A connection
+        // that expired has none.)
         rpcs.close();
         rpcs.wait().await;
         manager.close_gracefully(FLUSH_ON_CLOSE).await;
-        end.or_else(|| manager.termination())
-            .unwrap_or(ConnectionError::Closed)
+        tracing::debug!(peer = %connection.peer().addr(), reason = %ended, "connection ended");
+        match ended {
+            Ended::Connection(e) => e,
+            _ => manager.termination().unwrap_or(ConnectionError::Closed),
+        }
     }
 
-    /// Shuts down gracefully: stops accepting connections and RPCs, lets
-    /// in-flight RPCs finish for up to `grace`, then cancels them (their
-    /// clients get code 14, Unavailable), and returns once every
-    /// connection task of the listeners has ended.
+    /// Shuts down gracefully: stops accepting connections at once (the
+    /// listeners are closed) and RPCs, tells every running handler
+    /// ([`RequestContext::shutting_down`]), lets in-flight RPCs finish for
+    /// up to `grace`, then cancels them (their clients get code 14,
+    /// Unavailable), and returns once every connection task of the
+    /// listeners has ended. Connections without a call in progress close
+    /// at once.
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
         inner.stop_accepting.cancel();
@@ -345,6 +639,132 @@ impl Server {
     /// Whether [`Server::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.stop_accepting.is_cancelled()
+    }
+}
+
+/// Why a connection task ended.
+#[derive(Debug)]
+enum Ended {
+    /// The connection ended by itself (the peer, an error).
+    Connection(ConnectionError),
+    /// The server shut down.
+    Shutdown,
+    /// The peer sent nothing within the handshake timeout.
+    Handshake(Duration),
+    /// No stream and no byte received for the idle timeout.
+    Idle(Duration),
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::Connection(e) => write!(f, "{e}"),
+            Ended::Shutdown => f.write_str("server shut down"),
+            Ended::Handshake(t) => write!(f, "handshake timeout: nothing received within {t:?}"),
+            Ended::Idle(t) => write!(f, "idle timeout: no stream and nothing received for {t:?}"),
+        }
+    }
+}
+
+/// The shortest pause between two looks at an idle connection.
+const MIN_IDLE_TICK: Duration = Duration::from_millis(1);
+
+/// Resolves when the connection has expired: nothing received within the
+/// handshake timeout, or no stream and nothing received for the idle
+/// timeout. Looks every quarter of the idle timeout, and once at the end
+/// of the handshake timeout.
+async fn expiry(
+    opts: &ServerOptions,
+    heard: &AtomicBool,
+    manager: &Manager,
+    rpcs: &TaskTracker,
+) -> Ended {
+    let idle = opts.idle_timeout;
+    let tick = idle.map(|t| (t / 4).max(MIN_IDLE_TICK));
+    let start = Instant::now();
+    let mut handshake = opts.handshake_timeout.map(|t| start + t);
+    let mut last_active = start;
+    loop {
+        let next_tick = tick.map(|t| Instant::now() + t);
+        let wake = match (handshake, next_tick) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => return std::future::pending().await,
+        };
+        tokio::time::sleep_until(wake).await;
+        let now = Instant::now();
+        let received = heard.swap(false, Ordering::Relaxed);
+        if received {
+            handshake = None;
+        }
+        if let Some(at) = handshake
+            && now >= at
+        {
+            return Ended::Handshake(at - start);
+        }
+        if received || manager.active_streams() > 0 || !rpcs.is_empty() {
+            last_active = now;
+        } else if let Some(idle) = idle
+            && now - last_active >= idle
+        {
+            return Ended::Idle(idle);
+        }
+    }
+}
+
+/// A transport that notes when something was received: what the idle and
+/// handshake timeouts go by. (Boxed, so that it is `Unpin` whatever the
+/// transport: one allocation per connection.)
+struct Heard<T> {
+    io: Pin<Box<T>>,
+    /// Set by each read that received something; taken by [`expiry`].
+    heard: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead> AsyncRead for Heard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = self.io.as_mut().poll_read(cx, buf);
+        // Loaded first: the flag is written only when it changes, once per
+        // look of the expiry timer at most, not at every read.
+        if buf.filled().len() > before && !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Heard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.as_mut().poll_shutdown(cx)
     }
 }
 
@@ -379,7 +799,7 @@ enum Outcome {
 
 /// Runs one RPC: the handler, raced against the stream's end, the
 /// deadline and the end of the shutdown grace period.
-async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
+async fn serve_rpc(server: Arc<Inner>, incoming: Incoming, connection: Arc<ConnectionInfo>) {
     let (handler, shutdown) = (&server.handler, &server.cancel_rpcs);
     let Incoming {
         stream,
@@ -399,7 +819,8 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming) {
         metadata,
         deadline.map(Instant::into_std),
         cancel.clone(),
-    );
+    )
+    .with_connection(connection);
     let rpc_name = ctx.rpc().to_owned();
     // A panic in the handler, in what `handle` does before returning its
     // future as in the future itself, fails this RPC only: the first step

@@ -28,31 +28,35 @@ async fn one_connection_at_a_time(transport: Transport) {
     let first = h.connect().await;
     assert_eq!(echo(&first, &b("first")).await.expect("first"), "first");
 
-    // The second connection is made (the listener's backlog) but not served.
+    // The second connection is made (the kernel accepts it) and closed at
+    // once: its call fails promptly, and the first connection goes on.
     let second = h.connect().await;
-    let waiting = {
-        let second = second.clone();
-        tokio::spawn(async move { echo(&second, &b("second")).await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the second connection was served at once"
-    );
+    let err = within(FIVE_S, "over-limit call fails", echo(&second, &b("second")))
+        .await
+        .expect_err("a connection over the limit is not served");
+    assert!(err.is_unavailable(), "{err:?}");
+    within(FIVE_S, "over-limit connection closed", second.closed()).await;
     assert_eq!(
         echo(&first, &b("still")).await.expect("first again"),
         "still"
     );
 
-    // Once the first closes, the second is served.
+    // Once the first has closed (and the server has seen it), a new
+    // connection is served.
     first.close().await;
-    let got = within(FIVE_S, "second connection served", waiting)
-        .await
-        .expect("task")
-        .expect("the second connection is served once the first closed");
-    assert_eq!(got, "second");
+    let third = within(FIVE_S, "a new connection served", async {
+        loop {
+            let conn = h.connect().await;
+            if let Ok(got) = echo(&conn, &b("third")).await {
+                break (conn, got);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(third.1, "third");
     assert_eq!(
-        echo(&second, &b("more")).await.expect("second again"),
+        echo(&third.0, &b("more")).await.expect("third again"),
         "more"
     );
 }

@@ -516,26 +516,30 @@ impl Subchannel {
         };
         let mut shared = lock(&self.shared);
         shared.conns.retain(|p| !Arc::ptr_eq(p, &pooled));
+        // A connection that never carried a call is not replaced until the
+        // next call asks: a server that closes connections that say
+        // nothing (a first-byte or idle timeout) would otherwise be redialled
+        // for ever by a channel nobody uses.
         if let End::Closed(e) = &end
             && !self.sequential
             && !self.shutdown.is_cancelled()
             && shared.dialing == 0
+            && pooled.used.load(Ordering::Relaxed)
         {
             shared.dialing += 1;
             // A connection that ends soon after it was made continues the
             // streak of the attempts before it: a server that accepts and
             // drops connections (at once, or after a call or two) is
-            // redialled with growing backoff, not in a tight loop. One that
-            // ended unused, or the second short one in a row, counts as a
-            // failed attempt; a first short one that served calls (a
-            // restart, a cut) is redialled at once.
+            // redialled with growing backoff, not in a tight loop. The
+            // second short one in a row counts as a failed attempt; a first
+            // short one (a restart, a cut) is redialled at once.
             let short = born.elapsed() < STABLE_CONNECTION;
             let streak = if short {
                 pooled.streak.saturating_add(1)
             } else {
                 0
             };
-            let failed = (short && (streak > 1 || !pooled.used.load(Ordering::Relaxed)))
+            let failed = (short && streak > 1)
                 .then(|| format!("the connection ended soon after it was made: {e}"));
             tokio::spawn(self.clone().dial_loop(failed, streak));
         }
