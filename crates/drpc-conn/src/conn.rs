@@ -15,7 +15,7 @@ use drpc_stream::{
     ConnectionError, Encoding, Initiator, MessageBatch, MessageBuf, Prost, RecvBatch, Stream,
     StreamError, StreamErrorKind, StreamWatch,
 };
-use drpc_wire::{Metadata, TIMEOUT_METADATA_KEY, encode_timeout};
+use drpc_wire::{Compression, Metadata, TIMEOUT_METADATA_KEY, encode_timeout};
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
@@ -28,8 +28,10 @@ use crate::Error;
 pub struct ConnOptions {
     /// The connection's settings: limits, queues, memory budgets, flow
     /// control (`manager.stream.flow_control`: negotiated by default; see
-    /// `drpc-manager`'s documentation) and [`ManagerOptions::sequential`]
-    /// for stock Go servers.
+    /// `drpc-manager`'s documentation), [`ManagerOptions::sequential`]
+    /// for stock Go servers, and the compression of every call
+    /// ([`ManagerOptions::compression`], off by default; see
+    /// [`ConnOptions::compression`]).
     pub manager: ManagerOptions,
 }
 
@@ -51,6 +53,18 @@ impl ConnOptions {
                 ..ManagerOptions::default()
             },
         }
+    }
+
+    /// Compresses every call of the connection with `compression` (unless
+    /// a call chooses otherwise, [`CallOptions::compression`]): requests
+    /// and responses, every message, as CockroachDB's fork does.
+    ///
+    /// **Only for servers that accept it**: the fork, or a server of this
+    /// implementation. Nothing tells the client whether a server does, and
+    /// a stock Go server would hand the compressed bytes to its decoder.
+    pub fn compression(mut self, compression: Compression) -> ConnOptions {
+        self.manager.compression = Some(compression);
+        self
     }
 }
 
@@ -79,6 +93,7 @@ pub struct CallOptions {
     metadata: Metadata,
     deadline: Option<Instant>,
     cancel: Option<CancellationToken>,
+    compression: Option<Compression>,
 }
 
 impl CallOptions {
@@ -115,6 +130,26 @@ impl CallOptions {
         self
     }
 
+    /// Compresses the call's messages with `compression`, both ways
+    /// (mux-fork-2026.md §4): the InvokeMetadata asks the server for it
+    /// with the `drpc-compression` key, and every request and response
+    /// travels as one compressed block. Without it the call follows the
+    /// connection's [`ManagerOptions::compression`] (none by default).
+    ///
+    /// Size limits and flow control count compressed bytes; a request is
+    /// refused as too large if it is over the connection's maximum message
+    /// size before or after compression.
+    ///
+    /// **Only toward servers that accept it** (CockroachDB's fork, or a
+    /// server of this implementation): there is no negotiation, and a
+    /// stock Go server would hand the compressed bytes to its decoder. A
+    /// server that does not know the algorithm refuses the call with
+    /// Unimplemented.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = Some(compression);
+        self
+    }
+
     /// The metadata pairs set so far, without the `drpc-timeout` pair the
     /// deadline adds on the wire.
     pub fn get_metadata(&self) -> &Metadata {
@@ -131,6 +166,12 @@ impl CallOptions {
     /// [`CallOptions::cancel_on`].
     pub fn get_cancellation_token(&self) -> Option<&CancellationToken> {
         self.cancel.as_ref()
+    }
+
+    /// The compression given to [`CallOptions::compression`], if any
+    /// (`None`: the connection's choice applies).
+    pub fn get_compression(&self) -> Option<Compression> {
+        self.compression
     }
 
     /// The metadata that goes on the wire, with the remaining time; fails
@@ -237,6 +278,11 @@ impl Conn {
         self.manager.closed().await
     }
 
+    /// The compression of a call: its own, or the connection's.
+    fn compression(&self, opts: &CallOptions) -> Option<Compression> {
+        opts.compression.or(self.manager.options().compression)
+    }
+
     /// Makes a unary call with protobuf messages.
     pub async fn unary<Req, Resp>(
         &self,
@@ -272,7 +318,7 @@ impl Conn {
         let call = async {
             let stream = self
                 .manager
-                .open_unary_encoded(rpc, &metadata, &mut buf)
+                .open_unary_encoded_with(rpc, &metadata, &mut buf, self.compression(opts))
                 .await?;
             opened.store(stream.id(), Ordering::Relaxed);
             let result = unary_response(&stream).await;
@@ -311,7 +357,13 @@ impl Conn {
     {
         let metadata = opts.wire_metadata()?;
         let stream = bounded(
-            async { Ok(self.manager.open_stream(rpc, &metadata).await?) },
+            async {
+                let compression = self.compression(opts);
+                Ok(self
+                    .manager
+                    .open_stream_with(rpc, &metadata, compression)
+                    .await?)
+            },
             &AtomicU64::new(0),
             opts,
         )

@@ -20,9 +20,9 @@ use drpc_wire::{Code, WireError};
 /// | the server's error without one (code 0)                  | `None` (but [`Code::ResourceExhausted`] for a fork peer's "rpc error: code = ResourceExhausted" text) |
 /// | cancelled here (dropped call, `cancel`, token), or by the server's Cancel | [`Code::Canceled`] |
 /// | the deadline passed here                                 | [`Code::DeadlineExceeded`] |
-/// | a message refused as too large here, a receive queue or window overflow | [`Code::ResourceExhausted`] |
+/// | a message refused as too large here (a compressed response declaring more than the limit included), a receive queue or window overflow | [`Code::ResourceExhausted`] |
 /// | connecting failed ([`Error::Connect`]), not connected ([`Error::Unavailable`]), the connection ended or broke the protocol | [`Code::Unavailable`] |
-/// | the request did not encode, the response did not decode  | [`Code::Internal`]  |
+/// | the request did not encode, the response did not decode or decompress | [`Code::Internal`]  |
 /// | the stream ended without a message: a unary call without a response, a send after the call ended (receive to learn why) | [`Code::Unknown`] |
 /// | the call was used after it ended (send after `close_send`, …) | [`Code::FailedPrecondition`] |
 ///
@@ -166,6 +166,9 @@ fn stream_code(e: &StreamError) -> Option<Code> {
         StreamErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         StreamErrorKind::ConnectionLost(_) => Code::Unavailable,
         StreamErrorKind::Eof => Code::Unknown,
+        // A response that did not decompress: as gRPC reports one (over
+        // the size limit, ResourceExhausted, below).
+        StreamErrorKind::Decompress { .. } if !e.is_resource_exhausted() => Code::Internal,
         StreamErrorKind::SendClosed
         | StreamErrorKind::TerminatedByClose
         | StreamErrorKind::TerminatedBySendError

@@ -14,6 +14,12 @@
 //!   [`ClientStream`] sends Cancel for that call and nothing else; so do
 //!   [`ClientStream::cancel`] and a token given to
 //!   [`CallOptions::cancel_on`].
+//! * **Compression** ([`CallOptions::compression`], or for every call
+//!   [`ConnOptions::compression`]): CockroachDB's fork's per-call Snappy
+//!   compression of every message, both ways. Off by default and never
+//!   negotiated: turn it on only toward servers that accept it (the fork,
+//!   or a server of this implementation); a stock Go server would hand the
+//!   compressed bytes to its decoder.
 //! * **Errors** ([`Error`]) say whether the server answered with an error
 //!   (its code and message), the call was cancelled or ran out of time, or
 //!   the connection was lost or broke the protocol.
@@ -118,7 +124,7 @@ pub use conn::{CallOptions, ClientReceiver, ClientSender, ClientStream, Conn, Co
 pub use drpc_stream::EncodingError;
 pub use drpc_stream::{Encoding, Prost, Raw};
 pub use drpc_wire::Metadata;
-pub use drpc_wire::{Code, CodedError, Status};
+pub use drpc_wire::{Code, CodedError, Compression, Status};
 pub use error::Error;
 pub use invoker::{Invoker, Responses};
 pub use service::{

@@ -132,6 +132,8 @@ pub struct BenchConfig {
     pub max_message_size: usize,
     /// Flow control (`--flow-control`; default auto).
     pub flow_control: drpc_stream::FlowControl,
+    /// Compression of every call (`--compression`; default none).
+    pub compression: Option<drpc_wire::Compression>,
 }
 
 impl BenchConfig {
@@ -147,6 +149,7 @@ impl BenchConfig {
             sequential: false,
             max_message_size: DEFAULT_MAX_PACKET_SIZE,
             flow_control: drpc_stream::FlowControl::default(),
+            compression: None,
         }
     }
 }
@@ -271,6 +274,7 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchResult, String> {
     };
     opts.manager.stream.max_packet_size = cfg.max_message_size;
     opts.manager.stream.flow_control = cfg.flow_control;
+    opts.manager.compression = cfg.compression;
     let mut conns = Vec::with_capacity(cfg.conns);
     for _ in 0..cfg.conns {
         let conn = Conn::connect_tcp(cfg.addr.as_str(), opts.clone())

@@ -65,6 +65,19 @@ pub fn parse_flow_control(s: &str) -> Result<drpc_stream::FlowControl, String> {
     }
 }
 
+/// Parses `--compression`: `none`, `snappy`, or `minlz-fastest` when
+/// drpc-wire's `minlz` feature is on (CockroachDB's fork's per-call
+/// compression; the server follows what each call asks for, so only
+/// clients take the option).
+pub fn parse_compression(s: &str) -> Result<Option<drpc_wire::Compression>, String> {
+    match s.trim() {
+        "none" => Ok(None),
+        other => drpc_wire::Compression::from_metadata_value(other)
+            .map(Some)
+            .map_err(|_| format!("invalid compression {other:?} (none, snappy or minlz-fastest with the minlz feature)")),
+    }
+}
+
 /// Parses a byte count: a plain number, or one with a `K`, `KiB`, `M`,
 /// `MiB`, `G` or `GiB` suffix (powers of 1024).
 pub fn parse_bytes(s: &str) -> Result<usize, String> {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use drpc_interop::bench::{BenchConfig, run_bench};
 use drpc_interop::scenarios::{ClientConfig, SCENARIOS, result_line, run_scenario};
 use drpc_interop::tcp::{Mode, echo_server, run_tcp_bench};
-use drpc_interop::{ServeOptions, parse_bytes, parse_duration, parse_flow_control, serve};
+use drpc_interop::{
+    ServeOptions, parse_bytes, parse_compression, parse_duration, parse_flow_control, serve,
+};
 
 /// How long in-flight RPCs may finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -19,10 +21,10 @@ const USAGE: &str = "usage: drpc-interop <command> [options]
 commands:
   serve --addr HOST:PORT [--max-conns N] [--max-message-size BYTES] [--flow-control MODE] [-v]
   client --addr HOST:PORT --scenario NAME|all [--sequential] [--max-message-size BYTES]
-         [--flow-control MODE]
+         [--flow-control MODE] [--compression none|snappy]
   bench --addr HOST:PORT --kind unary|instream|outstream|bidi --size small|med|large
         [--duration 3s] [--conc N] [--conns C] [--sequential] [--max-message-size BYTES]
-        [--flow-control MODE]
+        [--flow-control MODE] [--compression none|snappy]
   tcp-echo --addr HOST:PORT
   tcp-bench --addr HOST:PORT --mode pingpong|oneway --size small|med|large [--duration 3s]
   grpc-serve --addr HOST:PORT [--max-message-size BYTES]
@@ -33,6 +35,13 @@ commands:
 with peers that speak it; fork uses CockroachDB's fork's flow control from
 the start (both sides must; pair it with --max-message-size 64MiB for the
 fork's message limit); off never gates nor grants.
+
+--compression none|snappy (default none): every call asks for CockroachDB's
+fork's per-call compression (metadata drpc-compression) and compresses its
+messages both ways. Only for servers that accept it (the fork's, or serve):
+a stock Go server would hand the compressed bytes to its decoder. serve
+needs no option: it follows each call. minlz-fastest too in a build with
+the minlz feature (serve then accepts it as well).
 
 grpc-serve and grpc-bench are the same service and shapes over tonic (gRPC over
 HTTP/2) alone, for comparison (feature grpc); HTTP/2 always multiplexes and has
@@ -237,11 +246,13 @@ async fn client_command(args: &[String]) -> Result<ExitCode, String> {
         "--scenario",
         "--max-message-size",
         "--flow-control",
+        "--compression",
     ])?;
     let mut cfg = ClientConfig::new(args.required("--addr")?);
     cfg.sequential = args.flag("--sequential");
     cfg.max_message_size = args.parsed("--max-message-size", cfg.max_message_size, parse_bytes)?;
     cfg.flow_control = args.parsed("--flow-control", cfg.flow_control, parse_flow_control)?;
+    cfg.compression = args.parsed("--compression", cfg.compression, parse_compression)?;
     let scenario = args.required("--scenario")?;
     let names: Vec<&str> = if scenario == "all" {
         SCENARIOS.to_vec()
@@ -275,10 +286,11 @@ async fn client_command(args: &[String]) -> Result<ExitCode, String> {
 
 async fn bench_command(args: &[String]) -> Result<ExitCode, String> {
     let args = Args::parse(args, &["--sequential"])?;
-    args.only(&[BENCH_OPTIONS, &["--flow-control"]].concat())?;
+    args.only(&[BENCH_OPTIONS, &["--flow-control", "--compression"]].concat())?;
     let mut cfg = bench_config(&args)?;
     cfg.sequential = args.flag("--sequential");
     cfg.flow_control = args.parsed("--flow-control", cfg.flow_control, parse_flow_control)?;
+    cfg.compression = args.parsed("--compression", cfg.compression, parse_compression)?;
     match run_bench(&cfg).await {
         Ok(result) => {
             println!("{result}");

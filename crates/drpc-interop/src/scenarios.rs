@@ -46,6 +46,9 @@ pub struct ClientConfig {
     pub max_message_size: usize,
     /// Flow control (`--flow-control`; default auto).
     pub flow_control: drpc_stream::FlowControl,
+    /// Compression of every call (`--compression`; default none): only
+    /// toward servers that accept it (the fork's, or this project's).
+    pub compression: Option<drpc_wire::Compression>,
 }
 
 impl ClientConfig {
@@ -56,6 +59,7 @@ impl ClientConfig {
             sequential: false,
             max_message_size: DEFAULT_MAX_PACKET_SIZE,
             flow_control: drpc_stream::FlowControl::default(),
+            compression: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl ClientConfig {
         };
         opts.manager.stream.max_packet_size = self.max_message_size;
         opts.manager.stream.flow_control = self.flow_control;
+        opts.manager.compression = self.compression;
         opts
     }
 

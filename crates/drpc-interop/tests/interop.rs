@@ -36,6 +36,21 @@ async fn all_scenarios_sequential() {
     run_all(true).await;
 }
 
+/// Every scenario with every call compressed (`--compression snappy`):
+/// the server follows each call, and nothing a scenario checks changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_scenarios_compressed() {
+    let (addr, server) = start_server().await;
+    let mut cfg = ClientConfig::new(addr);
+    cfg.compression = drpc_interop::parse_compression("snappy").expect("a known compression");
+    let report = run_scenarios(&cfg, SCENARIOS).await;
+    println!("{report}");
+    assert_eq!(report.failed(), 0, "{report}");
+    assert_eq!(drpc_interop::parse_compression("none"), Ok(None));
+    assert!(drpc_interop::parse_compression("zstd").is_err());
+    server.shutdown(std::time::Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversize_passes_when_the_client_limit_is_raised() {
     // The client sends the 5 MiB request; the server (4 MiB) refuses it by

@@ -10,7 +10,13 @@
 //!   answers with the count (throughput in message bytes);
 //! * `streams_64/{2KiB,1MiB}`: the same with 64 streams at once, each from
 //!   its own task (128 KiB per stream at 2 KiB, 8 MiB in all; one message
-//!   per stream at 1 MiB, 64 MiB in all).
+//!   per stream at 1 MiB, 64 MiB in all);
+//! * `compression/{text,random}_1MiB/{off,snappy}`: as `stream_1/1MiB`
+//!   (8 messages of 1 MiB on one stream, throughput in uncompressed
+//!   bytes), with messages of repeated text (about 20:1 with Snappy) or of
+//!   random bytes (incompressible), without compression and with the
+//!   stream compressed (compressed by the sender, decompressed by the
+//!   server's handler as it receives).
 //!
 //! Run with `cargo bench -p drpc-manager --bench manager`. Each benchmark
 //! warms up for 1 s and measures for 3 s over 10 samples.
@@ -23,7 +29,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use drpc_manager::{Incoming, Manager, ManagerOptions, Role};
 use drpc_stream::{MessageBatch, Stream};
-use drpc_wire::Metadata;
+use drpc_wire::{Compression, Metadata};
 use tokio::runtime::Runtime;
 
 const DUPLEX_BUFFER: usize = 1 << 20;
@@ -131,6 +137,27 @@ async fn unary(client: &Manager, metadata: &Metadata) {
 async fn upload(client: &Manager, message: &[u8], count: usize) {
     let stream: Stream = client
         .open_stream(SINK, &Metadata::new())
+        .await
+        .expect("open_stream");
+    for _ in 0..count {
+        stream.send(message).await.expect("send");
+    }
+    stream.close_send().expect("close_send");
+    let reply = stream.recv().await.expect("recv").expect("the count");
+    let total = u64::from_le_bytes(reply[..].try_into().expect("8 bytes"));
+    assert_eq!(total, (message.len() * count) as u64);
+    assert_eq!(stream.recv().await.expect("recv end"), None);
+}
+
+/// As [`upload`], on a stream compressed with `compression`.
+async fn upload_with(
+    client: &Manager,
+    message: &[u8],
+    count: usize,
+    compression: Option<Compression>,
+) {
+    let stream: Stream = client
+        .open_stream_with(SINK, &Metadata::new(), compression)
         .await
         .expect("open_stream");
     for _ in 0..count {
@@ -258,6 +285,44 @@ fn bench_streams_64(c: &mut Criterion) {
     pair.close(&rt);
 }
 
+/// 1 MiB messages of text and of random bytes, with and without Snappy.
+fn bench_compression(c: &mut Criterion) {
+    const SIZE: usize = 1 << 20;
+    const COUNT: usize = 8;
+    let rt = runtime();
+    let pair = Pair::new(&rt);
+    let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog; "
+        .iter()
+        .copied()
+        .cycle()
+        .take(SIZE)
+        .collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let random: Vec<u8> = (0..SIZE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut group = c.benchmark_group("compression");
+    group.throughput(Throughput::Bytes((SIZE * COUNT) as u64));
+    for (data, message) in [("text_1MiB", &text), ("random_1MiB", &random)] {
+        for (mode, compression) in [("off", None), ("snappy", Some(Compression::Snappy))] {
+            group.bench_with_input(BenchmarkId::new(data, mode), message, |b, message| {
+                b.iter_custom(|iters| {
+                    timed(&rt, iters, || {
+                        upload_with(&pair.client, black_box(message), COUNT, compression)
+                    })
+                });
+            });
+        }
+    }
+    group.finish();
+    pair.close(&rt);
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -268,6 +333,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_unary, bench_stream_1, bench_streams_64, bench_small_messages
+    targets = bench_unary, bench_stream_1, bench_streams_64, bench_small_messages,
+        bench_compression
 }
 criterion_main!(benches);

@@ -165,6 +165,49 @@
 //! otherwise a receiver holding back less than a threshold could leave its
 //! sender with less than a frame of credit forever.
 //!
+//! # Compression
+//!
+//! Per stream, chosen by the client, as CockroachDB's fork does it
+//! (mux-fork-2026.md §4): a client stream opened with a
+//! [`drpc_wire::Compression`] ([`ManagerOptions::compression`] for every
+//! stream, [`Manager::open_stream_with`] for one) carries the
+//! InvokeMetadata entry `drpc-compression: snappy`, and every Message
+//! payload of the stream, both ways, is one Snappy block (the block
+//! format, not the framed one; an empty message is the byte `00`); with
+//! drpc-wire's `minlz` feature, `minlz-fastest` too. Nothing
+//! else is compressed: not Invoke, InvokeMetadata, Error, Cancel, Close,
+//! CloseSend, WindowUpdate or the flow-control negotiation.
+//!
+//! * **Limits and flow control count compressed bytes.** A message is
+//!   compressed before its size is checked and its credit taken, and
+//!   split into frames after; received, it is queued, charged to the
+//!   memory budget and granted back compressed, and decompressed only as
+//!   the application takes it. A message over
+//!   [`drpc_stream::StreamOptions::max_packet_size`] before or after
+//!   compression is refused before sending; received, a block declaring
+//!   more than that limit is refused before anything is allocated for it
+//!   (a decompression bomb costs nothing).
+//! * **A payload that does not decompress fails that receive only**
+//!   ([`drpc_stream::StreamErrorKind::Decompress`], whose text begins
+//!   `protocol error: `): the next receive returns the next message, and
+//!   the stream and the connection go on, as in the fork.
+//! * **Server.** The key is taken out of the metadata the handler sees
+//!   ([`Incoming::metadata`]) and the stream compresses as the client
+//!   asked ([`drpc_stream::Stream::compression`]). A value this side does
+//!   not know (`minlz-fastest` too, unless drpc-wire's `minlz` feature is
+//!   on) refuses that stream alone with an Error packet, code
+//!   Unimplemented, text `protocol error: unsupported compression:
+//!   "<name>"`. The fork's server ends the whole connection
+//!   instead; being liberal costs nothing here, since nothing of the
+//!   stream has been read.
+//! * **No negotiation.** The server never answers the key, so a client
+//!   cannot tell whether its server accepts it. A stock (storj) server
+//!   would pass the key to its handler and hand the compressed bytes to
+//!   its decoder. **Set compression only toward servers known to accept
+//!   it**: the fork, or a server of this implementation. Negotiating it
+//!   between peers of this implementation, through the flow-control offer
+//!   and its acceptance (kind 9), is future work.
+//!
 //! # Example
 //!
 //! ```

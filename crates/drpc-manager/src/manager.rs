@@ -12,12 +12,12 @@ use bytes::Bytes;
 use drpc_stream::{
     Batch, ConnectionError, FlowControl, FlowControlMode, Initiator, MemoryBudget, MessageBuf,
     MuxDrain, MuxWriter, Stream, StreamError, StreamErrorKind, StreamHandle, StreamKind,
-    new_stream,
+    new_stream_with_compression,
 };
 use drpc_wire::{
-    CodedError, ConnectionIdOrder, FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameHead,
-    FrameReader, Id, Kind, MIGRATION_HEADER, Metadata, ReadError, Sniffed, WindowUpdate,
-    append_frame, sniff,
+    COMPRESSION_METADATA_KEY, Code, CodedError, Compression, ConnectionIdOrder,
+    FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameHead, FrameReader, Id, Kind,
+    MIGRATION_HEADER, Metadata, ReadError, Sniffed, WindowUpdate, append_frame, sniff,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -235,7 +235,7 @@ impl Manager {
         }
         let (read_half, write_half) = tokio::io::split(transport);
         let conn = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::debug_span!("drpc_conn", conn, role = ?role);
+        let span = tracing::debug_span!("drpc.manager", conn, role = ?role);
         let budget = Arc::new(MemoryBudget::new(
             opts.max_connection_memory,
             opts.shared_memory.clone(),
@@ -292,8 +292,25 @@ impl Manager {
     ///
     /// In sequential mode this first waits until the previous stream has
     /// terminated. Errors before an id was allocated carry stream id 0.
+    /// The stream is compressed as [`ManagerOptions::compression`] says.
     pub async fn open_stream(&self, rpc: &str, metadata: &Metadata) -> Result<Stream, StreamError> {
-        let (stream, handle) = self.new_client_stream(rpc).await?;
+        self.open_stream_with(rpc, metadata, self.handle.inner.opts.compression)
+            .await
+    }
+
+    /// As [`Manager::open_stream`], with the stream's compression chosen
+    /// here (`None`: none, whatever the options say). A compressed stream
+    /// carries `drpc-compression` in its InvokeMetadata (an application's
+    /// own value for that key is never sent) and compresses every Message
+    /// both ways; see [`ManagerOptions::compression`] for which servers
+    /// accept it.
+    pub async fn open_stream_with(
+        &self,
+        rpc: &str,
+        metadata: &Metadata,
+        compression: Option<Compression>,
+    ) -> Result<Stream, StreamError> {
+        let (stream, handle) = self.new_client_stream(rpc, compression).await?;
         handle.write_invoke(rpc.as_bytes(), metadata)?;
         Ok(stream)
     }
@@ -314,7 +331,8 @@ impl Manager {
             .stream
             .check_message_size(message.len())
             .map_err(|e| StreamError::new(0, e))?;
-        let (stream, handle) = self.new_client_stream(rpc).await?;
+        let compression = self.handle.inner.opts.compression;
+        let (stream, handle) = self.new_client_stream(rpc, compression).await?;
         handle.write_unary(rpc.as_bytes(), metadata, &message)?;
         Ok(stream)
     }
@@ -328,11 +346,26 @@ impl Manager {
         metadata: &Metadata,
         buf: &mut MessageBuf,
     ) -> Result<Stream, StreamError> {
+        self.open_unary_encoded_with(rpc, metadata, buf, self.handle.inner.opts.compression)
+            .await
+    }
+
+    /// As [`Manager::open_unary_encoded`], with the call's compression
+    /// chosen here, as [`Manager::open_stream_with`] does. A request that
+    /// is over the maximum packet size once compressed (incompressible
+    /// data grows a little) is refused with nothing written.
+    pub async fn open_unary_encoded_with(
+        &self,
+        rpc: &str,
+        metadata: &Metadata,
+        buf: &mut MessageBuf,
+        compression: Option<Compression>,
+    ) -> Result<Stream, StreamError> {
         if let Err(e) = self.handle.inner.opts.stream.check_message_size(buf.len()) {
             buf.clear();
             return Err(StreamError::new(0, e));
         }
-        let (stream, handle) = match self.new_client_stream(rpc).await {
+        let (stream, handle) = match self.new_client_stream(rpc, compression).await {
             Ok(opened) => opened,
             Err(e) => {
                 buf.clear();
@@ -345,7 +378,11 @@ impl Manager {
 
     /// Allocates and registers a client stream (waiting for its turn in
     /// sequential mode); nothing is written yet.
-    async fn new_client_stream(&self, rpc: &str) -> Result<(Stream, StreamHandle), StreamError> {
+    async fn new_client_stream(
+        &self,
+        rpc: &str,
+        compression: Option<Compression>,
+    ) -> Result<(Stream, StreamHandle), StreamError> {
         let inner = &self.handle.inner;
         if let Some(err) = inner.term.get() {
             return Err(StreamError::new(
@@ -358,11 +395,12 @@ impl Manager {
             None => None,
         };
         let id = inner.next_stream_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (stream, handle) = new_stream(
+        let (stream, handle) = new_stream_with_compression(
             id,
             StreamKind::Client,
             inner.writer.clone(),
             &inner.opts.stream,
+            compression,
         );
         // An open stream keeps its connection open, even once every other
         // handle on the connection is gone; the guard goes at termination.
@@ -658,11 +696,28 @@ impl Inner {
             rpc,
             mut metadata,
         } = invoke;
-        let (stream, handle) = new_stream(
+        // The client's compression is the stream's, both ways; the key is
+        // taken out of what the handler sees. A value this side does not
+        // know refuses this stream alone (the fork ends the connection:
+        // being liberal costs nothing here, since nothing of the stream was
+        // read yet).
+        let compression = match metadata.remove(COMPRESSION_METADATA_KEY) {
+            None => None,
+            Some(value) => match Compression::from_metadata_value(&value) {
+                Ok(compression) => Some(compression),
+                Err(unsupported) => {
+                    tracing::debug!(parent: &self.span, stream = id, error = %unsupported, "stream refused");
+                    self.refuse(id, Code::Unimplemented, unsupported.to_string());
+                    return;
+                }
+            },
+        };
+        let (stream, handle) = new_stream_with_compression(
             id,
             StreamKind::Server,
             self.writer.clone(),
             &self.opts.stream,
+            compression,
         );
         let budget = self.writer.budget().clone();
         budget.charge(cost);
@@ -672,7 +727,7 @@ impl Inner {
             Err(err) => {
                 if let StreamErrorKind::Refused { limit } = err.kind() {
                     tracing::debug!(parent: &self.span, stream = id, limit, "stream refused");
-                    self.refuse(id, &err);
+                    self.refuse(id, Code::Ok, err.to_string());
                 }
                 // Never registered: end it silently, so that dropping it
                 // sends nothing.
@@ -711,12 +766,13 @@ impl Inner {
         }
     }
 
-    /// Answers an Invoke over the stream limit with an Error packet on that
-    /// stream (message id 1, code 0), as the fork does; the connection
-    /// survives and later frames of that stream are dropped.
-    fn refuse(&self, id: u64, err: &StreamError) {
-        let text = err.to_string();
-        let payload_err = CodedError::new(0, text);
+    /// Answers an Invoke this side will not serve with an Error packet on
+    /// that stream (message id 1): over the stream limit (code 0, as the
+    /// fork does), or asking for a compression it does not know (code
+    /// Unimplemented). The connection survives and later frames of that
+    /// stream are dropped.
+    fn refuse(&self, id: u64, code: Code, text: String) {
+        let payload_err = CodedError::new(code, text);
         let mut payload = Vec::new();
         payload_err.append_to(&mut payload);
         if let Err(e) = self

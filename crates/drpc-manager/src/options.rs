@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use drpc_stream::{DEFAULT_WRITER_HIGH_WATER, FlowControl, MemoryBudget, StreamOptions};
+use drpc_wire::Compression;
 
 /// The default maximum number of concurrent streams per connection.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: usize = 4096;
@@ -86,6 +87,20 @@ pub struct ManagerOptions {
     /// wire and once parsed (default [`DEFAULT_MAX_METADATA_SIZE`]); a
     /// larger one ends the connection, as a malformed one does.
     pub max_metadata_size: usize,
+    /// The compression of the streams a client opens (default `None`), for
+    /// [`Manager::open_stream`](crate::Manager::open_stream) and the other
+    /// `open_` methods without an explicit choice: each such stream asks
+    /// for it in its InvokeMetadata (`drpc-compression`) and compresses
+    /// every Message both ways (mux-fork-2026.md §4).
+    ///
+    /// **Set it only for servers known to accept it**: CockroachDB's fork,
+    /// or a server of this implementation. Nothing on the wire tells a
+    /// client whether its server does: a stock Go server would hand the
+    /// compressed bytes to its handler's decoder, and the call fails there
+    /// or, worse, decodes garbage. A server needs no setting: it follows
+    /// what each client asks for, and refuses a stream whose compression it
+    /// does not know.
+    pub compression: Option<Compression>,
 }
 
 impl ManagerOptions {
@@ -114,6 +129,7 @@ impl Default for ManagerOptions {
                 None,
             ))),
             max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
+            compression: None,
         }
     }
 }

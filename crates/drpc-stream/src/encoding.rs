@@ -461,6 +461,26 @@ impl MessageBatch {
         Ok(true)
     }
 
+    /// An empty batch with room for `messages` messages of `bytes` bytes.
+    pub(crate) fn with_capacity(messages: usize, bytes: usize) -> MessageBatch {
+        MessageBatch {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(messages),
+        }
+    }
+
+    /// Adds `msg` compressed with `compression`; on an error the batch is
+    /// as it was.
+    pub(crate) fn push_compressed(
+        &mut self,
+        compression: drpc_wire::Compression,
+        msg: &[u8],
+    ) -> Result<(), drpc_wire::CompressionError> {
+        compression.compress(msg, &mut self.data)?;
+        self.ends.push(self.data.len());
+        Ok(())
+    }
+
     /// Adds an encoded message.
     pub fn push_encoded(&mut self, msg: &[u8]) {
         self.data.extend_from_slice(msg);

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use drpc_wire::{CodedError, Kind, MetadataError, WireError};
+use drpc_wire::{CodedError, Compression, CompressionError, Kind, MetadataError, WireError};
 
 /// Who ended something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -178,6 +178,18 @@ pub enum StreamErrorKind {
         /// The limit.
         limit: usize,
     },
+    /// A received message of a compressed stream did not decompress: not a
+    /// valid block, or declaring more than the maximum packet size (refused
+    /// before anything was allocated). Only that receive failed: the
+    /// stream and the connection go on, and the next receive returns the
+    /// next message, as the fork's `MsgRecv` does.
+    #[error("protocol error: {source}")]
+    Decompress {
+        /// The stream's compression.
+        compression: Compression,
+        /// What was wrong with the payload.
+        source: CompressionError,
+    },
 }
 
 /// An operation on stream `stream_id` failed; [`StreamError::kind`] says
@@ -220,13 +232,17 @@ impl StreamError {
     }
 
     /// Whether a message was too large: refused here before sending,
-    /// refused here on receipt, or refused by the peer (ResourceExhausted
-    /// with the fork's "message too large" text).
+    /// refused here on receipt (a compressed one included, whose declared
+    /// length was over the limit), or refused by the peer
+    /// (ResourceExhausted with the fork's "message too large" text).
     pub fn is_too_large(&self) -> bool {
         match &self.kind {
-            StreamErrorKind::MessageTooLarge { .. } | StreamErrorKind::ReceivedTooLarge { .. } => {
-                true
-            }
+            StreamErrorKind::MessageTooLarge { .. }
+            | StreamErrorKind::ReceivedTooLarge { .. }
+            | StreamErrorKind::Decompress {
+                source: CompressionError::TooLarge { .. },
+                ..
+            } => true,
             StreamErrorKind::Remote(e) => {
                 is_remote_resource_exhausted(e) && e.message().contains("message too large")
             }
@@ -234,14 +250,18 @@ impl StreamError {
         }
     }
 
-    /// Whether a limit of this side or of the peer ended the stream (gRPC's
-    /// ResourceExhausted): a message too large, or more data than a queue
-    /// or window holds.
+    /// Whether a limit of this side or of the peer ended the stream, or
+    /// failed a receive (gRPC's ResourceExhausted): a message too large,
+    /// or more data than a queue or window holds.
     pub fn is_resource_exhausted(&self) -> bool {
         match &self.kind {
             StreamErrorKind::MessageTooLarge { .. }
             | StreamErrorKind::ReceivedTooLarge { .. }
-            | StreamErrorKind::QueueOverflow { .. } => true,
+            | StreamErrorKind::QueueOverflow { .. }
+            | StreamErrorKind::Decompress {
+                source: CompressionError::TooLarge { .. },
+                ..
+            } => true,
             StreamErrorKind::Remote(e) => is_remote_resource_exhausted(e),
             _ => false,
         }

@@ -52,6 +52,25 @@
 //! * **Credit.** A flow-controlled sender waits until the next message's
 //!   first frame fits its balance; a grant, a cancel or the stream's end
 //!   wakes it. Receives grant consumed bytes back in WindowUpdates.
+//! * **Compression** (CockroachDB's fork's, mux-fork-2026.md §4). A
+//!   stream made with [`new_stream_with_compression`] compresses every
+//!   Message payload it sends, in one [`drpc_wire::Compression`] block,
+//!   and decompresses every one it receives; the application sees plain
+//!   messages. Compression happens outside the stream's lock, before the
+//!   size check, the credit and the write budget, which therefore count
+//!   compressed bytes (a message in parts is gathered into one buffer
+//!   first); a message is also refused if it is over the maximum packet
+//!   size before compression, since that bounds what the peer
+//!   decompresses. Decompression happens as the application takes a
+//!   message ([`Stream::recv`], [`RecvBatch`], one at a time in
+//!   [`Stream::poll_recv_many`]), outside the lock, after the queue and
+//!   the grants counted it compressed; a block that declares more than
+//!   the maximum packet size is refused before anything is allocated. A
+//!   message that does not decompress fails that receive alone with
+//!   [`StreamErrorKind::Decompress`]: the next receive returns the next
+//!   message, and the stream and its connection go on, as in the fork.
+//!   Without compression the only cost is one branch per send and
+//!   receive.
 //! * **Termination.** First error wins. After termination, `close_send`,
 //!   `close`, `send_error` and `cancel` are silent no-ops that send
 //!   nothing. The results of sends and receives after each kind of
@@ -99,5 +118,5 @@ pub use mux_writer::{Batch, DEFAULT_WRITER_HIGH_WATER, MuxDrain, MuxWriter, ZERO
 pub use queue::{DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES};
 pub use stream::{
     RECV_BATCH_BYTES, RECV_BATCH_MESSAGES, RecvBatch, SEND_BATCH_ROUND, Stream, StreamHandle,
-    StreamKind, StreamOptions, StreamWatch, new_stream,
+    StreamKind, StreamOptions, StreamWatch, new_stream, new_stream_with_compression,
 };

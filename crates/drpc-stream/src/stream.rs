@@ -10,8 +10,9 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use drpc_wire::{
-    CodedError, DEFAULT_MAX_PACKET_SIZE, FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams,
-    Frame, Id, Kind, Metadata, WindowUpdate, append_frame, append_packet, encode_metadata,
+    COMPRESSION_METADATA_KEY, CodedError, Compression, DEFAULT_MAX_PACKET_SIZE,
+    FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams, Frame, Id, Kind, Metadata,
+    WindowUpdate, append_frame, append_packet, encode_metadata,
 };
 use smallvec::SmallVec;
 
@@ -101,6 +102,9 @@ struct Shared {
     kind: StreamKind,
     split_size: usize,
     max_message_size: usize,
+    /// Every Message payload of the stream is compressed with this, both
+    /// ways; `None` for none (the usual case, which costs one branch).
+    compression: Option<Compression>,
     writer: Arc<MuxWriter>,
     /// Mirrors the core's discarded flag, so that a consumer holding a
     /// batch ([`RecvBatch`]) learns of it without the lock.
@@ -346,6 +350,53 @@ impl Shared {
         check_message_size(len, self.max_message_size).map_err(|e| self.err(e))
     }
 
+    /// The payload of one Message of a compressed stream, outside every
+    /// lock: refused first when the message itself is over the maximum
+    /// packet size (what the peer decompresses is bounded by it too), then
+    /// compressed in one piece, its parts gathered first if it has several.
+    /// The compressed size is checked by the send that follows.
+    fn compress(&self, compression: Compression, data: Payload<'_>) -> Result<Bytes, StreamError> {
+        let len = data.len();
+        self.check_size(len)?;
+        let mut out = Vec::new();
+        let done = match data.contiguous() {
+            Some(bytes) => compression.compress(bytes, &mut out),
+            None => {
+                let mut whole = Vec::with_capacity(len);
+                data.parts().iter().for_each(|p| whole.extend_from_slice(p));
+                compression.compress(&whole, &mut out)
+            }
+        };
+        match done {
+            Ok(()) => Ok(Bytes::from(out)),
+            // Only a message of 4 GiB or more, which Snappy cannot encode.
+            Err(_) => Err(self.err(StreamErrorKind::MessageTooLarge {
+                size: len,
+                limit: SNAPPY_MAX_INPUT,
+            })),
+        }
+    }
+
+    /// A received payload as the application sees it: decompressed on a
+    /// compressed stream, outside the stream's lock (the queue and the
+    /// grants counted it compressed). A failure fails this receive only.
+    #[inline]
+    fn decompressed(&self, data: Bytes) -> Result<Bytes, StreamError> {
+        let Some(compression) = self.compression else {
+            return Ok(data);
+        };
+        match compression.decompress(&data, self.max_message_size) {
+            Ok(plain) => Ok(Bytes::from(plain)),
+            Err(source) => {
+                tracing::debug!(stream = self.id, error = %source, "message did not decompress");
+                Err(self.err(StreamErrorKind::Decompress {
+                    compression,
+                    source,
+                }))
+            }
+        }
+    }
+
     fn err(&self, kind: StreamErrorKind) -> StreamError {
         StreamError::new(self.id, kind)
     }
@@ -364,6 +415,10 @@ impl Shared {
             .append(|buf| append_frame(buf, id, kind, true, control, data))
     }
 }
+
+/// The largest message Snappy compresses (4 GiB − 1): a larger one is
+/// refused as too large, whatever the stream's own limit.
+const SNAPPY_MAX_INPUT: usize = u32::MAX as usize;
 
 /// A message to send, borrowed or shared.
 #[derive(Clone, Copy)]
@@ -493,11 +548,30 @@ pub fn new_stream(
     writer: Arc<MuxWriter>,
     opts: &StreamOptions,
 ) -> (Stream, StreamHandle) {
+    new_stream_with_compression(id, kind, writer, opts, None)
+}
+
+/// As [`new_stream`], for a stream whose Message payloads are all
+/// compressed with `compression`, both ways (mux-fork-2026.md §4): every
+/// message sent is compressed before its size is checked and its credit
+/// taken, and every message received is decompressed as the application
+/// takes it, so size limits, queues and flow control count compressed
+/// bytes. A client stream announces it in its InvokeMetadata
+/// ([`drpc_wire::COMPRESSION_METADATA_KEY`]); a server stream takes it
+/// from the client's.
+pub fn new_stream_with_compression(
+    id: u64,
+    kind: StreamKind,
+    writer: Arc<MuxWriter>,
+    opts: &StreamOptions,
+    compression: Option<Compression>,
+) -> (Stream, StreamHandle) {
     let shared = Arc::new(Shared {
         id,
         kind,
         split_size: opts.split_size,
         max_message_size: opts.max_packet_size,
+        compression,
         writer,
         discarded: AtomicBool::new(false),
         inner: Mutex::new(Inner {
@@ -530,11 +604,20 @@ impl Stream {
         self.shared.kind
     }
 
+    /// The compression of the stream's Message payloads, if any: what the
+    /// client asked for in its InvokeMetadata. Messages are compressed and
+    /// decompressed by the stream; the application sees them plain.
+    pub fn compression(&self) -> Option<Compression> {
+        self.shared.compression
+    }
+
     /// Sends one message. Waits only while the connection's write buffer
     /// is above its high-water mark (and stops waiting if the stream ends).
     /// A message larger than the maximum packet size is refused locally
     /// with [`StreamErrorKind::MessageTooLarge`], since the peer would end
-    /// the connection over it.
+    /// the connection over it; on a compressed stream
+    /// ([`Stream::compression`]) the limit applies to the message and to
+    /// its compressed form.
     pub async fn send(&self, data: &[u8]) -> Result<(), StreamError> {
         self.send_payload(Payload::Borrowed(data)).await
     }
@@ -566,6 +649,17 @@ impl Stream {
     }
 
     async fn send_payload(&self, data: Payload<'_>) -> Result<(), StreamError> {
+        if let Some(compression) = self.shared.compression {
+            let compressed = self.shared.compress(compression, data)?;
+            return self
+                .send_raw(Payload::Shared(std::slice::from_ref(&compressed)))
+                .await;
+        }
+        self.send_raw(data).await
+    }
+
+    /// Sends a Message payload as it goes on the wire.
+    async fn send_raw(&self, data: Payload<'_>) -> Result<(), StreamError> {
         let shared = &*self.shared;
         shared.check_size(data.len())?;
         let len = data.len();
@@ -602,9 +696,39 @@ impl Stream {
     /// Messages are copied into the write buffer, large ones included: use
     /// [`Stream::send_encoded`] for messages that share large buffers.
     pub async fn send_batch(&self, batch: &mut MessageBatch) -> Result<(), StreamError> {
-        let result = self.send_batch_inner(batch).await;
+        let result = match self.shared.compression {
+            None => self.send_batch_inner(batch).await,
+            Some(compression) => match self.compress_batch(compression, batch) {
+                Ok(compressed) => self.send_batch_inner(&compressed).await,
+                Err(e) => Err(e),
+            },
+        };
         batch.clear();
         result
+    }
+
+    /// The messages of `batch`, each compressed, once each is known to be
+    /// within the maximum packet size (so nothing is sent otherwise).
+    fn compress_batch(
+        &self,
+        compression: Compression,
+        batch: &MessageBatch,
+    ) -> Result<MessageBatch, StreamError> {
+        let shared = &*self.shared;
+        for i in 0..batch.len() {
+            shared.check_size(batch.message(i).len())?;
+        }
+        let mut compressed = MessageBatch::with_capacity(batch.len(), batch.bytes());
+        for i in 0..batch.len() {
+            let message = batch.message(i);
+            if compressed.push_compressed(compression, message).is_err() {
+                return Err(shared.err(StreamErrorKind::MessageTooLarge {
+                    size: message.len(),
+                    limit: SNAPPY_MAX_INPUT,
+                }));
+            }
+        }
+        Ok(compressed)
     }
 
     async fn send_batch_inner(&self, batch: &MessageBatch) -> Result<(), StreamError> {
@@ -690,7 +814,7 @@ impl Stream {
             Recv::Message(data) => {
                 shared.send_grant(&mut inner);
                 shared.release(inner, false);
-                Poll::Ready(Ok(Some(data)))
+                Poll::Ready(shared.decompressed(data).map(Some))
             }
             Recv::End => Poll::Ready(Ok(None)),
             Recv::Failed(e) => Poll::Ready(Err(shared.err(e))),
@@ -706,7 +830,33 @@ impl Stream {
     /// Messages taken are the consumer's: they no longer count against the
     /// stream's queue, and a flow-controlled stream grants their credit
     /// back at once. [`RecvBatch`] hands them out one by one.
+    ///
+    /// On a compressed stream it takes one message at a time, decompressed,
+    /// so that a message that does not decompress fails its own call only
+    /// ([`RecvBatch`] takes them in batches and decompresses each as it
+    /// hands it out).
     pub fn poll_recv_many(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Bytes>,
+        max_messages: usize,
+    ) -> Poll<Result<usize, StreamError>> {
+        if self.shared.compression.is_none() {
+            return self.poll_take(cx, out, max_messages);
+        }
+        Poll::Ready(match ready!(self.poll_recv(cx)) {
+            Ok(Some(data)) => {
+                out.push_back(data);
+                Ok(1)
+            }
+            Ok(None) => Ok(0),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// [`Stream::poll_recv_many`] taking the payloads as they arrived
+    /// (compressed, on a compressed stream).
+    fn poll_take(
         &self,
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
@@ -875,14 +1025,23 @@ impl RecvBatch {
     ) -> Poll<Result<Option<Bytes>, StreamError>> {
         if !self.messages.is_empty() {
             if !stream.shared.discarded.load(Ordering::Acquire) {
-                return Poll::Ready(Ok(self.messages.pop_front()));
+                return Poll::Ready(self.next(stream));
             }
             self.messages.clear();
         }
-        match ready!(stream.poll_recv_many(cx, &mut self.messages, RECV_BATCH_MESSAGES)) {
+        match ready!(stream.poll_take(cx, &mut self.messages, RECV_BATCH_MESSAGES)) {
             Ok(0) => Poll::Ready(Ok(None)),
-            Ok(_) => Poll::Ready(Ok(self.messages.pop_front())),
+            Ok(_) => Poll::Ready(self.next(stream)),
             Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// The next message the batch holds, decompressed on a compressed
+    /// stream (a failure fails this receive only; the next goes on).
+    fn next(&mut self, stream: &Stream) -> Result<Option<Bytes>, StreamError> {
+        match self.messages.pop_front() {
+            Some(data) => stream.shared.decompressed(data).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -968,11 +1127,21 @@ impl StreamHandle {
         self.shared.kind
     }
 
+    /// The compression of the stream's Message payloads, if any.
+    pub fn compression(&self) -> Option<Compression> {
+        self.shared.compression
+    }
+
     /// Writes InvokeMetadata (when `metadata` is non-empty) and Invoke for
     /// `rpc` in one step, so that a cancel can never land between them
     /// (multiplexing.md §3.8). The connection does this when it opens a
     /// client stream, once: a second Invoke would make the peer end the
     /// connection, which is why only the connection's side has it.
+    ///
+    /// The metadata sent is `metadata` without the keys the connection
+    /// owns: the flow-control offer (`drpc-rs-flow`) when it makes one,
+    /// and `drpc-compression` exactly when the stream is compressed (an
+    /// application's own value for either is never sent).
     pub fn write_invoke(&self, rpc: &[u8], metadata: &Metadata) -> Result<(), StreamError> {
         self.write_opening(rpc, metadata, None)
     }
@@ -981,16 +1150,22 @@ impl StreamHandle {
     /// `metadata` is non-empty), Invoke, the Message and CloseSend, appended
     /// together so that they leave in a single write when the connection
     /// is idle. The message does not wait for writer room.
+    ///
+    /// On a compressed stream the InvokeMetadata carries
+    /// [`drpc_wire::COMPRESSION_METADATA_KEY`] and the message goes
+    /// compressed. If the message is refused (over the maximum packet
+    /// size, before or after compression), nothing is written and the
+    /// stream ends silently: dropping it sends nothing.
     pub fn write_unary(
         &self,
         rpc: &[u8],
         metadata: &Metadata,
         message: &Bytes,
     ) -> Result<(), StreamError> {
-        self.write_opening(
+        self.write_request(
             rpc,
             metadata,
-            Some(Payload::Shared(std::slice::from_ref(message))),
+            Payload::Shared(std::slice::from_ref(message)),
         )
     }
 
@@ -1005,14 +1180,45 @@ impl StreamHandle {
         buf: &mut MessageBuf,
     ) -> Result<(), StreamError> {
         let result = match buf.as_contiguous() {
-            Some(bytes) => self.write_opening(rpc, metadata, Some(Payload::Borrowed(bytes))),
+            Some(bytes) => self.write_request(rpc, metadata, Payload::Borrowed(bytes)),
             None => {
                 let parts = buf.take_parts();
-                self.write_opening(rpc, metadata, Some(Payload::Shared(&parts)))
+                self.write_request(rpc, metadata, Payload::Shared(&parts))
             }
         };
         buf.clear();
         result
+    }
+
+    /// A unary request: compressed first on a compressed stream, outside
+    /// the stream's lock.
+    fn write_request(
+        &self,
+        rpc: &[u8],
+        metadata: &Metadata,
+        message: Payload<'_>,
+    ) -> Result<(), StreamError> {
+        if let Some(compression) = self.shared.compression {
+            let compressed = self
+                .shared
+                .compress(compression, message)
+                .map_err(|e| self.unopened(e))?;
+            return self.write_opening(
+                rpc,
+                metadata,
+                Some(Payload::Shared(std::slice::from_ref(&compressed))),
+            );
+        }
+        self.write_opening(rpc, metadata, Some(message))
+    }
+
+    /// Ends a stream whose opening was refused before anything was
+    /// written, silently: it never existed for the peer.
+    fn unopened(&self, err: StreamError) -> StreamError {
+        let mut inner = lock(&self.shared.inner);
+        inner.core.connection_lost(err.kind().clone());
+        self.shared.release(inner, false);
+        err
     }
 
     fn write_opening(
@@ -1023,7 +1229,7 @@ impl StreamHandle {
     ) -> Result<(), StreamError> {
         let shared = &*self.shared;
         if let Some(m) = &message {
-            shared.check_size(m.len())?;
+            shared.check_size(m.len()).map_err(|e| self.unopened(e))?;
         }
         let mut inner = lock(&shared.inner);
         // A unary call carries one message each way: nothing to negotiate.
@@ -1033,13 +1239,18 @@ impl StreamHandle {
         };
         let mut encoded = Vec::new();
         let offered = offer.as_ref().map(FlowParams::to_metadata_value);
+        // The connection's own keys replace the application's: a
+        // compression key is sent exactly when the stream compresses, as
+        // the fork's client does.
+        let compressed = shared.compression.map(|c| c.as_metadata_value());
         encode_metadata(
             &mut encoded,
             metadata
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
-                .filter(|(k, _)| *k != FLOW_CONTROL_METADATA_KEY)
-                .chain(offered.as_deref().map(|v| (FLOW_CONTROL_METADATA_KEY, v))),
+                .filter(|(k, _)| *k != FLOW_CONTROL_METADATA_KEY && *k != COMPRESSION_METADATA_KEY)
+                .chain(offered.as_deref().map(|v| (FLOW_CONTROL_METADATA_KEY, v)))
+                .chain(compressed.map(|v| (COMPRESSION_METADATA_KEY, v))),
         );
         let (md_id, invoke_id) = inner
             .core

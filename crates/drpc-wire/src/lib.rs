@@ -18,6 +18,10 @@
 //!   before assembly and dropped (never fatal) when they do not conform.
 //! * [`CodedError`], [`code_of`]: the Error payload and error codes;
 //!   [`encode_metadata`], [`decode_metadata`]: the InvokeMetadata payload.
+//! * [`Compression`]: the fork's per-stream compression of Message
+//!   payloads (`drpc-compression: snappy`, Snappy block format; the fork's
+//!   `minlz-fastest` with the `minlz` feature), with the decompressed
+//!   length checked against a limit before anything is allocated.
 //!
 //! [`FrameReader::coalescing`] (what a connection uses) joins the frames of a
 //! large message as it reads them, straight from the transport into one
@@ -52,6 +56,7 @@
 //! ```
 
 mod assembler;
+mod compress;
 mod decoder;
 mod errcode;
 mod error;
@@ -66,6 +71,9 @@ mod varint;
 mod window;
 
 pub use assembler::{ConnectionIdOrder, DEFAULT_MAX_PACKET_SIZE, PacketAssembler};
+pub use compress::{
+    COMPRESSION_METADATA_KEY, Compression, CompressionError, UnsupportedCompression,
+};
 pub use decoder::FrameDecoder;
 pub use errcode::{
     Code, CodedError, RESOURCE_EXHAUSTED, Status, UNIMPLEMENTED, append_error, code_of,
