@@ -605,9 +605,11 @@ where
         Ok(self.stream.close_send()?)
     }
 
-    /// Closes the sending side and receives the one response of a
-    /// client-streaming call.
+    /// Sends what the `Sink` still holds, closes the sending side and
+    /// receives the one response of a client-streaming call.
     pub async fn close_and_recv(&mut self) -> Result<Resp, Error> {
+        // Requests the `Sink` still holds go first.
+        self.sink.flush(&self.stream).await?;
         self.close_send()?;
         match self.recv().await {
             Ok(Some(resp)) => {
@@ -816,9 +818,17 @@ impl<Req, E: Encoding<Req>> ClientSender<Req, E> {
 
 /// Ends the request side with CloseSend, unless the call has ended or
 /// CloseSend was sent already; the call goes on for the receiving half.
+/// A sender dropped with requests its `Sink` still holds, or in the middle
+/// of sending them, cancels the call instead: a clean end would let the
+/// server take a cut-off request stream for a whole one.
 impl<Req, E> Drop for ClientSender<Req, E> {
     fn drop(&mut self) {
-        let _ = self.stream.close_send();
+        if self.sink.holds_unsent() {
+            self.stream
+                .cancel(StreamErrorKind::Canceled(Initiator::Local));
+        } else {
+            let _ = self.stream.close_send();
+        }
     }
 }
 
@@ -964,6 +974,12 @@ impl fmt::Debug for SinkState {
 }
 
 impl SinkState {
+    /// Whether requests given to the `Sink` were not all sent: some are
+    /// kept, or a flush is under way.
+    fn holds_unsent(&self) -> bool {
+        self.flushing.is_some() || self.buffers.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
     fn new(max_message: usize) -> SinkState {
         SinkState {
             buffers: Some(SinkBuffers::default()),

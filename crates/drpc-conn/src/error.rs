@@ -71,6 +71,10 @@ pub enum Error {
         /// Why it is not connected.
         reason: String,
     },
+    /// A `tower` layer between the caller and the channel failed the call
+    /// with an error of its own (code Unknown); see
+    /// [`from_layer_error`](crate::from_layer_error).
+    Layer(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl fmt::Display for Error {
@@ -85,6 +89,7 @@ impl fmt::Display for Error {
             Error::Unavailable { addr, reason } => {
                 write!(f, "Unavailable: not connected to {addr}: {reason}")
             }
+            Error::Layer(e) => write!(f, "Unknown: a service layer failed the call: {e}"),
         }
     }
 }
@@ -101,6 +106,7 @@ impl std::error::Error for Error {
             Error::Encode(e) | Error::Decode(e) => Some(e),
             Error::Connect { source, .. } => Some(source),
             Error::Unavailable { .. } => None,
+            Error::Layer(e) => Some(&**e),
         }
     }
 }
@@ -220,6 +226,7 @@ impl Error {
             Error::Stream(e) => stream_code(e),
             Error::Encode(_) | Error::Decode(_) => Some(Code::Internal),
             Error::Connect { .. } | Error::Unavailable { .. } => Some(Code::Unavailable),
+            Error::Layer(_) => Some(Code::Unknown),
         }
     }
 

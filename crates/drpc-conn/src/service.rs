@@ -103,9 +103,12 @@ impl Request {
 /// The error of a `tower` stack, as an [`Error`]: an [`Error`] (boxed by a
 /// layer) is itself again; a `tower` timeout
 /// ([`tower::timeout::error::Elapsed`]) is a deadline error
-/// ([`Error::is_deadline_exceeded`]); anything else (a load-shed layer's
-/// `Overloaded`, a closed buffer) is [`Error::Unavailable`], with the
-/// layer's message as the reason. [`ServiceInvoker`] applies it.
+/// ([`Error::is_deadline_exceeded`]); a load-shed layer's `Overloaded` is
+/// [`Error::Unavailable`] (the call was not sent: trying again later, or
+/// elsewhere, may work, as gRPC says of Unavailable); anything else (an
+/// authorization layer's refusal, a closed buffer) is [`Error::Layer`],
+/// code Unknown, keeping the layer's error as its source.
+/// [`ServiceInvoker`] applies it.
 pub fn from_layer_error(err: BoxError) -> Error {
     let err = match err.downcast::<Error>() {
         Ok(e) => return *e,
@@ -114,7 +117,10 @@ pub fn from_layer_error(err: BoxError) -> Error {
     if err.is::<tower::timeout::error::Elapsed>() {
         return StreamError::new(0, StreamErrorKind::DeadlineExceeded).into();
     }
-    Error::unavailable("a local service layer", err.to_string())
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        return Error::unavailable("a local service layer", err.to_string());
+    }
+    Error::Layer(err)
 }
 
 /// Makes any `tower::Service` of [`Request`]s an [`Invoker`], so that a

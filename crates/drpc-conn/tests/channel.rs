@@ -852,6 +852,16 @@ async fn tower_layers_compose_over_the_channel() {
     assert!(err.is_unavailable(), "{err}");
     held.abort();
 
+    // A layer's own error (an authorization check, say) is the layer's:
+    // code Unknown, its error kept as the source, not "unavailable".
+    let refused = drpc_conn::from_layer_error("no token".into());
+    assert_eq!(refused.code(), Some(drpc_conn::Code::Unknown), "{refused}");
+    assert!(!refused.is_unavailable(), "{refused}");
+    assert_eq!(
+        std::error::Error::source(&refused).map(ToString::to_string),
+        Some("no token".to_owned())
+    );
+
     // The channel itself is a Service: a request with options.
     let mut svc = channel.clone();
     let mut request = Request::new(META, Bytes::new());

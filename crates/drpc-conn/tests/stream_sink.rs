@@ -269,3 +269,37 @@ async fn dropping_the_sender_ends_the_request_side() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_sender_dropped_with_unsent_requests_cancels_instead_of_ending_cleanly() {
+    within("test", async {
+        let conn = connect().await;
+        let (mut tx, mut rx) = conn
+            .stream_with::<Bytes, Bytes, _>(Raw, SUM, &CallOptions::new())
+            .await
+            .expect("open")
+            .split();
+        // Kept by the Sink, never flushed: the server must not count a
+        // cut-off upload as a whole one.
+        SinkExt::feed(&mut tx, b("lost")).await.expect("feed");
+        drop(tx);
+        let err = rx.recv().await.expect_err("cancelled");
+        assert!(err.is_canceled(), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn close_and_recv_sends_what_the_sink_holds_first() {
+    within("test", async {
+        let conn = connect().await;
+        let mut call = conn
+            .stream_with::<Bytes, Bytes, _>(Raw, SUM, &CallOptions::new())
+            .await
+            .expect("open");
+        SinkExt::feed(&mut call, b("ab")).await.expect("feed");
+        SinkExt::feed(&mut call, b("cde")).await.expect("feed");
+        assert_eq!(call.close_and_recv().await.expect("sum"), "2 5");
+    })
+    .await;
+}
