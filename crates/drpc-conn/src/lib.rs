@@ -113,6 +113,7 @@
 mod channel;
 mod conn;
 mod error;
+mod header;
 mod invoker;
 mod service;
 
@@ -126,6 +127,7 @@ pub use drpc_stream::{Encoding, Prost, Raw};
 pub use drpc_wire::Metadata;
 pub use drpc_wire::{Code, CodedError, Compression, Status};
 pub use error::Error;
+pub use header::{WithMigrationHeader, with_migration_header};
 pub use invoker::{Invoker, Responses};
 pub use service::{
     InterceptedChannel, Interceptor, Request, ServiceInvoker, from_layer_error, with_interceptor,

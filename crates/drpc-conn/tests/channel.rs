@@ -539,6 +539,40 @@ async fn an_unused_connection_closed_by_the_server_is_redialed_at_the_next_call(
     assert_eq!(server.connections.load(Ordering::SeqCst), 2);
 }
 
+/// A channel that sends the migration header (for servers sharing their
+/// port with other protocols) is served by a plain server, which skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_header_is_sent_first_and_a_server_skips_it() {
+    let server = TestServer::start("127.0.0.1:0", "shared", ServerOptions::default()).await;
+    let channel = fast(Endpoint::tcp(server.addr.to_string()))
+        .migration_header(true)
+        .connect_lazy();
+    for i in 0..3 {
+        let reply = within("call", call(&channel, ECHO, &format!("m{i}")))
+            .await
+            .expect("served");
+        assert_eq!(reply, format!("m{i}"));
+    }
+    // The bytes themselves: the header, then an Invoke.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let raw = fast(Endpoint::tcp(addr.to_string()))
+        .migration_header(true)
+        .connect_lazy();
+    let calling = tokio::spawn(async move { call(&raw, ECHO, "x").await });
+    let (mut socket, _) = within("accept", listener.accept()).await.expect("accepted");
+    let mut first = [0u8; 9];
+    within(
+        "read",
+        tokio::io::AsyncReadExt::read_exact(&mut socket, &mut first),
+    )
+    .await
+    .expect("read");
+    assert_eq!(&first[..8], b"DRPC!!!1");
+    assert_eq!(first[8] >> 1, 1, "an Invoke follows");
+    calling.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_endpoint() {
     let dir = std::env::temp_dir().join(format!("drpc-channel-{}", std::process::id()));

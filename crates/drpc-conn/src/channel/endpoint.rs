@@ -112,6 +112,7 @@ pub struct Endpoint {
     pub(crate) conn_options: ConnOptions,
     pub(crate) backoff: Backoff,
     pub(crate) max_connections: usize,
+    pub(crate) migration_header: bool,
 }
 
 impl fmt::Debug for Endpoint {
@@ -125,6 +126,7 @@ impl fmt::Debug for Endpoint {
             .field("sequential", &self.conn_options.manager.sequential)
             .field("backoff", &self.backoff)
             .field("max_connections", &self.max_connections)
+            .field("migration_header", &self.migration_header)
             .finish()
     }
 }
@@ -141,6 +143,7 @@ impl Endpoint {
             conn_options: ConnOptions::default(),
             backoff: Backoff::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            migration_header: false,
         }
     }
 
@@ -250,6 +253,16 @@ impl Endpoint {
         self
     }
 
+    /// Sends the migration header `DRPC!!!1` first on every TCP or Unix
+    /// connection ([`with_migration_header`](crate::with_migration_header)),
+    /// for servers that share their port with other protocols and require
+    /// it, as the Go clients of such servers do (default off; a connector
+    /// of your own wraps its transport itself).
+    pub fn migration_header(mut self, send: bool) -> Self {
+        self.migration_header = send;
+        self
+    }
+
     /// A channel to this endpoint that dials at its first call.
     pub fn connect_lazy(self) -> Channel {
         Channel::new(self)
@@ -264,17 +277,32 @@ impl Endpoint {
     }
 
     /// One connection attempt, bounded by the connect timeout.
+    /// A connection over `socket`, behind the migration header if asked.
+    fn conn<T>(&self, socket: T) -> Conn
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.migration_header {
+            Conn::new(
+                crate::with_migration_header(socket),
+                self.conn_options.clone(),
+            )
+        } else {
+            Conn::new(socket, self.conn_options.clone())
+        }
+    }
+
     pub(crate) async fn dial(&self) -> io::Result<Conn> {
         let attempt = async {
             match &self.target {
                 Target::Tcp(addr) => {
                     let socket = dial_tcp(addr, self.tcp_keepalive, self.tcp_nodelay).await?;
-                    Ok(Conn::new(socket, self.conn_options.clone()))
+                    Ok(self.conn(socket))
                 }
                 #[cfg(unix)]
                 Target::Unix(path) => {
                     let socket = tokio::net::UnixStream::connect(path).await?;
-                    Ok(Conn::new(socket, self.conn_options.clone()))
+                    Ok(self.conn(socket))
                 }
                 Target::Custom(dial) => dial(self.conn_options.clone()).await,
             }
