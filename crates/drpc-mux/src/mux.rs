@@ -35,6 +35,19 @@ pub struct ServerCall {
 pub trait Handler: Send + Sync + 'static {
     /// Serves one RPC.
     fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>>;
+
+    /// The name under which the server's metrics count calls to `rpc`
+    /// (their `method` label), shared so that counting a call copies no
+    /// string; `None` for a path this handler does not serve, which the
+    /// server counts under one `unknown` label: a peer choosing the paths
+    /// it calls cannot grow the metrics' label sets.
+    ///
+    /// [`Mux`] answers with the registered path. The default gives every
+    /// path its own label, allocated per call: a handler that serves
+    /// arbitrary paths (a proxy, say) should override it to bound them.
+    fn method_label(&self, rpc: &str) -> Option<Arc<str>> {
+        Some(Arc::from(rpc))
+    }
 }
 
 /// The four shapes of an RPC.
@@ -70,6 +83,10 @@ pub trait Description: Send + Sync + 'static {
 
 type Route = Arc<dyn Fn(ServerCall) -> BoxFuture<Result<(), CodedError>> + Send + Sync>;
 
+/// A registered method: its shape, its handler, and its path as
+/// [`Handler::method_label`] shares it.
+type Entry = (MethodKind, Route, Arc<str>);
+
 /// Routes an RPC path to its handler (Go's `drpcmux.Mux`).
 ///
 /// Registering a path twice replaces the earlier handler. An unknown path
@@ -82,7 +99,7 @@ pub struct Mux {
     /// Looked up once per call. foldhash rather than SipHash: the table
     /// holds only registered paths, so a peer choosing the path it sends
     /// cannot make lookups slower than the longest probe among them.
-    routes: HashMap<String, (MethodKind, Route), foldhash::fast::RandomState>,
+    routes: HashMap<String, Entry, foldhash::fast::RandomState>,
 }
 
 impl fmt::Debug for Mux {
@@ -114,7 +131,7 @@ impl Mux {
         let mut routes: Vec<_> = self
             .routes
             .iter()
-            .map(|(p, (k, _))| (p.as_str(), *k))
+            .map(|(p, (k, _, _))| (p.as_str(), *k))
             .collect();
         routes.sort_by(|a, b| a.0.cmp(b.0));
         routes
@@ -135,7 +152,8 @@ impl Mux {
         Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
     {
         let route: Route = Arc::new(move |call| Box::pin(handler(call, encoding.clone())));
-        self.routes.insert(rpc.to_owned(), (kind, route));
+        self.routes
+            .insert(rpc.to_owned(), (kind, route, Arc::from(rpc)));
         self
     }
 
@@ -296,18 +314,26 @@ fn unknown_rpc(rpc: &str) -> CodedError {
 impl Handler for Mux {
     fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>> {
         match self.routes.get(call.ctx.rpc()) {
-            Some((_, route)) => route(call),
+            Some((_, route, _)) => route(call),
             None => {
                 let err = unknown_rpc(call.ctx.rpc());
                 Box::pin(async move { Err(err) })
             }
         }
     }
+
+    fn method_label(&self, rpc: &str) -> Option<Arc<str>> {
+        self.routes.get(rpc).map(|(_, _, label)| label.clone())
+    }
 }
 
 impl<H: Handler> Handler for Arc<H> {
     fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>> {
         (**self).handle(call)
+    }
+
+    fn method_label(&self, rpc: &str) -> Option<Arc<str>> {
+        (**self).method_label(rpc)
     }
 }
 
@@ -322,6 +348,25 @@ mod tests {
         assert_eq!(
             err.message(),
             r#"protocol error: unknown rpc: "/service.Service/Nope""#
+        );
+    }
+
+    #[test]
+    fn the_mux_labels_registered_paths_alone_and_shares_them() {
+        let mut mux = Mux::new();
+        mux.unary(
+            "/a.B/C",
+            drpc_stream::Raw,
+            |_, req: bytes::Bytes| async move { Ok(req) },
+        );
+        let label = mux.method_label("/a.B/C").expect("registered");
+        assert_eq!(&*label, "/a.B/C");
+        let again = mux.method_label("/a.B/C").expect("registered");
+        assert!(Arc::ptr_eq(&label, &again), "one allocation per route");
+        assert_eq!(mux.method_label("/a.B/Nope"), None);
+        assert_eq!(
+            Arc::new(mux).method_label("/a.B/C").as_deref(),
+            Some("/a.B/C")
         );
     }
 

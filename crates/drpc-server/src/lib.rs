@@ -45,6 +45,18 @@
 //!   a future to select on), lets in-flight RPCs finish within a grace
 //!   period, cancels the rest, and returns once every connection task has
 //!   ended.
+//! * TLS (the `tls` feature, with rustls; `tls-ring` adds rustls' ring
+//!   provider): `Server::serve_tls` serves a TCP listener over TLS,
+//!   handshakes running concurrently within a timeout, with every limit
+//!   applied; over mutual TLS handlers see the client's certificate chain
+//!   (`PeerCertificates`, in [`PeerInfo::extensions`]). `tls::connector`
+//!   is the client side, for `drpc-conn`'s `Endpoint::from_connector`.
+//! * Observability: a [`tracing`] span per connection and per call (at
+//!   `INFO`, with method, peer, stream id, code and duration), inside
+//!   which handlers run; events for connections opened, closed (with the
+//!   reason) and refused, and for every call's end; metrics through the
+//!   [`metrics`] facade, off unless a recorder is installed. The names
+//!   are in [`observe`].
 //! * Everything a user sets is a builder method of [`ServerOptions`]
 //!   (message size, streams per connection, flow control, memory budgets,
 //!   timeouts, connections), with the types it takes re-exported here:
@@ -67,12 +79,18 @@
 //! # }
 //! ```
 
+pub mod observe;
 mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use server::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, INLINE_STEP_HARD_LIMIT, INLINE_STEP_LIMIT,
     SUGGESTED_HANDSHAKE_TIMEOUT, Server, ServerOptions,
 };
+
+#[cfg(feature = "tls")]
+pub use tls::PeerCertificates;
 
 // What handlers learn about their peer, and what `serve_incoming` takes.
 pub use drpc_mux::{ConnectionInfo, Extensions, PeerAddr, PeerInfo, UnixCredentials};

@@ -7,20 +7,25 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use drpc_manager::{Incoming, Manager, ManagerOptions};
 use drpc_mux::{ConnectionInfo, Handler, PeerInfo, RequestContext, ServerCall};
 use drpc_stream::{ConnectionError, FlowControl, MemoryBudget};
-use drpc_wire::{CodedError, TIMEOUT_METADATA_KEY, parse_timeout};
+use drpc_wire::{Code, CodedError, TIMEOUT_METADATA_KEY, parse_timeout};
 use futures_util::{FutureExt, Stream, StreamExt};
+use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::observe::{self, MethodMetrics};
 
 /// The default maximum number of concurrent connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -39,6 +44,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// A first-byte limit for servers whose clients never dial ahead (see
 /// [`ServerOptions::handshake_timeout`], off by default): 10 s.
 pub const SUGGESTED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ids of connections in their spans (`conn_id`).
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long a closing connection waits for its last frames to be written.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(1);
@@ -479,15 +487,18 @@ impl Server {
     {
         let inner = &self.inner;
         if inner.stop_accepting.is_cancelled() {
-            tracing::debug!(peer = %peer.addr(), "connection closed: server shutting down");
+            tracing::info!(peer = %peer.addr(), reason = "shutting_down", "connection refused");
+            observe::refused("shutting_down");
             return;
         }
         let Ok(permit) = inner.connections.clone().try_acquire_owned() else {
-            tracing::debug!(
+            tracing::info!(
                 peer = %peer.addr(),
+                reason = "max_connections",
                 max_connections = inner.opts.max_connections,
-                "connection closed: over max_connections"
+                "connection refused"
             );
+            observe::refused("max_connections");
             return;
         };
         let server = self.clone();
@@ -528,15 +539,41 @@ impl Server {
             .await
     }
 
+    /// Serves one transport in the connection's span.
     async fn connection<T>(&self, transport: T, peer: PeerInfo) -> ConnectionError
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let conn_id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "drpc.server.connection",
+            conn_id,
+            peer = %peer.addr(),
+        );
+        self.serve_transport(transport, peer, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn serve_transport<T>(
+        &self,
+        transport: T,
+        peer: PeerInfo,
+        conn_span: tracing::Span,
+    ) -> ConnectionError
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let inner = &self.inner;
+        let _open = observe::OpenConnection::new();
+        tracing::info!("connection opened");
         let heard = Arc::new(AtomicBool::new(false));
+        let (received, sent) = observe::byte_counters();
         let transport = Heard {
             io: Box::pin(transport),
             heard: heard.clone(),
+            received,
+            sent,
         };
         // What every call of the connection shares, behind one reference
         // count: cloning the shutdown token for each would take its lock.
@@ -555,13 +592,33 @@ impl Server {
             // cloning a token each time would take its lock.
             let (rpcs, server, connection) = (rpcs.clone(), inner.clone(), connection.clone());
             let mut inline = InlineGate::new(inner.opts.inline_first_poll);
+            let mut methods = observe::Methods::new(&inner.opts.manager);
             move |incoming: Incoming| {
                 if server.stop_accepting.is_cancelled() {
-                    refuse(incoming);
+                    refuse(incoming, &conn_span);
                     return;
                 }
-                let rpc =
-                    rpcs.track_future(serve_rpc(server.clone(), incoming, connection.clone()));
+                let metrics = methods.get(&*server.handler, &incoming.rpc);
+                // The explicit parent: the reader task runs in the
+                // manager's span, which is a DEBUG one.
+                let span = tracing::info_span!(
+                    parent: &conn_span,
+                    "drpc.server.call",
+                    method = %observe::BoundedPath(&incoming.rpc),
+                    peer = %connection.peer().addr(),
+                    stream_id = incoming.stream.id(),
+                    code = Empty,
+                    duration_ms = Empty,
+                );
+                let rpc = serve_rpc(
+                    server.clone(),
+                    incoming,
+                    connection.clone(),
+                    metrics,
+                    span.clone(),
+                )
+                .instrument(span);
+                let rpc = rpcs.track_future(rpc);
                 if inline.is_enabled() {
                     let mut rpc = Box::pin(rpc);
                     let started = std::time::Instant::now();
@@ -577,13 +634,14 @@ impl Server {
                     // and ends only this RPC (its stream is dropped, which
                     // cancels it), never the connection's reader.
                     let done = step.unwrap_or_else(|_| {
-                        tracing::error!("an RPC's first step panicked");
+                        tracing::error!(parent: &conn_span, "an RPC's first step panicked");
                         true
                     });
                     let took = started.elapsed();
                     inline.record(took);
                     if !inline.is_enabled() {
                         tracing::debug!(
+                            parent: &conn_span,
                             took_us = took.as_micros() as u64,
                             "first steps of this connection's RPCs no longer run inline"
                         );
@@ -609,7 +667,12 @@ impl Server {
         rpcs.close();
         rpcs.wait().await;
         manager.close_gracefully(FLUSH_ON_CLOSE).await;
-        tracing::debug!(peer = %connection.peer().addr(), reason = %ended, "connection ended");
+        let reason = ended.reason();
+        tracing::info!(reason, detail = %ended, "connection closed");
+        observe::connection_closed(reason);
+        if reason == "wrong_protocol" {
+            observe::refused(reason);
+        }
         match ended {
             Ended::Connection(e) => e,
             _ => manager.termination().unwrap_or(ConnectionError::Closed),
@@ -653,6 +716,22 @@ enum Ended {
     Handshake(Duration),
     /// No stream and no byte received for the idle timeout.
     Idle(Duration),
+}
+
+impl Ended {
+    /// The `reason` of the `connection closed` event and metric label.
+    fn reason(&self) -> &'static str {
+        match self {
+            Ended::Connection(ConnectionError::Eof) => "peer_closed",
+            Ended::Connection(ConnectionError::Closed) => "closed",
+            Ended::Connection(ConnectionError::Io(_)) => "io_error",
+            Ended::Connection(ConnectionError::WrongProtocol { .. }) => "wrong_protocol",
+            Ended::Connection(_) => "protocol_error",
+            Ended::Shutdown => "shutdown",
+            Ended::Handshake(_) => "handshake_timeout",
+            Ended::Idle(_) => "idle_timeout",
+        }
+    }
 }
 
 impl fmt::Display for Ended {
@@ -712,13 +791,18 @@ async fn expiry(
     }
 }
 
-/// A transport that notes when something was received: what the idle and
-/// handshake timeouts go by. (Boxed, so that it is `Unpin` whatever the
-/// transport: one allocation per connection.)
+/// A transport that notes when something was received, what the idle and
+/// handshake timeouts go by, and counts the bytes both ways. (Boxed, so
+/// that it is `Unpin` whatever the transport: one allocation per
+/// connection.)
 struct Heard<T> {
     io: Pin<Box<T>>,
     /// Set by each read that received something; taken by [`expiry`].
     heard: Arc<AtomicBool>,
+    /// `drpc_server_bytes_received_total` (a no-op without a recorder).
+    received: Counter,
+    /// `drpc_server_bytes_sent_total`.
+    sent: Counter,
 }
 
 impl<T: AsyncRead> AsyncRead for Heard<T> {
@@ -729,10 +813,14 @@ impl<T: AsyncRead> AsyncRead for Heard<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = self.io.as_mut().poll_read(cx, buf);
-        // Loaded first: the flag is written only when it changes, once per
-        // look of the expiry timer at most, not at every read.
-        if buf.filled().len() > before && !self.heard.load(Ordering::Relaxed) {
-            self.heard.store(true, Ordering::Relaxed);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.received.increment(read as u64);
+            // Loaded first: the flag is written only when it changes, once
+            // per look of the expiry timer at most, not at every read.
+            if !self.heard.load(Ordering::Relaxed) {
+                self.heard.store(true, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -744,7 +832,11 @@ impl<T: AsyncWrite> AsyncWrite for Heard<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.io.as_mut().poll_write(cx, buf)
+        let polled = self.io.as_mut().poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.sent.increment(n as u64);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -752,7 +844,11 @@ impl<T: AsyncWrite> AsyncWrite for Heard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.io.as_mut().poll_write_vectored(cx, bufs)
+        let polled = self.io.as_mut().poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.sent.increment(n as u64);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -781,10 +877,12 @@ fn is_resource_error(e: &io::Error) -> bool {
 }
 
 /// Answers an RPC that arrived during shutdown.
-fn refuse(incoming: Incoming) {
+fn refuse(incoming: Incoming, conn_span: &tracing::Span) {
+    observe::refused("call_during_shutdown");
+    tracing::debug!(parent: conn_span, method = %observe::BoundedPath(&incoming.rpc), "call refused: server shutting down");
     let err = CodedError::unavailable("server shutting down");
     if let Err(e) = incoming.stream.send_error(&err) {
-        tracing::debug!(rpc = %incoming.rpc, error = %e, "could not refuse the stream");
+        tracing::debug!(parent: conn_span, method = %observe::BoundedPath(&incoming.rpc), error = %e, "could not refuse the stream");
     }
 }
 
@@ -798,8 +896,17 @@ enum Outcome {
 }
 
 /// Runs one RPC: the handler, raced against the stream's end, the
-/// deadline and the end of the shutdown grace period.
-async fn serve_rpc(server: Arc<Inner>, incoming: Incoming, connection: Arc<ConnectionInfo>) {
+/// deadline and the end of the shutdown grace period. Runs in `span`,
+/// the call's, where it records the code and duration.
+async fn serve_rpc(
+    server: Arc<Inner>,
+    incoming: Incoming,
+    connection: Arc<ConnectionInfo>,
+    metrics: Arc<MethodMetrics>,
+    span: tracing::Span,
+) {
+    let started = std::time::Instant::now();
+    let metrics = metrics.start();
     let (handler, shutdown) = (&server.handler, &server.cancel_rpcs);
     let Incoming {
         stream,
@@ -821,7 +928,6 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming, connection: Arc<Conne
         cancel.clone(),
     )
     .with_connection(connection);
-    let rpc_name = ctx.rpc().to_owned();
     // A panic in the handler, in what `handle` does before returning its
     // future as in the future itself, fails this RPC only: the first step
     // may run on the connection's reader task.
@@ -852,33 +958,46 @@ async fn serve_rpc(server: Arc<Inner>, incoming: Incoming, connection: Arc<Conne
         _ = deadline_passed => Outcome::DeadlineExceeded,
         _ = shutdown.cancelled() => Outcome::ShuttingDown,
     };
-    let end = match outcome {
-        Outcome::Returned(Ok(())) => stream.close_send(),
+    let (code, end) = match outcome {
+        Outcome::Returned(Ok(())) => (Code::Ok, stream.close_send()),
         Outcome::Returned(Err(e)) => {
-            tracing::debug!(rpc = %rpc_name, error = %e, "handler failed");
-            stream.send_error(&e)
+            let code = observe::error_code(e.kind());
+            tracing::info!(%code, error = %e, "handler failed");
+            (code, stream.send_error(&e))
         }
         Outcome::Panicked => {
-            tracing::error!(rpc = %rpc_name, "handler panicked");
+            tracing::error!(code = %Code::Internal, "handler panicked");
             cancel.cancel();
-            stream.send_error(&CodedError::internal("internal error: handler panicked"))
+            let err = CodedError::internal("internal error: handler panicked");
+            (Code::Internal, stream.send_error(&err))
         }
         Outcome::StreamEnded => {
+            tracing::debug!("call cancelled: by the client, or its connection ended");
             cancel.cancel();
-            Ok(())
+            (Code::Canceled, Ok(()))
         }
         Outcome::DeadlineExceeded => {
             cancel.cancel();
-            stream.send_error(&CodedError::deadline_exceeded("context deadline exceeded"))
+            let err = CodedError::deadline_exceeded("context deadline exceeded");
+            (Code::DeadlineExceeded, stream.send_error(&err))
         }
         Outcome::ShuttingDown => {
             cancel.cancel();
-            stream.send_error(&CodedError::unavailable("server shutting down"))
+            let err = CodedError::unavailable("server shutting down");
+            (Code::Unavailable, stream.send_error(&err))
         }
     };
     if let Err(e) = end {
-        tracing::debug!(rpc = %rpc_name, error = %e, "could not end the stream");
+        tracing::debug!(%code, error = %e, "could not end the stream");
     }
+    let took = started.elapsed();
+    metrics.finish(code, took);
+    let duration_ms = took.as_secs_f64() * 1e3;
+    if !span.is_disabled() {
+        span.record("code", tracing::field::display(code));
+        span.record("duration_ms", duration_ms);
+    }
+    tracing::info!(%code, duration_ms, "call finished");
     // The call is over, whichever way: work the handler handed off (and
     // that watches its context) stops too, as a Go stream context does.
     cancel.cancel();

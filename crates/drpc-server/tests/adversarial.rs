@@ -257,9 +257,13 @@ async fn replies_to_a_peer_that_does_not_read_are_bounded() {
         let mut h = server(&budget, 4 * MIB).await;
         let peer = RawPeer::connect(h.tcp_addr().expect("tcp")).await;
         let RawPeer { reader, mut writer } = peer;
-        let name = format!("/unknown.Service/{}", "n".repeat(64 * KIB));
+        // Names well over the KiB a reply quotes, and enough calls that
+        // their replies outgrow whatever the kernel's socket buffers hold
+        // (they grow to several MiB on loopback): the rest must wait in the
+        // writer, counted.
+        let name = format!("/unknown.Service/{}", "n".repeat(4 * KIB));
         let flood = tokio::spawn(async move {
-            for i in 0..(2000 * scale()) as u64 {
+            for i in 0..(20_000 * scale()) as u64 {
                 let mut buf = Vec::new();
                 append_packet(
                     &mut buf,
