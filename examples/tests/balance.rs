@@ -1,30 +1,21 @@
 //! The balancing example: three servers, one stopped and restarted, calls
 //! going on throughout; exits 0.
 
-use std::process::Command;
+mod common;
+
+use common::{assert_lines, run_example};
 
 #[test]
 fn balance_example_survives_a_restart() {
-    let output = Command::new(env!("CARGO_BIN_EXE_balance"))
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "exit {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_example(env!("CARGO_BIN_EXE_balance"));
+    assert_lines(
+        &stdout,
+        [
+            "server-1 stopped",
+            "all three answered before the stop: true",
+            "all three answered after the restart: true",
+        ],
     );
-    for line in [
-        "server-1 stopped",
-        "all three answered before the stop: true",
-        "all three answered after the restart: true",
-    ] {
-        assert!(
-            stdout.lines().any(|l| l == line),
-            "missing {line:?} in\n{stdout}"
-        );
-    }
     // While it was down, server-1 answered no call that started then.
     let down = stdout
         .lines()

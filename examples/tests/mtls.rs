@@ -1,32 +1,23 @@
 //! The mutual TLS example: a client with a certificate is served and
 //! named by it, one without is refused; exits 0.
 
-use std::process::Command;
+mod common;
+
+use common::{assert_lines, run_example};
 use std::time::{Duration, Instant};
 
 #[test]
 fn mtls_example_names_the_client_and_refuses_one_without_a_certificate() {
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_mtls"))
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "exit {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_example(env!("CARGO_BIN_EXE_mtls"));
+    assert_lines(
+        &stdout,
+        [
+            "client: Hello, world! You are greeter-client.",
+            "client without a certificate refused: true",
+            "server stopped",
+        ],
     );
-    for line in [
-        "client: Hello, world! You are greeter-client.",
-        "client without a certificate refused: true",
-        "server stopped",
-    ] {
-        assert!(
-            stdout.lines().any(|l| l == line),
-            "missing {line:?} in\n{stdout}"
-        );
-    }
     assert!(
         stdout
             .lines()

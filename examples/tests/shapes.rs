@@ -2,20 +2,13 @@
 //! `tower` layers and through an interceptor, against the Greeter service
 //! on loopback; exits 0.
 
-use std::process::Command;
+mod common;
+
+use common::run_example;
 
 #[test]
 fn the_readme_code_runs_every_shape() {
-    let output = Command::new(env!("CARGO_BIN_EXE_shapes"))
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "exit {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_example(env!("CARGO_BIN_EXE_shapes"));
     for client in ["channel", "layered", "intercepted"] {
         for line in [
             format!("{client} unary: Hello, Ada! Bonjour, Ada!"),
