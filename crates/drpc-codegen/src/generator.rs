@@ -613,6 +613,11 @@ fn grpc_adapter(svc: &ServiceNames<'_>, rpcs: &[Rpc<'_>]) -> TokenStream {
         format!(" `{module}::{tonic_name}Server::new({adapter}(server))` in a tonic router."),
         String::new(),
         " Needs `drpc-mux` with its `grpc` feature, `tonic` and `tonic-prost`.".to_owned(),
+        String::new(),
+        format!(
+            " To check its calls with the `drpc_mux::Interceptor` the DRPC `Mux` runs: \
+             `{module}::{tonic_name}Server::with_interceptor({adapter}(server), interceptor)`."
+        ),
     ];
     let adapter_doc = doc(&adapter_doc);
     let methods = rpcs.iter().map(grpc_method);
@@ -647,8 +652,10 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
             let ret = result(quote!(#output));
             quote! {
                 async fn #tonic_method(&self, request: ::tonic::Request<#input>) -> #ret {
-                    let ctx = ::drpc_mux::grpc::context(#path, &request);
-                    ::drpc_mux::grpc::reply(self.0.#ident(ctx, request.into_inner()).await)
+                    ::drpc_mux::grpc::unary(#path, request, |ctx, request| {
+                        self.0.#ident(ctx, request)
+                    })
+                    .await
                 }
             }
         }
@@ -659,9 +666,10 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
                     &self,
                     request: ::tonic::Request<::tonic::Streaming<#input>>,
                 ) -> #ret {
-                    let ctx = ::drpc_mux::grpc::context(#path, &request);
-                    let requests = ::drpc_mux::grpc::GrpcRequests::new(request.into_inner());
-                    ::drpc_mux::grpc::reply(self.0.#ident(ctx, requests).await)
+                    ::drpc_mux::grpc::client_streaming(#path, request, |ctx, requests| {
+                        self.0.#ident(ctx, requests)
+                    })
+                    .await
                 }
             }
         }
@@ -672,15 +680,13 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
 
                 async fn #tonic_method(&self, request: ::tonic::Request<#input>) -> #ret {
                     let server = self.0.clone();
-                    ::core::result::Result::Ok(::tonic::Response::new(
-                        ::drpc_mux::grpc::spawn_responses(
+                    ::drpc_mux::grpc::spawn_responses(
                             #path,
                             request,
                             move |ctx, request, responses| async move {
                                 server.#ident(ctx, request, responses).await
                             },
-                        ),
-                    ))
+                        )
                 }
             }
         }
@@ -694,8 +700,7 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
                     request: ::tonic::Request<::tonic::Streaming<#input>>,
                 ) -> #ret {
                     let server = self.0.clone();
-                    ::core::result::Result::Ok(::tonic::Response::new(
-                        ::drpc_mux::grpc::spawn_responses(
+                    ::drpc_mux::grpc::spawn_responses(
                             #path,
                             request,
                             move |ctx, requests, responses| async move {
@@ -703,8 +708,7 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
                                     .#ident(ctx, ::drpc_mux::grpc::GrpcRequests::new(requests), responses)
                                     .await
                             },
-                        ),
-                    ))
+                        )
                 }
             }
         }

@@ -23,6 +23,9 @@ pub struct RequestContext {
     /// Shared by every call of the connection: one reference count per
     /// call.
     connection: Option<Arc<ConnectionInfo>>,
+    /// What interceptors added for the handler (empty, and unallocated,
+    /// without them).
+    extensions: Extensions,
 }
 
 /// The peer of a context built without one.
@@ -46,6 +49,7 @@ impl RequestContext {
             deadline,
             cancel,
             connection: None,
+            extensions: Extensions::new(),
         }
     }
 
@@ -133,6 +137,20 @@ impl RequestContext {
     /// to other tasks; `None` for a context built without a server.
     pub fn shutdown_token(&self) -> Option<&CancellationToken> {
         self.connection.as_ref().and_then(|c| c.shutdown.as_ref())
+    }
+
+    /// Values attached to this call by type, for the handler: what an
+    /// [`Interceptor`](crate::Interceptor) learned (the authenticated
+    /// user, say). Empty unless something inserted one.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The call's extensions, to add to them (what an
+    /// [`Interceptor`](crate::Interceptor) does:
+    /// `ctx.extensions_mut().insert(User(name))`).
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
     }
 }
 
@@ -272,7 +290,8 @@ impl PeerInfo {
 }
 
 /// Values of any type, at most one per type, shared by clones: what a
-/// transport learned about its peer ([`PeerInfo::extensions`]).
+/// transport learned about its peer ([`PeerInfo::extensions`]), or what
+/// an interceptor attached to a call ([`RequestContext::extensions`]).
 #[derive(Clone, Default)]
 pub struct Extensions {
     /// Few entries (a transport adds one or two): a list beats a map.

@@ -9,6 +9,31 @@
 //! [`ResponseSink`] into tonic's response streams, and [`CodedError`]
 //! codes into gRPC status codes ([`tonic_code`], [`drpc_code`]: DRPC's
 //! [`Code`] is gRPC's codes by convention).
+//!
+//! Each call gets a [`RequestContext`] whose cancellation token is
+//! cancelled when the gRPC call ends, whichever way (the handler returned,
+//! the client went away, the deadline passed), as the DRPC server does:
+//! work a handler hands to other tasks can watch
+//! [`RequestContext::cancelled`].
+//!
+//! # Interceptors
+//!
+//! An [`Interceptor`] is also a tonic interceptor
+//! ([`tonic::service::Interceptor`]): serving the generated adapter with
+//! it, through the generated server's `with_interceptor`,
+//!
+//! ```ignore
+//! let auth: drpc_mux::Interceptor = /* … */;
+//! mux.with_interceptor(auth.clone()); // DRPC
+//! let grpc = EchoServer::with_interceptor(EchoGrpcAdapter(service), auth); // gRPC
+//! ```
+//!
+//! makes the adapter run it, with the method's path, on the context it
+//! builds for each call, before the implementation: a call it rejects gets
+//! its error as the gRPC status (code 16 stays Unauthenticated), and what
+//! it adds to the context's extensions the implementation sees, exactly as
+//! over DRPC. (tonic's hook does not see the method's path; it only hands
+//! the interceptor to the adapter, which does.)
 
 use std::fmt;
 use std::future::Future;
@@ -21,14 +46,16 @@ use futures_core::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{RequestContext, RequestStream, ResponseSink};
+use crate::{Interceptor, RequestContext, RequestStream, ResponseSink};
 
 /// How many responses a streaming handler may get ahead of the gRPC
 /// transport.
 const RESPONSE_BUFFER: usize = 16;
 
 /// The context of a gRPC call: its ASCII metadata and the deadline of its
-/// `grpc-timeout` header.
+/// `grpc-timeout` header. It runs no [`Interceptor`] and its token is
+/// never cancelled: [`unary`], [`client_streaming`] and
+/// [`spawn_responses`], which the generated adapters call, do both.
 pub fn context<T>(rpc: &str, request: &tonic::Request<T>) -> RequestContext {
     context_with(rpc, request, CancellationToken::new())
 }
@@ -50,6 +77,66 @@ fn context_with<T>(
         .and_then(|v| parse_timeout(&v))
         .map(|t| Instant::now() + t);
     RequestContext::new(rpc.to_owned(), 0, metadata, deadline, cancel)
+}
+
+/// Attaches itself to the request, for the generated adapter to run (see
+/// [the module](self)); it rejects nothing itself.
+impl tonic::service::Interceptor for Interceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request.extensions_mut().insert(self.clone());
+        Ok(request)
+    }
+}
+
+/// The context of a call, checked by the [`Interceptor`] attached to the
+/// request if there is one, and the guard that cancels its token when the
+/// call ends.
+fn start<T>(
+    rpc: &str,
+    request: &tonic::Request<T>,
+) -> Result<(RequestContext, CancellationToken), tonic::Status> {
+    let cancel = CancellationToken::new();
+    let mut ctx = context_with(rpc, request, cancel.clone());
+    if let Some(interceptor) = request.extensions().get::<Interceptor>() {
+        interceptor.intercept(&mut ctx).map_err(status)?;
+    }
+    Ok((ctx, cancel))
+}
+
+/// Serves a unary gRPC call: builds its context, runs the attached
+/// [`Interceptor`], then `handler`; the context's token is cancelled when
+/// this returns or is dropped (the client went away).
+pub async fn unary<Req, Resp, F, Fut>(
+    rpc: &str,
+    request: tonic::Request<Req>,
+    handler: F,
+) -> Result<tonic::Response<Resp>, tonic::Status>
+where
+    F: FnOnce(RequestContext, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, CodedError>>,
+{
+    let (ctx, cancel) = start(rpc, &request)?;
+    let _cancel = cancel.drop_guard();
+    reply(handler(ctx, request.into_inner()).await)
+}
+
+/// Serves a client-streaming gRPC call as [`unary`] does, the handler
+/// receiving tonic's request stream as a [`RequestStream`].
+pub async fn client_streaming<Req, Resp, F, Fut>(
+    rpc: &str,
+    request: tonic::Request<tonic::Streaming<Req>>,
+    handler: F,
+) -> Result<tonic::Response<Resp>, tonic::Status>
+where
+    F: FnOnce(RequestContext, GrpcRequests<Req>) -> Fut,
+    Fut: Future<Output = Result<Resp, CodedError>>,
+{
+    let (ctx, cancel) = start(rpc, &request)?;
+    let _cancel = cancel.drop_guard();
+    reply(handler(ctx, GrpcRequests::new(request.into_inner())).await)
 }
 
 /// A DRPC error's code as a gRPC status code: codes 1 to 16 are gRPC's
@@ -143,24 +230,27 @@ impl<T> Drop for GrpcResponses<T> {
 /// the returned stream; its error, if any, ends the stream as a status.
 /// The handler gets the call's context and request (a message, or tonic's
 /// request stream); it is dropped when the returned stream is (the client
-/// went away) or when the call's deadline passes.
+/// went away) or when the call's deadline passes. The [`Interceptor`]
+/// attached to the request runs first: a call it rejects fails with its
+/// error, the handler not called. The context's token is cancelled when
+/// the handler's task ends or the stream is dropped.
 pub fn spawn_responses<Req, T, F, Fut>(
     rpc: &str,
     request: tonic::Request<Req>,
     handler: F,
-) -> GrpcResponses<T>
+) -> Result<tonic::Response<GrpcResponses<T>>, tonic::Status>
 where
     T: Send + 'static,
     F: FnOnce(RequestContext, Req, GrpcSink<T>) -> Fut,
     Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
 {
-    let cancel = CancellationToken::new();
-    let ctx = context_with(rpc, &request, cancel.clone());
+    let (ctx, cancel) = start(rpc, &request)?;
     let deadline = ctx.deadline();
     let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
     let running = handler(ctx, request.into_inner(), GrpcSink(tx.clone()));
     let token = cancel.clone();
     tokio::spawn(async move {
+        let _cancel = token.clone().drop_guard();
         let deadline_passed = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -176,5 +266,5 @@ where
             let _ = tx.send(Err(status(e))).await;
         }
     });
-    GrpcResponses { rx, cancel }
+    Ok(tonic::Response::new(GrpcResponses { rx, cancel }))
 }

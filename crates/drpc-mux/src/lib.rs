@@ -6,7 +6,9 @@
 //! protobuf). The server (`drpc-server`) calls [`Handler::handle`] once per
 //! RPC and sends the final CloseSend, or the Error a handler returns with
 //! its code. Generated code implements [`Description`] to register a whole
-//! service at once.
+//! service at once. An [`Interceptor`] checks every call before its
+//! handler (authentication, say), over DRPC and over the gRPC adapter
+//! alike.
 //!
 //! # Example
 //!
@@ -29,6 +31,7 @@
 mod context;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+mod intercept;
 mod mux;
 mod quote;
 mod typed;
@@ -38,5 +41,6 @@ pub use context::{
 };
 pub use drpc_stream::{Encoding, Prost, Raw};
 pub use drpc_wire::{Code, CodedError, Status, UNIMPLEMENTED};
+pub use intercept::Interceptor;
 pub use mux::{BoxFuture, Description, Handler, MethodDesc, MethodKind, Mux, ServerCall};
 pub use typed::{RequestStream, ResponseSink, ServerReceiver, ServerSender};

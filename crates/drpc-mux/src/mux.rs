@@ -9,9 +9,9 @@ use std::sync::Arc;
 use drpc_stream::{Encoding, MessageBuf, Stream};
 use drpc_wire::CodedError;
 
-use crate::RequestContext;
 use crate::quote::{MAX_QUOTED_NAME, quote_bounded};
 use crate::typed::{ServerReceiver, ServerSender, stream_failure};
+use crate::{Interceptor, RequestContext};
 
 /// A boxed, sendable future: what handlers return at the mux boundary.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -100,12 +100,16 @@ pub struct Mux {
     /// holds only registered paths, so a peer choosing the path it sends
     /// cannot make lookups slower than the longest probe among them.
     routes: HashMap<String, Entry, foldhash::fast::RandomState>,
+    /// Run before every routed call; without one, a call costs one check
+    /// of this `Option`.
+    interceptor: Option<Interceptor>,
 }
 
 impl fmt::Debug for Mux {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mux")
             .field("routes", &self.routes())
+            .field("interceptor", &self.interceptor)
             .finish()
     }
 }
@@ -124,6 +128,23 @@ impl Mux {
     pub fn register<D: Description>(&mut self, service: Arc<D>) -> &mut Self {
         service.register(self);
         self
+    }
+
+    /// Runs `interceptor` before the handler of every call to a registered
+    /// path (replacing the interceptor set before): a call it rejects
+    /// fails with its error, unseen by the handler; what it adds to the
+    /// context's extensions the handler sees. Give a clone to the gRPC
+    /// adapter's server too ([`Interceptor`] says how) for the same checks
+    /// over both protocols.
+    pub fn with_interceptor(&mut self, interceptor: Interceptor) -> &mut Self {
+        self.interceptor = Some(interceptor);
+        self
+    }
+
+    /// The interceptor set by [`Mux::with_interceptor`], to serve the gRPC
+    /// adapter with the very same one.
+    pub fn interceptor(&self) -> Option<&Interceptor> {
+        self.interceptor.as_ref()
     }
 
     /// The registered paths and their shapes, sorted by path.
@@ -314,7 +335,16 @@ fn unknown_rpc(rpc: &str) -> CodedError {
 impl Handler for Mux {
     fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>> {
         match self.routes.get(call.ctx.rpc()) {
-            Some((_, route, _)) => route(call),
+            Some((_, route, _)) => match &self.interceptor {
+                None => route(call),
+                Some(interceptor) => {
+                    let mut call = call;
+                    match interceptor.intercept(&mut call.ctx) {
+                        Ok(()) => route(call),
+                        Err(err) => Box::pin(async move { Err(err) }),
+                    }
+                }
+            },
             None => {
                 let err = unknown_rpc(call.ctx.rpc());
                 Box::pin(async move { Err(err) })
