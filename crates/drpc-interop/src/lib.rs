@@ -14,6 +14,8 @@
 //! * `grpc` (feature `grpc`, on by default): the same service served and
 //!   benchmarked by tonic (gRPC over HTTP/2) alone, the column DRPC is
 //!   compared against.
+//! * [`shared`]: `serve --shared-port`, DRPC (with or without the
+//!   migration header), gRPC and HTTP/1 on one port.
 //!
 //! The `drpc-interop` binary is a thin command line over these, so that
 //! tests can run everything in-process.
@@ -39,6 +41,7 @@ pub mod bench;
 pub mod grpc;
 pub mod scenarios;
 mod service;
+pub mod shared;
 pub mod tcp;
 
 pub use service::{

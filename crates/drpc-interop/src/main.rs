@@ -20,6 +20,7 @@ const USAGE: &str = "usage: drpc-interop <command> [options]
 
 commands:
   serve --addr HOST:PORT [--max-conns N] [--max-message-size BYTES] [--flow-control MODE] [-v]
+        [--shared-port]
   client --addr HOST:PORT --scenario NAME|all [--sequential] [--max-message-size BYTES]
          [--flow-control MODE] [--compression none|snappy]
   bench --addr HOST:PORT --kind unary|instream|outstream|bidi --size small|med|large
@@ -45,7 +46,12 @@ the minlz feature (serve then accepts it as well).
 
 grpc-serve and grpc-bench are the same service and shapes over tonic (gRPC over
 HTTP/2) alone, for comparison (feature grpc); HTTP/2 always multiplexes and has
-its own flow control, so they take no --sequential nor --flow-control.";
+its own flow control, so they take no --sequential nor --flow-control.
+
+serve --shared-port serves one port for DRPC (with or without the migration
+header DRPC!!!1 of Go's drpcmigrate), gRPC (the grpc-serve service, feature
+grpc) and HTTP/1 (answered 501 Not Implemented: no HTTP/JSON bridge yet),
+telling them apart by each connection's first bytes.";
 
 /// Options as `--name value` pairs and `--flag`s.
 struct Args {
@@ -195,7 +201,7 @@ async fn shutdown_signal() {
 }
 
 async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
-    let args = Args::parse(args, &["-v", "--verbose"])?;
+    let args = Args::parse(args, &["-v", "--verbose", "--shared-port"])?;
     args.only(&[
         "--addr",
         "--max-conns",
@@ -216,6 +222,21 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
     let addr = args.required("--addr")?;
     let server = serve(&opts);
     let listener = bind(addr).await?;
+    if args.flag("--shared-port") {
+        drpc_interop::shared::serve_shared_port(
+            &server,
+            listener,
+            opts.max_message_size,
+            SHUTDOWN_GRACE,
+            async {
+                shutdown_signal().await;
+                eprintln!("drpc-interop: shutting down (grace {SHUTDOWN_GRACE:?})");
+            },
+        )
+        .await
+        .map_err(|e| format!("serving: {e}"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut serving = tokio::spawn({
         let server = server.clone();
         async move { server.serve_tcp(listener).await }

@@ -108,3 +108,6 @@ pub use drpc_stream::{
 /// The default largest message accepted and sent
 /// ([`ServerOptions::max_message_size`]): 4 MiB, as Go's.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = drpc_wire::DEFAULT_MAX_PACKET_SIZE;
+
+pub mod shared_port;
+pub use shared_port::{Rewind, SharedPort, SniffOptions};

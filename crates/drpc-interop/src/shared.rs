@@ -1,0 +1,187 @@
+//! `serve --shared-port`: the service over DRPC and gRPC on one TCP port,
+//! with drpc-server's [`drpc_server::shared_port`].
+//!
+//! * DRPC clients, with the reference's migration header (`DRPC!!!1`, as
+//!   Go clients of a `drpcmigrate` listener send it) or without, are
+//!   served by the DRPC [`Server`].
+//! * HTTP/2 connections (gRPC) are served by tonic, with the same service
+//!   ([`TonicService`](crate::grpc::TonicService)), when the `grpc`
+//!   feature is on; without it they are closed.
+//! * HTTP/1 requests are answered `501 Not Implemented`: the HTTP/JSON
+//!   bridge of the service is not written yet.
+//!
+//! tonic serves any transport that implements its `Connected` trait;
+//! drpc-server knows nothing of tonic, so [`GrpcTransport`] wraps the
+//! shared port's connections for it:
+//!
+//! ```ignore
+//! let port = drpc_server::shared_port::split(listener, SniffOptions::new())?;
+//! let http2 = port.http2.map(|c| c.map(GrpcTransport));
+//! tonic::transport::Server::builder()
+//!     .add_service(grpc_service(max_message_size))
+//!     .serve_with_incoming(http2)
+//!     .await?;
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use drpc_server::shared_port::{self, Route, SniffOptions};
+use drpc_server::{Rewind, Server};
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What every HTTP/1 request is answered.
+pub const HTTP1_RESPONSE: &[u8] = b"HTTP/1.1 501 Not Implemented\r\n\
+content-type: text/plain\r\n\
+content-length: 45\r\n\
+connection: close\r\n\
+\r\n\
+the HTTP/JSON bridge is not implemented yet.\n";
+
+/// The most bytes of an HTTP/1 request head read before answering.
+const HTTP1_HEAD_LIMIT: usize = 16 * 1024;
+
+/// How long an HTTP/1 client may take to send its request head.
+const HTTP1_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection of the shared port's HTTP/2 route, as tonic serves it:
+/// tonic's `Connected` gives handlers the client's address
+/// (`Request::remote_addr`).
+#[derive(Debug)]
+pub struct GrpcTransport(pub Rewind<TcpStream>);
+
+#[cfg(feature = "grpc")]
+impl tonic::transport::server::Connected for GrpcTransport {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        let socket = self.0.get_ref();
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: socket.local_addr().ok(),
+            remote_addr: socket.peer_addr().ok(),
+        }
+    }
+}
+
+impl AsyncRead for GrpcTransport {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GrpcTransport {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+/// Serves `listener` as a shared port (see the [module](self)): DRPC with
+/// `server`, gRPC with tonic (messages of at most `max_message_size`
+/// bytes), HTTP/1 with a 501, until `shutdown` resolves; then shuts
+/// `server` down with `grace` and lets tonic finish its calls. Returns
+/// the DRPC server's error, else tonic's.
+pub async fn serve_shared_port(
+    server: &Server,
+    listener: TcpListener,
+    max_message_size: usize,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let port = shared_port::split(listener, SniffOptions::new())?;
+    let http1 = tokio::spawn(answer_http1(port.http1));
+    let (stop, stopped) = watch::channel(false);
+    #[cfg(feature = "grpc")]
+    let grpc = {
+        let mut stopped = stopped.clone();
+        let http2 = port.http2.map(|c| c.map(GrpcTransport));
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(crate::grpc::grpc_service(max_message_size))
+                .serve_with_incoming_shutdown(http2, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    #[cfg(not(feature = "grpc"))]
+    {
+        let _ = max_message_size;
+        drop((port.http2, stopped));
+    }
+    let drpc = server.serve_incoming(port.drpc);
+    tokio::pin!(drpc);
+    let result = tokio::select! {
+        r = &mut drpc => r,
+        _ = shutdown => {
+            let _ = stop.send(true);
+            let ((), r) = tokio::join!(server.shutdown(grace), drpc);
+            r
+        }
+    };
+    let _ = stop.send(true);
+    #[cfg(feature = "grpc")]
+    let grpc_result = match grpc.await {
+        Ok(r) => r.map_err(io::Error::other),
+        Err(e) => Err(io::Error::other(e)),
+    };
+    #[cfg(not(feature = "grpc"))]
+    let grpc_result = Ok(());
+    http1.abort();
+    result.and(grpc_result)
+}
+
+/// Answers every connection of the HTTP/1 route with
+/// [`HTTP1_RESPONSE`], each in a task of its own.
+async fn answer_http1(mut route: Route<Rewind<TcpStream>>) {
+    while let Some(Ok(conn)) = route.next().await {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(HTTP1_HEAD_TIMEOUT, answer_501(conn)).await;
+        });
+    }
+}
+
+/// Reads a request head (up to its blank line), answers 501 and closes.
+async fn answer_501(mut conn: Rewind<TcpStream>) -> io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < HTTP1_HEAD_LIMIT {
+        if conn.read_buf(&mut head).await? == 0 {
+            break;
+        }
+    }
+    conn.write_all(HTTP1_RESPONSE).await?;
+    conn.shutdown().await
+}
