@@ -14,13 +14,22 @@
 //! drpc-server knows nothing of tonic, so [`GrpcTransport`] wraps the
 //! shared port's connections for it:
 //!
-//! ```ignore
-//! let port = drpc_server::shared_port::split(listener, SniffOptions::new())?;
+//! ```no_run
+//! # #[cfg(feature = "grpc")]
+//! # async fn serve(listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
+//! use drpc_interop::grpc::grpc_service;
+//! use drpc_interop::shared::GrpcTransport;
+//! use drpc_server::shared_port::{self, SniffOptions};
+//! use futures_util::StreamExt;
+//!
+//! let port = shared_port::split(listener, SniffOptions::new())?;
 //! let http2 = port.http2.map(|c| c.map(GrpcTransport));
 //! tonic::transport::Server::builder()
-//!     .add_service(grpc_service(max_message_size))
+//!     .add_service(grpc_service(4 << 20))
 //!     .serve_with_incoming(http2)
 //!     .await?;
+//! # Ok(())
+//! # }
 //! ```
 
 use std::future::Future;

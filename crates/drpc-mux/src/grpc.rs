@@ -22,7 +22,7 @@
 //! ([`tonic::service::Interceptor`]): serving the generated adapter with
 //! it, through the generated server's `with_interceptor`,
 //!
-//! ```ignore
+//! ```text
 //! let auth: drpc_mux::Interceptor = /* … */;
 //! mux.with_interceptor(auth.clone()); // DRPC
 //! let grpc = EchoServer::with_interceptor(EchoGrpcAdapter(service), auth); // gRPC
@@ -33,7 +33,9 @@
 //! its error as the gRPC status (code 16 stays Unauthenticated), and what
 //! it adds to the context's extensions the implementation sees, exactly as
 //! over DRPC. (tonic's hook does not see the method's path; it only hands
-//! the interceptor to the adapter, which does.)
+//! the interceptor to the adapter, which does.) The generated adapter's
+//! types exist only in the crate that generates them, so this sketch is not
+//! compiled here; `drpc-codegen-tests`' `grpc_interceptor` test runs it.
 
 use std::fmt;
 use std::future::Future;
