@@ -307,6 +307,19 @@ impl StreamCore {
         self.cancel.clone().unwrap_or(err)
     }
 
+    /// Why a call could not even start: the cancellation, or the end of
+    /// its connection, rather than the bare end of sending (`Eof`) that a
+    /// send after termination reports.
+    pub(crate) fn opening_failure(&self, err: StreamErrorKind) -> StreamErrorKind {
+        match (&err, &self.recv_end) {
+            (
+                StreamErrorKind::Eof,
+                Some(RecvEnd::Error(lost @ StreamErrorKind::ConnectionLost(_))),
+            ) if self.cancel.is_none() => lost.clone(),
+            _ => self.check_cancel(err),
+        }
+    }
+
     /// Allocates the id of an outgoing Message, or says why sending is over.
     pub(crate) fn begin_message(&mut self) -> Result<Id, StreamErrorKind> {
         if let Some(err) = &self.send_end {

@@ -1252,10 +1252,12 @@ impl StreamHandle {
                 .chain(offered.as_deref().map(|v| (FLOW_CONTROL_METADATA_KEY, v)))
                 .chain(compressed.map(|v| (COMPRESSION_METADATA_KEY, v))),
         );
-        let (md_id, invoke_id) = inner
-            .core
-            .begin_invoke(!encoded.is_empty())
-            .map_err(|e| shared.err(e))?;
+        // A connection that ended before the call could be written (the
+        // server closed it at once, say) is what the call reports.
+        let (md_id, invoke_id) = match inner.core.begin_invoke(!encoded.is_empty()) {
+            Ok(ids) => ids,
+            Err(e) => return Err(shared.err(inner.core.opening_failure(e))),
+        };
         let unary = match message {
             Some(m) => {
                 inner.core.debit(m.len());

@@ -3198,3 +3198,24 @@ async fn poll_recv_many_respects_its_limits() {
     assert_eq!(taken.expect("the clean end"), 0);
     assert_eq!(out.len(), 5);
 }
+
+#[tokio::test]
+async fn a_call_opened_after_its_connection_ended_reports_the_connection() {
+    let w = writer();
+    let (s, h) = stock_pair(1, StreamKind::Client, &w);
+    // The connection ends between the stream's registration and its
+    // opening: the opening says so, not a bare end of sending.
+    h.connection_lost(StreamErrorKind::ConnectionLost(ConnectionError::Eof));
+    let r = h.write_unary(b"/s.S/M", &Metadata::new(), &Bytes::from_static(b"x"));
+    assert_matches!(
+        kind_of(&r),
+        Some(StreamErrorKind::ConnectionLost(ConnectionError::Eof))
+    );
+    assert_eq!(w.buffered(), 0, "nothing written");
+    // A cancelled one still reports its cancellation.
+    let (_s2, h2) = stock_pair(3, StreamKind::Client, &w);
+    h2.cancel(StreamErrorKind::DeadlineExceeded);
+    let r = h2.write_invoke(b"/s.S/M", &Metadata::new());
+    assert_matches!(kind_of(&r), Some(StreamErrorKind::DeadlineExceeded));
+    drop(s);
+}
