@@ -307,16 +307,16 @@ impl StreamCore {
         self.cancel.clone().unwrap_or(err)
     }
 
-    /// Why a call could not even start: the cancellation, or the end of
-    /// its connection, rather than the bare end of sending (`Eof`) that a
-    /// send after termination reports.
+    /// Why a call could not even start: the end of its connection, rather
+    /// than the bare end of sending (`Eof`) that an operation after any
+    /// other termination reports.
     pub(crate) fn opening_failure(&self, err: StreamErrorKind) -> StreamErrorKind {
         match (&err, &self.recv_end) {
             (
                 StreamErrorKind::Eof,
                 Some(RecvEnd::Error(lost @ StreamErrorKind::ConnectionLost(_))),
             ) if self.cancel.is_none() => lost.clone(),
-            _ => self.check_cancel(err),
+            _ => err,
         }
     }
 

@@ -3212,10 +3212,12 @@ async fn a_call_opened_after_its_connection_ended_reports_the_connection() {
         Some(StreamErrorKind::ConnectionLost(ConnectionError::Eof))
     );
     assert_eq!(w.buffered(), 0, "nothing written");
-    // A cancelled one still reports its cancellation.
+    // After any other termination (a cancel), the bare end of sending, as
+    // before.
     let (_s2, h2) = stock_pair(3, StreamKind::Client, &w);
     h2.cancel(StreamErrorKind::DeadlineExceeded);
+    let _cancel = take_bytes(&w).await;
     let r = h2.write_invoke(b"/s.S/M", &Metadata::new());
-    assert_matches!(kind_of(&r), Some(StreamErrorKind::DeadlineExceeded));
+    assert_matches!(kind_of(&r), Some(StreamErrorKind::Eof));
     drop(s);
 }
