@@ -474,7 +474,10 @@ async fn bounded<T>(
 
 /// Resolves when the deadline passes or the token is cancelled, with the
 /// stream error that says which; never, when there is neither.
-async fn ended(deadline: Option<Instant>, cancel: Option<CancellationToken>) -> StreamErrorKind {
+pub(crate) async fn ended(
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+) -> StreamErrorKind {
     let deadline_passed = async {
         match deadline {
             Some(at) => tokio::time::sleep_until(at.into()).await,

@@ -950,7 +950,8 @@ async fn sniff_start<R: AsyncRead + Unpin>(
                 tracing::debug!(parent: span, "skipped the migration header");
                 return Ok(());
             }
-            Sniffed::Foreign(seen) => {
+            Sniffed::Foreign(foreign) => {
+                let seen = foreign.description();
                 tracing::info!(parent: span, seen, "closing a connection that does not speak DRPC");
                 return Err(ConnectionError::WrongProtocol { seen });
             }

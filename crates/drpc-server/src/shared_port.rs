@@ -4,9 +4,10 @@
 //! three routes, streams of connections:
 //!
 //! * [`SharedPort::drpc`]: DRPC clients, with the reference's migration
-//!   header ([`MIGRATION_HEADER`], `DRPC!!!1`, which Go clients of a
-//!   `drpcmigrate` listener send) or without it. The header is consumed
-//!   here: the transport yielded starts at the first frame. Each comes
+//!   header ([`drpc_wire::MIGRATION_HEADER`], `DRPC!!!1`, which Go clients of a
+//!   `drpcmigrate` listener send) or without it. The header is left in
+//!   the transport's first bytes: the DRPC server skips it there, as it
+//!   does on a port of its own (one place for that rule). Each comes
 //!   with its [`PeerInfo`], ready for [`Server::serve_incoming`](crate::Server::serve_incoming).
 //! * [`SharedPort::http2`]: connections that start with the HTTP/2
 //!   preface (gRPC), for an HTTP/2 server such as tonic's
@@ -53,7 +54,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use drpc_mux::PeerInfo;
-use drpc_wire::{MIGRATION_HEADER, Sniffed, sniff};
+use drpc_wire::{Foreign, Sniffed, sniff};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -66,9 +67,6 @@ pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many accepted connections each route's queue holds by default.
 pub const DEFAULT_ROUTE_QUEUE: usize = 128;
-
-/// What the HTTP/2 connection preface starts with.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// The most bytes read to tell a connection apart: more than the longest
 /// signature, so one read usually does.
@@ -366,7 +364,7 @@ enum Protocol {
 /// Sniffs one connection, within `timeout`, and hands it to its route.
 async fn route(mut socket: TcpStream, addr: SocketAddr, timeout: Duration, senders: Senders) {
     let sniffed = tokio::time::timeout(timeout, read_prefix(&mut socket)).await;
-    let (mut prefix, protocol) = match sniffed {
+    let (prefix, protocol) = match sniffed {
         Err(_) => {
             tracing::debug!(peer = %addr, ?timeout, "connection closed: nothing to tell it by in time");
             return;
@@ -383,9 +381,8 @@ async fn route(mut socket: TcpStream, addr: SocketAddr, timeout: Duration, sende
     };
     let rejected = match protocol {
         Protocol::Drpc => {
-            if prefix.starts_with(MIGRATION_HEADER) {
-                prefix.drain(..MIGRATION_HEADER.len());
-            }
+            // The migration header, if any, stays: the connection's reader
+            // skips it, as it does on a port of its own.
             let transport = Rewind::new(prefix, socket);
             senders
                 .drpc
@@ -423,8 +420,8 @@ async fn read_prefix(socket: &mut TcpStream) -> io::Result<Option<(Vec<u8>, Prot
         let protocol = match sniff(&prefix) {
             Sniffed::NeedMore => continue,
             Sniffed::Drpc | Sniffed::MigrationHeader => Protocol::Drpc,
-            Sniffed::Foreign(_) if prefix.starts_with(HTTP2_PREFACE) => Protocol::Http2,
-            Sniffed::Foreign(_) if prefix.starts_with(&[0x16, 0x03]) => return Ok(None),
+            Sniffed::Foreign(Foreign::Http2) => Protocol::Http2,
+            Sniffed::Foreign(Foreign::Tls) => return Ok(None),
             Sniffed::Foreign(_) => Protocol::Http1,
         };
         return Ok(Some((prefix, protocol)));

@@ -96,6 +96,6 @@ pub use packet::{
     packet_encoded_len, split_frames,
 };
 pub use pool::POOL_MAX_BYTES;
-pub use sniff::{MIGRATION_HEADER, Sniffed, sniff};
+pub use sniff::{Foreign, MIGRATION_HEADER, Sniffed, sniff};
 pub use varint::{MAX_VARINT_LEN, append_varint, read_varint, varint_len};
 pub use window::{FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams, WindowUpdate};

@@ -21,25 +21,47 @@ pub enum Sniffed {
     /// The migration header, then DRPC frames: the header's 8 bytes are to
     /// be skipped.
     MigrationHeader,
-    /// Another protocol; the text names what was seen (for a log line and
-    /// the connection's error).
-    Foreign(&'static str),
+    /// Another protocol.
+    Foreign(Foreign),
     /// Too few bytes to tell: they are a prefix of a known signature.
     NeedMore,
 }
 
+/// A protocol other than DRPC that a DRPC port meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Foreign {
+    /// The HTTP/2 connection preface: gRPC, most likely.
+    Http2,
+    /// An HTTP/1 request line.
+    Http1,
+    /// A TLS handshake record.
+    Tls,
+}
+
+impl Foreign {
+    /// What was seen, for a log line and the connection's error.
+    pub fn description(self) -> &'static str {
+        match self {
+            Foreign::Http2 => "an HTTP/2 connection preface (gRPC?)",
+            Foreign::Http1 => "an HTTP/1 request",
+            Foreign::Tls => "a TLS handshake",
+        }
+    }
+}
+
 /// The signatures of other protocols a DRPC port meets, with what they are.
-const FOREIGN: &[(&[u8], &str)] = &[
-    (b"PRI * HTTP/2.0", "an HTTP/2 connection preface (gRPC?)"),
-    (b"GET ", "an HTTP/1 request"),
-    (b"POST ", "an HTTP/1 request"),
-    (b"PUT ", "an HTTP/1 request"),
-    (b"HEAD ", "an HTTP/1 request"),
-    (b"DELETE ", "an HTTP/1 request"),
-    (b"OPTIONS ", "an HTTP/1 request"),
-    (b"PATCH ", "an HTTP/1 request"),
-    (b"CONNECT ", "an HTTP/1 request"),
-    (b"TRACE ", "an HTTP/1 request"),
+const FOREIGN: &[(&[u8], Foreign)] = &[
+    (b"PRI * HTTP/2.0", Foreign::Http2),
+    (b"GET ", Foreign::Http1),
+    (b"POST ", Foreign::Http1),
+    (b"PUT ", Foreign::Http1),
+    (b"HEAD ", Foreign::Http1),
+    (b"DELETE ", Foreign::Http1),
+    (b"OPTIONS ", Foreign::Http1),
+    (b"PATCH ", Foreign::Http1),
+    (b"CONNECT ", Foreign::Http1),
+    (b"TRACE ", Foreign::Http1),
 ];
 
 /// What a TLS handshake record starts with: content type 22, then a major
@@ -69,13 +91,13 @@ pub fn sniff(prefix: &[u8]) -> Sniffed {
         Some(false) => {}
     }
     match matches(&TLS_HANDSHAKE) {
-        Some(true) => return Sniffed::Foreign("a TLS handshake"),
+        Some(true) => return Sniffed::Foreign(Foreign::Tls),
         None => return Sniffed::NeedMore,
         Some(false) => {}
     }
     for (signature, what) in FOREIGN {
         match matches(signature) {
-            Some(true) => return Sniffed::Foreign(what),
+            Some(true) => return Sniffed::Foreign(*what),
             None => return Sniffed::NeedMore,
             Some(false) => {}
         }
@@ -120,18 +142,15 @@ mod tests {
         for n in 1..14 {
             assert_eq!(sniff(&h2[..n]), Sniffed::NeedMore, "{n} bytes");
         }
-        assert_eq!(
-            sniff(h2),
-            Sniffed::Foreign("an HTTP/2 connection preface (gRPC?)")
-        );
+        assert_eq!(sniff(h2), Sniffed::Foreign(Foreign::Http2));
         assert_eq!(
             sniff(b"GET / HTTP/1.1\r\n"),
-            Sniffed::Foreign("an HTTP/1 request")
+            Sniffed::Foreign(Foreign::Http1)
         );
         assert_eq!(sniff(b"POS"), Sniffed::NeedMore);
         assert_eq!(
             sniff(&[0x16, 0x03, 0x01, 0x02, 0x00]),
-            Sniffed::Foreign("a TLS handshake")
+            Sniffed::Foreign(Foreign::Tls)
         );
         assert_eq!(sniff(&[0x16]), Sniffed::NeedMore);
         // A prefix that stops matching is DRPC's to judge.

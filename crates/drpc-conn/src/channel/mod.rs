@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use drpc_stream::{Encoding, Initiator, Raw, StreamError, StreamErrorKind};
+use drpc_stream::{Encoding, Raw, StreamError};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tower::discover::{Change, Discover};
@@ -231,24 +231,12 @@ impl Channel {
         if deadline.is_none() && cancel.is_none() {
             return acquire.await;
         }
-        let deadline_passed = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let cancelled = async {
-            match cancel {
-                Some(token) => token.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let ended = |kind| Error::from(StreamError::new(0, kind));
         tokio::select! {
             biased;
             lease = acquire => lease,
-            _ = deadline_passed => Err(ended(StreamErrorKind::DeadlineExceeded)),
-            _ = cancelled => Err(ended(StreamErrorKind::Canceled(Initiator::Local))),
+            reason = crate::conn::ended(deadline, cancel.cloned()) => {
+                Err(StreamError::new(0, reason).into())
+            }
         }
     }
 
