@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .prost_config(|config| {
             config.bytes(["."]);
         })
+        // `SERVICE_DESCRIPTOR_SET`, for the HTTP/JSON route of
+        // `serve --shared-port`.
+        .service_descriptors(true)
         .compile_protos(&["proto/service.proto"], &["proto"])?;
     #[cfg(feature = "grpc")]
     tonic_service()?;

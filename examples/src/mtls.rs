@@ -6,9 +6,9 @@
 //! `rcgen`; real deployments load theirs from files. The server requires
 //! client certificates the CA vouches for (`WebPkiClientVerifier`) and
 //! serves with `Server::serve_tls`; the handler reads the client's chain
-//! from its context (`PeerCertificates`). A client dials through
-//! `drpc_server::tls::connector` and `Endpoint::from_connector`; a client
-//! without a certificate is refused.
+//! from its context (`PeerCertificates`). A client dials with
+//! `Endpoint::tls` (drpc-conn's `tls-ring` feature); a client without a
+//! certificate is refused.
 //!
 //! Run it with `cargo run -p drpc-examples --bin mtls`.
 
@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use drpc_conn::{CallOptions, Endpoint};
 use drpc_mux::{CodedError, Mux, RequestContext};
+use drpc_server::tls::rustls;
 use drpc_server::tls::rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
 };
 use drpc_server::tls::rustls::server::WebPkiClientVerifier;
-use drpc_server::tls::{self, rustls};
 use drpc_server::{PeerCertificates, Server};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -187,13 +187,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Client: a channel whose connections are TLS, with its certificate.
     let endpoint = |identity: Option<Identity>| -> anyhow::Result<Endpoint> {
-        Ok(Endpoint::from_connector(
-            format!("tls://localhost:{}", addr.port()),
-            tls::connector(
-                addr.to_string(),
-                ServerName::try_from("localhost")?,
-                client_config(&ca, identity)?,
-            ),
+        Ok(Endpoint::tcp(addr.to_string()).tls(
+            ServerName::try_from("localhost")?,
+            client_config(&ca, identity)?,
         ))
     };
     let client = GreeterDrpcClient::new(endpoint(Some(client_identity))?.connect_lazy());

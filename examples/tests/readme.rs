@@ -1,6 +1,6 @@
 //! The README cannot go stale: every ```rust block of `../README.md` is a
 //! run of consecutive lines of one of the examples' sources (`src/**/*.rs`,
-//! `build.rs`), which are compiled, and run by the other tests.
+//! `build.rs`, and the same in `one-port/`), which are compiled, and run by the other tests.
 //!
 //! Lines are compared trimmed, and empty lines are left out on both sides,
 //! so a block may be indented differently and spaced out differently from
@@ -67,8 +67,9 @@ fn sources(root: &Path) -> Vec<Source> {
             }
         }
     }
-    let mut paths = vec![root.join("build.rs")];
+    let mut paths = vec![root.join("build.rs"), root.join("one-port/build.rs")];
     walk(&root.join("src"), &mut paths);
+    walk(&root.join("one-port/src"), &mut paths);
     paths
         .into_iter()
         .map(|path| Source {

@@ -103,7 +103,7 @@ async fn one_implementation_serves_grpc_and_drpc() -> anyhow::Result<()> {
         // gRPC, through the generated adapter.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = listener.local_addr()?;
-        let grpc_service = EchoServer::new(EchoGrpcAdapter(service.clone()));
+        let grpc_service = EchoServer::new(EchoGrpcAdapter::new(service.clone()));
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(grpc_service)

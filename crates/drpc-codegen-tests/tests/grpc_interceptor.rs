@@ -158,7 +158,7 @@ async fn one_interceptor_checks_drpc_and_grpc_calls_alike() -> anyhow::Result<()
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(EchoServer::with_interceptor(
-                    EchoGrpcAdapter(service.clone()),
+                    EchoGrpcAdapter::new(service.clone()),
                     auth.clone(),
                 ))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),

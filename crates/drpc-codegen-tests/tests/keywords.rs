@@ -212,7 +212,9 @@ async fn grpc_adapter_with_keyword_methods() -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(KeywordsServer::new(KeywordsGrpcAdapter(Arc::new(Keywords))))
+                .add_service(KeywordsServer::new(KeywordsGrpcAdapter::new(Arc::new(
+                    Keywords,
+                ))))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let mut grpc = KeywordsClient::connect(format!("http://{addr}")).await?;

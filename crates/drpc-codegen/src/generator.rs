@@ -22,6 +22,10 @@ pub(crate) struct DrpcServiceGenerator {
     pub(crate) emit: Emit,
     /// tonic's own generator, when gRPC adapters are wanted.
     pub(crate) grpc: Option<Box<dyn prost_build::ServiceGenerator>>,
+    /// Every file compiled, without source info, when each service should
+    /// carry the descriptors of its file and what that imports
+    /// ([`Builder::service_descriptors`](crate::Builder::service_descriptors)).
+    pub(crate) descriptors: Option<prost_types::FileDescriptorSet>,
 }
 
 impl std::fmt::Debug for DrpcServiceGenerator {
@@ -29,6 +33,7 @@ impl std::fmt::Debug for DrpcServiceGenerator {
         f.debug_struct("DrpcServiceGenerator")
             .field("emit", &self.emit)
             .field("grpc", &self.grpc.is_some())
+            .field("descriptors", &self.descriptors.is_some())
             .finish()
     }
 }
@@ -40,6 +45,9 @@ impl prost_build::ServiceGenerator for DrpcServiceGenerator {
         }
         let code = service_code(&service, self.emit, self.grpc.is_some());
         buf.push_str(&format_code(code));
+        if let Some(set) = &self.descriptors {
+            buf.push_str(&format_code(descriptor_set_code(&service, set)));
+        }
     }
 }
 
@@ -610,21 +618,51 @@ fn grpc_adapter(svc: &ServiceNames<'_>, rpcs: &[Rpc<'_>]) -> TokenStream {
     let tonic_trait = ident(tonic_name);
     let adapter_doc = [
         format!(" Serves a [`{server_trait}`] implementation over gRPC:"),
-        format!(" `{module}::{tonic_name}Server::new({adapter}(server))` in a tonic router."),
+        format!(
+            " `{module}::{tonic_name}Server::new({adapter}::from_mux(server, &mux))` \
+             in a tonic router."
+        ),
         String::new(),
         " Needs `drpc-mux` with its `grpc` feature, `tonic` and `tonic-prost`.".to_owned(),
         String::new(),
-        format!(
-            " To check its calls with the `drpc_mux::Interceptor` the DRPC `Mux` runs: \
-             `{module}::{tonic_name}Server::with_interceptor({adapter}(server), interceptor)`."
-        ),
+        " Every call goes through the adapter's `drpc_mux::Middleware`: the".to_owned(),
+        " interceptor, then the `tower` layers, then the implementation. Built".to_owned(),
+        format!(" with [`{adapter}::from_mux`], they are those of the DRPC `Mux`"),
+        " serving the same implementation, so that both protocols enforce the".to_owned(),
+        format!(" same checks; [`{adapter}::new`] has none."),
     ];
     let adapter_doc = doc(&adapter_doc);
     let methods = rpcs.iter().map(grpc_method);
     quote! {
         #adapter_doc
         #[derive(Debug)]
-        pub struct #adapter<S>(pub ::std::sync::Arc<S>);
+        pub struct #adapter<S> {
+            server: ::std::sync::Arc<S>,
+            middleware: ::drpc_mux::Middleware,
+        }
+
+        impl<S: #server_trait> #adapter<S> {
+            /// Serves `server`, with no interceptor and no layers.
+            pub fn new(server: ::std::sync::Arc<S>) -> Self {
+                Self::with_middleware(server, ::drpc_mux::Middleware::new())
+            }
+
+            /// Serves `server` through the interceptor and the layers
+            /// configured on `mux` ([`::drpc_mux::Mux::middleware`]), as
+            /// the mux serves DRPC calls. Build it once `mux` is
+            /// configured: what is added to `mux` later does not reach it.
+            pub fn from_mux(server: ::std::sync::Arc<S>, mux: &::drpc_mux::Mux) -> Self {
+                Self::with_middleware(server, mux.middleware().clone())
+            }
+
+            /// Serves `server` through `middleware`.
+            pub fn with_middleware(
+                server: ::std::sync::Arc<S>,
+                middleware: ::drpc_mux::Middleware,
+            ) -> Self {
+                Self { server, middleware }
+            }
+        }
 
         #[::tonic::async_trait]
         impl<S: #server_trait> #module::#tonic_trait for #adapter<S> {
@@ -652,9 +690,13 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
             let ret = result(quote!(#output));
             quote! {
                 async fn #tonic_method(&self, request: ::tonic::Request<#input>) -> #ret {
-                    ::drpc_mux::grpc::unary(#path, request, |ctx, request| {
-                        self.0.#ident(ctx, request)
-                    })
+                    let server = self.server.clone();
+                    ::drpc_mux::grpc::unary(
+                        &self.middleware,
+                        #path,
+                        request,
+                        move |ctx, request| async move { server.#ident(ctx, request).await },
+                    )
                     .await
                 }
             }
@@ -666,9 +708,13 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
                     &self,
                     request: ::tonic::Request<::tonic::Streaming<#input>>,
                 ) -> #ret {
-                    ::drpc_mux::grpc::client_streaming(#path, request, |ctx, requests| {
-                        self.0.#ident(ctx, requests)
-                    })
+                    let server = self.server.clone();
+                    ::drpc_mux::grpc::client_streaming(
+                        &self.middleware,
+                        #path,
+                        request,
+                        move |ctx, requests| async move { server.#ident(ctx, requests).await },
+                    )
                     .await
                 }
             }
@@ -679,14 +725,16 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
                 type #stream_type = ::drpc_mux::grpc::GrpcResponses<#output>;
 
                 async fn #tonic_method(&self, request: ::tonic::Request<#input>) -> #ret {
-                    let server = self.0.clone();
+                    let server = self.server.clone();
                     ::drpc_mux::grpc::spawn_responses(
-                            #path,
-                            request,
-                            move |ctx, request, responses| async move {
-                                server.#ident(ctx, request, responses).await
-                            },
-                        )
+                        &self.middleware,
+                        #path,
+                        request,
+                        move |ctx, request, responses| async move {
+                            server.#ident(ctx, request, responses).await
+                        },
+                    )
+                    .await
                 }
             }
         }
@@ -699,19 +747,68 @@ fn grpc_method(rpc: &Rpc<'_>) -> TokenStream {
                     &self,
                     request: ::tonic::Request<::tonic::Streaming<#input>>,
                 ) -> #ret {
-                    let server = self.0.clone();
+                    let server = self.server.clone();
                     ::drpc_mux::grpc::spawn_responses(
-                            #path,
-                            request,
-                            move |ctx, requests, responses| async move {
-                                server
-                                    .#ident(ctx, ::drpc_mux::grpc::GrpcRequests::new(requests), responses)
-                                    .await
-                            },
-                        )
+                        &self.middleware,
+                        #path,
+                        request,
+                        move |ctx, requests, responses| async move {
+                            server
+                                .#ident(ctx, ::drpc_mux::grpc::GrpcRequests::new(requests), responses)
+                                .await
+                        },
+                    )
+                    .await
                 }
             }
         }
+    }
+}
+
+/// `SVC_DESCRIPTOR_SET`: the encoded `FileDescriptorSet` of the file that
+/// declares `service` and every file it imports, transitively (each after
+/// those it imports), what a bridge needs to map the service's messages to
+/// and from JSON at run time (`drpc-http`, with `prost-reflect`).
+fn descriptor_set_code(service: &Service, all: &prost_types::FileDescriptorSet) -> TokenStream {
+    use prost::Message;
+    let declares = |file: &&prost_types::FileDescriptorProto| {
+        file.package() == service.package
+            && file.service.iter().any(|s| s.name() == service.proto_name)
+    };
+    let mut wanted: Vec<&str> = Vec::new();
+    if let Some(file) = all.file.iter().find(declares) {
+        let mut pending = vec![file.name()];
+        while let Some(name) = pending.pop() {
+            if wanted.contains(&name) {
+                continue;
+            }
+            wanted.push(name);
+            if let Some(file) = all.file.iter().find(|f| f.name() == name) {
+                pending.extend(file.dependency.iter().map(String::as_str));
+            }
+        }
+    }
+    // `all` lists a file after its imports; keeping its order keeps that.
+    let set = prost_types::FileDescriptorSet {
+        file: all
+            .file
+            .iter()
+            .filter(|f| wanted.contains(&f.name()))
+            .cloned()
+            .collect(),
+    };
+    let bytes = proc_macro2::Literal::byte_string(&set.encode_to_vec());
+    let svc = ServiceNames::new(service);
+    let name = format_ident!("{}_DESCRIPTOR_SET", svc.snake.to_uppercase());
+    let doc = format!(
+        " The protobuf descriptors of `{}`: an encoded `FileDescriptorSet` of the \
+         file declaring it and of every file that file imports, for mapping its \
+         messages to and from JSON at run time (`drpc_http::Bridge::descriptors`).",
+        svc.full_name
+    );
+    quote! {
+        #[doc = #doc]
+        pub const #name: &[u8] = #bytes;
     }
 }
 

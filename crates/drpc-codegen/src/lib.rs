@@ -24,6 +24,9 @@
 //!   defaulting to code 12, `Unimplemented`.
 //! * `SVC_DRPC_METHODS` (the method table, in declaration order),
 //!   `SvcDrpcDescription` and `register_svc_drpc(mux, server)`.
+//! * when asked ([`Builder::service_descriptors`]), `SVC_DESCRIPTOR_SET`:
+//!   the service's protobuf descriptors, from which the HTTP/JSON bridge
+//!   (`drpc-http`) maps its messages to and from proto3 JSON.
 //!
 //! RPC paths are `/pkg.Svc/Method` from the proto names, exactly as Go's
 //! generator builds them (`/Svc/Method` without a package). Proto comments
@@ -125,6 +128,7 @@ pub fn configure() -> Builder {
             server: true,
         },
         grpc: false,
+        descriptors: false,
         out_dir: None,
         prost: prost_build::Config::new(),
     }
@@ -159,6 +163,7 @@ impl Builder {
 pub struct Builder {
     emit: Emit,
     grpc: bool,
+    descriptors: bool,
     out_dir: Option<PathBuf>,
     prost: prost_build::Config,
 }
@@ -185,6 +190,16 @@ impl Compiled {
             .iter()
             .map(|path| format!("cargo:rerun-if-changed={}", path.display()))
     }
+}
+
+/// `fds` without its comments and source positions, which a descriptor
+/// embedded in code has no use for.
+fn without_source_info(fds: &prost_types::FileDescriptorSet) -> prost_types::FileDescriptorSet {
+    let mut fds = fds.clone();
+    for file in &mut fds.file {
+        file.source_code_info = None;
+    }
+    fds
 }
 
 /// Stands in for `bool` in [`Builder::grpc_adapter`] when the `grpc`
@@ -249,6 +264,16 @@ impl Builder {
         self
     }
 
+    /// Also emit, for each service `Svc`, `SVC_DESCRIPTOR_SET`: the encoded
+    /// `FileDescriptorSet` of its proto file and of everything that file
+    /// imports (default `false`). The HTTP/JSON bridge (`drpc-http`) reads
+    /// it to map the service's messages to and from proto3 JSON, so that
+    /// nothing but this constant is generated for JSON support.
+    pub fn service_descriptors(mut self, enable: bool) -> Self {
+        self.descriptors = enable;
+        self
+    }
+
     /// Where to write the files (default: `OUT_DIR`).
     pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.out_dir = Some(dir.into());
@@ -305,9 +330,11 @@ impl Builder {
             self.prost.out_dir(dir);
         }
         let grpc = self.grpc_generator();
+        let descriptors = self.descriptors.then(|| without_source_info(&fds));
         self.prost.service_generator(Box::new(DrpcServiceGenerator {
             emit: self.emit,
             grpc,
+            descriptors,
         }));
         self.prost.compile_fds(fds)?;
         Ok(Compiled { inputs })

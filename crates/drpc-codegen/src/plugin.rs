@@ -46,7 +46,11 @@ pub fn generate(request: CodeGeneratorRequest) -> CodeGeneratorResponse {
         .map(|f| (Module::from_protobuf_package_name(f.package()), f.clone()))
         .collect();
     let mut config = prost_build::Config::new();
-    config.service_generator(Box::new(DrpcServiceGenerator { emit, grpc: None }));
+    config.service_generator(Box::new(DrpcServiceGenerator {
+        emit,
+        grpc: None,
+        descriptors: None,
+    }));
     match config.generate(requests) {
         Ok(modules) => {
             let mut files: Vec<File> = modules

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use drpc_manager::{Manager, ManagerOptions, Role};
 use drpc_stream::{
-    ConnectionError, Encoding, Initiator, MessageBatch, MessageBuf, Prost, RecvBatch, Stream,
-    StreamError, StreamErrorKind, StreamWatch,
+    ConnectionError, Encoding, FlowControl, Initiator, MemoryBudget, MessageBatch, MessageBuf,
+    Prost, RecvBatch, Stream, StreamError, StreamErrorKind, StreamWatch,
 };
 use drpc_wire::{Compression, Metadata, TIMEOUT_METADATA_KEY, encode_timeout};
 use futures_sink::Sink;
@@ -23,7 +23,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
-/// Connection settings.
+/// Connection settings, with documented defaults, changed with the
+/// methods below (as drpc-server's `ServerOptions`):
+///
+/// ```
+/// use drpc_conn::{Compression, ConnOptions, FlowControl};
+///
+/// let opts = ConnOptions::new()
+///     .max_message_size(16 << 20)
+///     .max_concurrent_streams(256)
+///     .flow_control(FlowControl::off())
+///     .recv_queue(64, 4 << 20)
+///     .compression(Compression::Snappy);
+/// assert_eq!(opts.manager.stream.max_packet_size, 16 << 20);
+/// ```
+///
+/// A [`Channel`](crate::Channel) takes them with
+/// [`Endpoint::options`](crate::Endpoint::options), for every connection
+/// it makes. The field stays public for what the methods do not cover
+/// ([`ManagerOptions`] is re-exported by this crate).
 #[derive(Debug, Clone, Default)]
 pub struct ConnOptions {
     /// The connection's settings: limits, queues, memory budgets, flow
@@ -36,6 +54,12 @@ pub struct ConnOptions {
 }
 
 impl ConnOptions {
+    /// The defaults, as [`ConnOptions::default`], to change with the
+    /// methods below.
+    pub fn new() -> ConnOptions {
+        ConnOptions::default()
+    }
+
     /// Options for a server of CockroachDB's fork that runs with flow
     /// control on ([`ManagerOptions::fork_flow_control`]).
     pub fn fork_flow_control() -> ConnOptions {
@@ -45,14 +69,21 @@ impl ConnOptions {
     }
 
     /// Options for a server running the original, one-stream-at-a-time Go
-    /// implementation: one call at a time on the connection.
+    /// implementation: one call at a time on the connection (the defaults
+    /// otherwise; [`ConnOptions::sequential_mode`] sets it on options
+    /// built otherwise).
     pub fn sequential() -> ConnOptions {
-        ConnOptions {
-            manager: ManagerOptions {
-                sequential: true,
-                ..ManagerOptions::default()
-            },
-        }
+        ConnOptions::new().sequential_mode(true)
+    }
+
+    /// Sequential mode on or off (default off: calls are multiplexed):
+    /// on, the connection carries one call at a time, each waiting until
+    /// the previous has ended, as the original Go implementation's
+    /// servers require; a [`Channel`](crate::Channel) then keeps a pool
+    /// of connections ([`Endpoint::max_connections`](crate::Endpoint::max_connections)).
+    pub fn sequential_mode(mut self, on: bool) -> ConnOptions {
+        self.manager.sequential = on;
+        self
     }
 
     /// Compresses every call of the connection with `compression` (unless
@@ -60,10 +91,138 @@ impl ConnOptions {
     /// and responses, every message, as CockroachDB's fork does.
     ///
     /// **Only for servers that accept it**: the fork, or a server of this
-    /// implementation. Nothing tells the client whether a server does, and
-    /// a stock Go server would hand the compressed bytes to its decoder.
+    /// implementation: this does not wait to learn whether the server
+    /// does, and a stock Go server would hand the compressed bytes to its
+    /// decoder ([`ConnOptions::compression_if_accepted`] waits).
     pub fn compression(mut self, compression: Compression) -> ConnOptions {
         self.manager.compression = Some(compression);
+        self
+    }
+
+    /// Compresses every call of the connection with `compression` once the
+    /// server has said it decompresses it (unless a call chooses
+    /// otherwise); see [`ManagerOptions::compression_if_accepted`]. Safe
+    /// toward any server: a server of this implementation gets compressed
+    /// calls from its first answer on, every other server plain calls.
+    pub fn compression_if_accepted(mut self, compression: Compression) -> ConnOptions {
+        self.manager.compression_if_accepted = Some(compression);
+        self
+    }
+
+    /// The largest message sent to the server and accepted from it
+    /// (default [`DEFAULT_MAX_MESSAGE_SIZE`](crate::DEFAULT_MAX_MESSAGE_SIZE),
+    /// 4 MiB, as Go's). A larger request fails its call at once, before
+    /// anything is sent; a larger response fails its call alone, with
+    /// ResourceExhausted (a single frame over it, possible only with a
+    /// limit under the 64 KiB frame size, ends the connection). Servers
+    /// that exchange larger messages raise their own limit too.
+    pub fn max_message_size(mut self, bytes: usize) -> ConnOptions {
+        self.manager.stream.max_packet_size = bytes;
+        self
+    }
+
+    /// The most calls open at once on the connection (default
+    /// [`DEFAULT_MAX_CONCURRENT_STREAMS`](crate::DEFAULT_MAX_CONCURRENT_STREAMS),
+    /// 4096). A call beyond it is refused here at once, alone (code
+    /// Unavailable, as gRPC's refused streams); the connection goes on.
+    pub fn max_concurrent_streams(mut self, max: usize) -> ConnOptions {
+        self.manager.max_concurrent_streams = max;
+        self
+    }
+
+    /// Flow control of the connection's streams (default
+    /// [`FlowControl::auto`]: offered to the server, used with the
+    /// servers that take it up (this implementation's), none with the
+    /// others; [`FlowControl::fork`] for servers of CockroachDB's fork
+    /// with flow control on, which [`ConnOptions::fork_flow_control`]
+    /// sets along with the fork's message limit; [`FlowControl::off`]
+    /// for none).
+    pub fn flow_control(mut self, flow_control: FlowControl) -> ConnOptions {
+        self.manager.stream.flow_control = flow_control;
+        self
+    }
+
+    /// How many response messages and bytes may wait for the application
+    /// on a stream without flow control (default
+    /// [`DEFAULT_RECV_QUEUE_MESSAGES`](crate::DEFAULT_RECV_QUEUE_MESSAGES),
+    /// 256 messages, and
+    /// [`DEFAULT_RECV_QUEUE_BYTES`](crate::DEFAULT_RECV_QUEUE_BYTES),
+    /// 8 MiB). Past either, a stream that shares its connection fails
+    /// alone (ResourceExhausted); the connection's only stream makes the
+    /// connection stop reading instead.
+    pub fn recv_queue(mut self, messages: usize, bytes: usize) -> ConnOptions {
+        self.manager.stream.recv_queue_messages = messages;
+        self.manager.stream.recv_queue_bytes = bytes;
+        self
+    }
+
+    /// The memory one connection may hold for its server (default
+    /// [`DEFAULT_CONNECTION_MEMORY`](crate::DEFAULT_CONNECTION_MEMORY),
+    /// 32 MiB): responses received and not yet taken, and bytes waiting
+    /// to be written. Above it the connection stops reading until the
+    /// application or the transport frees some: TCP backpressure on the
+    /// server.
+    pub fn max_connection_memory(mut self, bytes: usize) -> ConnOptions {
+        self.manager.max_connection_memory = bytes;
+        self
+    }
+
+    /// The memory all the connections made with clones of these options
+    /// may hold together (default
+    /// [`DEFAULT_SHARED_MEMORY`](crate::DEFAULT_SHARED_MEMORY), 256 MiB;
+    /// `None`: no limit beyond each connection's). A new budget, shared by
+    /// every connection of a [`Channel`](crate::Channel) given these
+    /// options, and by those of other channels and connections given
+    /// clones of them; [`ConnOptions::shared_memory_budget`] shares one
+    /// budget among options built apart.
+    pub fn shared_memory(mut self, bytes: Option<usize>) -> ConnOptions {
+        self.manager.shared_memory = bytes.map(|n| Arc::new(MemoryBudget::new(n, None)));
+        self
+    }
+
+    /// Charges the connections made with these options to `budget`, a
+    /// budget shared with other options (`None`: no limit beyond each
+    /// connection's); see [`ConnOptions::shared_memory`].
+    pub fn shared_memory_budget(mut self, budget: Option<Arc<MemoryBudget>>) -> ConnOptions {
+        self.manager.shared_memory = budget;
+        self
+    }
+
+    /// The bytes waiting to be written that all the connections made with
+    /// clones of these options may hold together (default
+    /// [`DEFAULT_SHARED_WRITE_MEMORY`](crate::DEFAULT_SHARED_WRITE_MEMORY),
+    /// 256 MiB; `None`: no limit beyond each connection's
+    /// [`ConnOptions::write_buffer_size`]): however many servers stop
+    /// reading, what waits for them stays bounded. A new budget, shared
+    /// as [`ConnOptions::shared_memory`]'s.
+    pub fn shared_write_memory(mut self, bytes: Option<usize>) -> ConnOptions {
+        self.manager.shared_write_memory = bytes.map(|n| Arc::new(MemoryBudget::new(n, None)));
+        self
+    }
+
+    /// Charges the bytes waiting to be written to `budget`, shared with
+    /// other options (`None`: no shared limit); see
+    /// [`ConnOptions::shared_write_memory`].
+    pub fn shared_write_memory_budget(mut self, budget: Option<Arc<MemoryBudget>>) -> ConnOptions {
+        self.manager.shared_write_memory = budget;
+        self
+    }
+
+    /// Buffered outgoing bytes above which a call's sends wait for the
+    /// connection's writer (default
+    /// [`DEFAULT_WRITER_HIGH_WATER`](crate::DEFAULT_WRITER_HIGH_WATER),
+    /// 1 MiB; Go's `WriterBufferSize`). Control packets never wait.
+    pub fn write_buffer_size(mut self, bytes: usize) -> ConnOptions {
+        self.manager.writer_high_water = bytes;
+        self
+    }
+
+    /// The most data bytes per frame of the requests sent (default 0:
+    /// 64 KiB; Go's `SplitSize`). Larger messages go out in several
+    /// frames. Flow-controlled streams never send frames over
+    /// [`FlowControl::FRAME`].
+    pub fn split_size(mut self, bytes: usize) -> ConnOptions {
+        self.manager.stream.split_size = bytes;
         self
     }
 }
@@ -94,6 +253,7 @@ pub struct CallOptions {
     deadline: Option<Instant>,
     cancel: Option<CancellationToken>,
     compression: Option<Compression>,
+    compression_if_accepted: Option<Compression>,
 }
 
 impl CallOptions {
@@ -141,12 +301,27 @@ impl CallOptions {
     /// size before or after compression.
     ///
     /// **Only toward servers that accept it** (CockroachDB's fork, or a
-    /// server of this implementation): there is no negotiation, and a
+    /// server of this implementation): this does not wait for the server to
+    /// say it accepts it ([`CallOptions::compression_if_accepted`] does), and a
     /// stock Go server would hand the compressed bytes to its decoder. A
     /// server that does not know the algorithm refuses the call with
     /// Unimplemented.
     pub fn compression(mut self, compression: Compression) -> Self {
         self.compression = Some(compression);
+        self.compression_if_accepted = None;
+        self
+    }
+
+    /// Compresses the call's messages with `compression` if the server has
+    /// said, on this connection, that it decompresses it; otherwise the
+    /// call goes uncompressed (whatever the connection's setting). A
+    /// server of this implementation says so when it accepts a call's
+    /// flow-control offer (on by default), so the first call of a
+    /// connection goes plain and later ones compressed; stock Go servers
+    /// and the fork never say it, and get plain calls.
+    pub fn compression_if_accepted(mut self, compression: Compression) -> Self {
+        self.compression_if_accepted = Some(compression);
+        self.compression = None;
         self
     }
 
@@ -248,6 +423,37 @@ impl Conn {
         }
     }
 
+    /// Dials a TCP address (`"host:port"`, a `SocketAddr`) with
+    /// TCP_NODELAY set, and runs a TLS handshake with `config` over it,
+    /// checking the server's certificate against `server_name` (also sent
+    /// as SNI); the `tls` feature. A failure, of the TCP connect or of the
+    /// handshake, is [`Error::Connect`], naming `addr`.
+    ///
+    /// A [`Channel`](crate::Channel) dials TLS with
+    /// [`Endpoint::tls`](crate::Endpoint::tls), which also bounds the
+    /// handshake with its connect timeout; a bare `Conn` has no timeout
+    /// of its own: wrap this in `tokio::time::timeout` for one.
+    #[cfg(feature = "tls")]
+    pub async fn connect_tls(
+        addr: impl tokio::net::ToSocketAddrs + fmt::Display,
+        server_name: crate::tls::ServerName<'static>,
+        config: Arc<crate::tls::ClientConfig>,
+        opts: ConnOptions,
+    ) -> Result<Conn, Error> {
+        let name = addr.to_string();
+        let dial = async {
+            let socket = tokio::net::TcpStream::connect(addr).await?;
+            socket.set_nodelay(true)?;
+            crate::tls::TlsLayer::new(server_name, config)
+                .handshake(socket)
+                .await
+        };
+        match dial.await {
+            Ok(stream) => Ok(Conn::new(stream, opts)),
+            Err(e) => Err(Error::connect(name, e)),
+        }
+    }
+
     /// Dials a Unix-domain socket. A failure is [`Error::Connect`], naming
     /// the path.
     #[cfg(unix)]
@@ -278,9 +484,20 @@ impl Conn {
         self.manager.closed().await
     }
 
-    /// The compression of a call: its own, or the connection's.
+    /// The compression of a call: its own, or the connection's; either
+    /// may wait for the server to say it decompresses it.
     fn compression(&self, opts: &CallOptions) -> Option<Compression> {
-        opts.compression.or(self.manager.options().compression)
+        match (opts.compression, opts.compression_if_accepted) {
+            (Some(compression), _) => Some(compression),
+            (None, Some(compression)) => {
+                let accepted = self.manager.peer_compressions();
+                if accepted.is_empty() {
+                    self.manager.learn_peer_compressions();
+                }
+                Some(compression).filter(|c| accepted.contains(*c))
+            }
+            (None, None) => self.manager.default_compression(),
+        }
     }
 
     /// Makes a unary call with protobuf messages.
@@ -1099,4 +1316,233 @@ fn poll_decode<Resp, E: Encoding<Resp>>(
         Ok(Some(data)) => encoding.decode(data).map(Some).map_err(Error::Decode),
         Err(e) => Err(e.into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drpc_manager::{
+        DEFAULT_CONNECTION_MEMORY, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SHARED_MEMORY,
+        DEFAULT_SHARED_WRITE_MEMORY,
+    };
+    use drpc_stream::{
+        DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES, DEFAULT_WRITER_HIGH_WATER,
+        FlowControlMode,
+    };
+
+    #[test]
+    fn new_is_the_documented_defaults() {
+        let opts = ConnOptions::new();
+        let m = &opts.manager;
+        assert_eq!(m.stream.max_packet_size, crate::DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(m.max_concurrent_streams, DEFAULT_MAX_CONCURRENT_STREAMS);
+        assert_eq!(m.stream.flow_control, FlowControl::auto());
+        assert_eq!(m.stream.recv_queue_messages, DEFAULT_RECV_QUEUE_MESSAGES);
+        assert_eq!(m.stream.recv_queue_bytes, DEFAULT_RECV_QUEUE_BYTES);
+        assert_eq!(m.max_connection_memory, DEFAULT_CONNECTION_MEMORY);
+        assert_eq!(
+            m.shared_memory.as_ref().map(|b| b.limit()),
+            Some(DEFAULT_SHARED_MEMORY)
+        );
+        assert_eq!(
+            m.shared_write_memory.as_ref().map(|b| b.limit()),
+            Some(DEFAULT_SHARED_WRITE_MEMORY)
+        );
+        assert_eq!(m.writer_high_water, DEFAULT_WRITER_HIGH_WATER);
+        assert_eq!(m.stream.split_size, 0);
+        assert!(!m.sequential);
+        assert_eq!(m.compression, None);
+    }
+
+    #[test]
+    fn max_message_size_sets_the_packet_limit() {
+        let opts = ConnOptions::new().max_message_size(16 << 20);
+        assert_eq!(opts.manager.stream.max_packet_size, 16 << 20);
+    }
+
+    #[test]
+    fn max_concurrent_streams_sets_the_stream_limit() {
+        let opts = ConnOptions::new().max_concurrent_streams(7);
+        assert_eq!(opts.manager.max_concurrent_streams, 7);
+    }
+
+    #[test]
+    fn flow_control_sets_the_streams_flow_control() {
+        let fc = FlowControl::fork()
+            .with_window(1 << 20, 256 << 10)
+            .expect("live");
+        let opts = ConnOptions::new().flow_control(fc);
+        assert_eq!(opts.manager.stream.flow_control, fc);
+        assert_eq!(
+            opts.manager.stream.flow_control.mode(),
+            FlowControlMode::Fork
+        );
+        let opts = ConnOptions::new().flow_control(FlowControl::off());
+        assert_eq!(
+            opts.manager.stream.flow_control.mode(),
+            FlowControlMode::Off
+        );
+    }
+
+    #[test]
+    fn recv_queue_sets_both_bounds() {
+        let opts = ConnOptions::new().recv_queue(3, 4096);
+        assert_eq!(opts.manager.stream.recv_queue_messages, 3);
+        assert_eq!(opts.manager.stream.recv_queue_bytes, 4096);
+    }
+
+    #[test]
+    fn max_connection_memory_sets_the_connection_budget() {
+        let opts = ConnOptions::new().max_connection_memory(1 << 20);
+        assert_eq!(opts.manager.max_connection_memory, 1 << 20);
+    }
+
+    #[test]
+    fn shared_memory_makes_a_budget_clones_share() {
+        let opts = ConnOptions::new().shared_memory(Some(5 << 20));
+        let budget = opts.manager.shared_memory.clone().expect("a budget");
+        assert_eq!(budget.limit(), 5 << 20);
+        let clone = opts.clone();
+        assert!(Arc::ptr_eq(
+            &budget,
+            clone.manager.shared_memory.as_ref().expect("shared")
+        ));
+        assert!(
+            ConnOptions::new()
+                .shared_memory(None)
+                .manager
+                .shared_memory
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn shared_memory_budget_shares_a_given_budget() {
+        let budget = Arc::new(MemoryBudget::new(1 << 20, None));
+        let a = ConnOptions::new().shared_memory_budget(Some(budget.clone()));
+        let b = ConnOptions::sequential().shared_memory_budget(Some(budget.clone()));
+        assert!(Arc::ptr_eq(
+            &budget,
+            a.manager.shared_memory.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            &budget,
+            b.manager.shared_memory.as_ref().unwrap()
+        ));
+        assert!(
+            ConnOptions::new()
+                .shared_memory_budget(None)
+                .manager
+                .shared_memory
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn shared_write_memory_makes_a_write_budget() {
+        let opts = ConnOptions::new().shared_write_memory(Some(3 << 20));
+        assert_eq!(
+            opts.manager.shared_write_memory.as_ref().map(|b| b.limit()),
+            Some(3 << 20)
+        );
+        // The read budget is left alone.
+        assert_eq!(
+            opts.manager.shared_memory.as_ref().map(|b| b.limit()),
+            Some(DEFAULT_SHARED_MEMORY)
+        );
+        assert!(
+            ConnOptions::new()
+                .shared_write_memory(None)
+                .manager
+                .shared_write_memory
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn shared_write_memory_budget_shares_a_given_budget() {
+        let budget = Arc::new(MemoryBudget::new(1 << 20, None));
+        let opts = ConnOptions::new().shared_write_memory_budget(Some(budget.clone()));
+        assert!(Arc::ptr_eq(
+            &budget,
+            opts.manager.shared_write_memory.as_ref().unwrap()
+        ));
+        assert!(
+            ConnOptions::new()
+                .shared_write_memory_budget(None)
+                .manager
+                .shared_write_memory
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn write_buffer_size_sets_the_writer_bound() {
+        let opts = ConnOptions::new().write_buffer_size(64 << 10);
+        assert_eq!(opts.manager.writer_high_water, 64 << 10);
+    }
+
+    #[test]
+    fn split_size_sets_the_frame_size() {
+        let opts = ConnOptions::new().split_size(1024);
+        assert_eq!(opts.manager.stream.split_size, 1024);
+    }
+
+    #[test]
+    fn sequential_mode_turns_sequential_on_and_off() {
+        assert!(ConnOptions::new().sequential_mode(true).manager.sequential);
+        assert!(
+            !ConnOptions::sequential()
+                .sequential_mode(false)
+                .manager
+                .sequential
+        );
+        assert!(ConnOptions::sequential().manager.sequential);
+    }
+
+    #[test]
+    fn compression_sets_every_calls_compression() {
+        let opts = ConnOptions::new().compression(Compression::Snappy);
+        assert_eq!(opts.manager.compression, Some(Compression::Snappy));
+    }
+
+    #[test]
+    fn fork_flow_control_sets_the_forks_settings() {
+        let opts = ConnOptions::fork_flow_control();
+        assert_eq!(opts.manager.stream.flow_control, FlowControl::fork());
+        assert_eq!(
+            opts.manager.stream.max_packet_size,
+            FlowControl::FORK_MAX_MESSAGE
+        );
+    }
+
+    #[test]
+    fn builders_leave_the_other_settings_alone() {
+        let opts = ConnOptions::new()
+            .max_message_size(1)
+            .max_concurrent_streams(2)
+            .recv_queue(3, 4)
+            .max_connection_memory(5)
+            .write_buffer_size(6)
+            .split_size(7)
+            .sequential_mode(true)
+            .compression(Compression::Snappy)
+            .flow_control(FlowControl::off());
+        let m = &opts.manager;
+        assert_eq!(
+            (
+                m.stream.max_packet_size,
+                m.max_concurrent_streams,
+                m.stream.recv_queue_messages,
+                m.stream.recv_queue_bytes,
+                m.max_connection_memory,
+                m.writer_high_water,
+                m.stream.split_size,
+            ),
+            (1, 2, 3, 4, 5, 6, 7)
+        );
+        assert!(m.sequential);
+        assert_eq!(m.compression, Some(Compression::Snappy));
+        assert_eq!(m.stream.flow_control, FlowControl::off());
+    }
 }

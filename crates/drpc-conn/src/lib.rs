@@ -16,10 +16,18 @@
 //!   [`CallOptions::cancel_on`].
 //! * **Compression** ([`CallOptions::compression`], or for every call
 //!   [`ConnOptions::compression`]): CockroachDB's fork's per-call Snappy
-//!   compression of every message, both ways. Off by default and never
-//!   negotiated: turn it on only toward servers that accept it (the fork,
-//!   or a server of this implementation); a stock Go server would hand the
-//!   compressed bytes to its decoder.
+//!   compression of every message, both ways. Off by default. Configured,
+//!   it compresses at once: only toward servers that accept it (the fork,
+//!   or a server of this implementation), since a stock Go server would
+//!   hand the compressed bytes to its decoder. Negotiated
+//!   ([`ConnOptions::compression_if_accepted`],
+//!   [`CallOptions::compression_if_accepted`]), it waits for the server
+//!   to say it decompresses it, which a server of this implementation does
+//!   when it accepts a call's flow-control offer: safe toward any server.
+//! * **Settings** of a connection ([`ConnOptions`]): message size, stream
+//!   limits, flow control, receive queues, memory budgets, sequential
+//!   mode, compression; what they take ([`FlowControl`],
+//!   [`MemoryBudget`], the defaults) is re-exported here.
 //! * **Errors** ([`Error`]) say whether the server answered with an error
 //!   (its code and message), the call was cancelled or ran out of time, or
 //!   the connection was lost or broke the protocol.
@@ -28,8 +36,7 @@
 //!
 //! ```
 //! use bytes::Bytes;
-//! use drpc_conn::{CallOptions, Conn, ConnOptions};
-//! use drpc_stream::Raw;
+//! use drpc_conn::{CallOptions, Conn, ConnOptions, Raw};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> anyhow::Result<()> {
@@ -110,12 +117,29 @@
 //! # }
 //! ```
 
+//! # TLS
+//!
+//! With the `tls` feature (rustls, without a crypto provider) or
+//! `tls-ring` (with rustls' ring provider), a channel dials TLS over TCP:
+//! `Endpoint::tcp(addr).tls(server_name, config)` runs a handshake with
+//! a rustls `ClientConfig` on every connection it makes, checking the
+//! server's certificate against `server_name`, and keeps every other
+//! setting of the endpoint (connect timeout, keepalive, TCP_NODELAY, the
+//! migration header, sent inside TLS). Mutual TLS is a matter of the
+//! `ClientConfig` (`with_client_auth_cert`). `Conn::connect_tls` dials
+//! one connection the same way. The `tls` module re-exports rustls, its
+//! `ClientConfig` and `ServerName`, so that no other dependency is
+//! needed; `Endpoint::tls` has an example. The server side is
+//! drpc-server's `serve_tls`, with the same features.
+
 mod channel;
 mod conn;
 mod error;
 mod header;
 mod invoker;
 mod service;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use channel::{
     Backoff, Channel, Connectivity, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
@@ -133,3 +157,18 @@ pub use service::{
     InterceptedChannel, Interceptor, Request, ServiceInvoker, from_layer_error, with_interceptor,
 };
 pub use tokio_util::sync::CancellationToken;
+
+// What the options take, so that setting them needs no other crate.
+pub use drpc_manager::{
+    DEFAULT_CONNECTION_MEMORY, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SHARED_MEMORY,
+    DEFAULT_SHARED_WRITE_MEMORY, ManagerOptions,
+};
+pub use drpc_stream::{
+    ConnectionError, DEFAULT_RECV_QUEUE_BYTES, DEFAULT_RECV_QUEUE_MESSAGES,
+    DEFAULT_WRITER_HIGH_WATER, FlowControl, FlowControlError, FlowControlMode, MemoryBudget,
+    StreamOptions,
+};
+
+/// The default largest message sent and accepted
+/// ([`ConnOptions::max_message_size`]): 4 MiB, as Go's.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = drpc_wire::DEFAULT_MAX_PACKET_SIZE;

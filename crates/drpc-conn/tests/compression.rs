@@ -141,6 +141,109 @@ async fn a_connection_compresses_every_call() {
     .expect("in time");
 }
 
+/// Negotiated compression, for the connection or for one call: the first
+/// unary call goes plain and asks the server (a server of this
+/// implementation) what it decompresses; the next ones are compressed.
+/// Toward a server that never says (flow control off, as a stock Go
+/// server), every call stays plain, and after a few calls the client stops
+/// asking.
+#[tokio::test]
+async fn compression_if_accepted_follows_what_the_server_says() {
+    tokio::time::timeout(LIMIT, async {
+        let calls = [
+            (
+                ConnOptions::default().compression_if_accepted(Compression::Snappy),
+                CallOptions::new(),
+            ),
+            (
+                ConnOptions::default(),
+                CallOptions::new().compression_if_accepted(Compression::Snappy),
+            ),
+        ];
+        for (conn_opts, call_opts) in calls {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let mut seen = echo_server(b);
+            let conn = Conn::new(a, conn_opts);
+            let mut compressions = Vec::new();
+            for _ in 0..3 {
+                let reply: Bytes = conn
+                    .unary_with(&Raw, RPC, &Bytes::from(text(5000)), &call_opts)
+                    .await
+                    .expect("unary");
+                assert_eq!(reply, text(5000));
+                let (compression, metadata) = seen.recv().await.expect("served");
+                assert!(
+                    !metadata.contains_key(drpc_wire::FLOW_CONTROL_METADATA_KEY),
+                    "the server takes its key out"
+                );
+                compressions.push(compression);
+            }
+            let snappy = Some(Compression::Snappy);
+            assert_eq!(compressions, [None, snappy, snappy], "{call_opts:?}");
+        }
+
+        // A server that never accepts an offer (a stock Go server): a raw
+        // one, which records whether each call offered flow control and
+        // was compressed.
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (r, mut w) = tokio::io::split(b);
+        let mut reader = FrameReader::new(r, 1 << 20);
+        let offers = tokio::spawn(async move {
+            let mut offers = Vec::new();
+            for _ in 0..6 {
+                let request = read_request(&mut reader).await;
+                let stream = request[0].id.stream;
+                let md = match request[0].kind {
+                    Kind::INVOKE_METADATA => decode_metadata(&request[0].data).expect("metadata"),
+                    _ => Metadata::new(),
+                };
+                offers.push((
+                    md.contains_key(drpc_wire::FLOW_CONTROL_METADATA_KEY),
+                    md.contains_key(COMPRESSION_METADATA_KEY),
+                ));
+                let mut out = Vec::new();
+                append_packet(&mut out, Id::new(stream, 1), Kind::MESSAGE, false, b"ok", 0);
+                append_packet(
+                    &mut out,
+                    Id::new(stream, 2),
+                    Kind::CLOSE_SEND,
+                    false,
+                    &[],
+                    0,
+                );
+                w.write_all(&out).await.expect("write");
+            }
+            offers
+        });
+        let conn = Conn::new(
+            a,
+            ConnOptions::default().compression_if_accepted(Compression::Snappy),
+        );
+        for _ in 0..6 {
+            let reply: Bytes = conn
+                .unary_with(&Raw, RPC, &Bytes::from(text(100)), &CallOptions::new())
+                .await
+                .expect("unary");
+            assert_eq!(reply, "ok");
+        }
+        let offers = offers.await.expect("server");
+        assert_eq!(
+            offers,
+            [
+                (true, false),
+                (true, false),
+                (true, false),
+                (true, false),
+                (false, false),
+                (false, false)
+            ],
+            "plain calls; the offer stops after four unanswered ones"
+        );
+    })
+    .await
+    .expect("in time");
+}
+
 /// A raw server: reads frames until the client's CloseSend on stream 1.
 async fn read_request(reader: &mut FrameReader<ReadHalf<DuplexStream>>) -> Vec<Frame> {
     let mut frames = Vec::new();

@@ -162,7 +162,7 @@ pub fn register(mux: &mut Mux, service: HealthService) {
 pub fn grpc_service(
     service: HealthService,
 ) -> pb::health_server::HealthServer<pb::HealthGrpcAdapter<HealthService>> {
-    pb::health_server::HealthServer::new(pb::HealthGrpcAdapter(Arc::new(service)))
+    pb::health_server::HealthServer::new(pb::HealthGrpcAdapter::new(Arc::new(service)))
 }
 
 /// Sets the statuses a [`HealthService`] reports: the application's half

@@ -50,8 +50,9 @@ its own flow control, so they take no --sequential nor --flow-control.
 
 serve --shared-port serves one port for DRPC (with or without the migration
 header DRPC!!!1 of Go's drpcmigrate), gRPC (the grpc-serve service, feature
-grpc) and HTTP/1 (answered 501 Not Implemented: no HTTP/JSON bridge yet),
-telling them apart by each connection's first bytes.";
+grpc) and HTTP/1 (the HTTP/JSON bridge: POST /service.Service/Method1 with
+application/json or application/protobuf), telling them apart by each
+connection's first bytes.";
 
 /// Options as `--name value` pairs and `--flag`s.
 struct Args {

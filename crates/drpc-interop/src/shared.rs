@@ -7,8 +7,9 @@
 //! * HTTP/2 connections (gRPC) are served by tonic, with the same service
 //!   ([`TonicService`](crate::grpc::TonicService)), when the `grpc`
 //!   feature is on; without it they are closed.
-//! * HTTP/1 requests are answered `501 Not Implemented`: the HTTP/JSON
-//!   bridge of the service is not written yet.
+//! * HTTP/1 requests are served by the HTTP/JSON bridge ([`drpc_http`]):
+//!   `POST /service.Service/Method1` with a JSON or protobuf body, called
+//!   through the same DRPC [`Server`] (its limits and shutdown apply).
 //!
 //! tonic serves any transport that implements its `Connected` trait;
 //! drpc-server knows nothing of tonic, so [`GrpcTransport`] wraps the
@@ -38,25 +39,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use drpc_conn::Channel;
+use drpc_http::Bridge;
 use drpc_server::shared_port::{self, Route, SniffOptions};
 use drpc_server::{Rewind, Server};
 use futures_util::StreamExt as _;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// What every HTTP/1 request is answered.
-pub const HTTP1_RESPONSE: &[u8] = b"HTTP/1.1 501 Not Implemented\r\n\
-content-type: text/plain\r\n\
-content-length: 45\r\n\
-connection: close\r\n\
-\r\n\
-the HTTP/JSON bridge is not implemented yet.\n";
-
-/// The most bytes of an HTTP/1 request head read before answering.
-const HTTP1_HEAD_LIMIT: usize = 16 * 1024;
-
-/// How long an HTTP/1 client may take to send its request head.
+/// How long an HTTP/1 client may take to send a request head.
 const HTTP1_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection of the shared port's HTTP/2 route, as tonic serves it:
@@ -120,7 +114,7 @@ impl AsyncWrite for GrpcTransport {
 
 /// Serves `listener` as a shared port (see the [module](self)): DRPC with
 /// `server`, gRPC with tonic (messages of at most `max_message_size`
-/// bytes), HTTP/1 with a 501, until `shutdown` resolves; then shuts
+/// bytes), HTTP/1 with the HTTP/JSON bridge to `server`, until `shutdown` resolves; then shuts
 /// `server` down with `grace` and lets tonic finish its calls. Returns
 /// the DRPC server's error, else tonic's.
 pub async fn serve_shared_port(
@@ -131,7 +125,11 @@ pub async fn serve_shared_port(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let port = shared_port::split(listener, SniffOptions::new())?;
-    let http1 = tokio::spawn(answer_http1(port.http1));
+    let bridge = Bridge::for_server(server.clone())
+        .max_message_size(max_message_size)
+        .descriptors(crate::pb::SERVICE_DESCRIPTOR_SET)
+        .map_err(io::Error::other)?;
+    let http1 = tokio::spawn(serve_http1(port.http1, bridge));
     let (stop, stopped) = watch::channel(false);
     #[cfg(feature = "grpc")]
     let grpc = {
@@ -173,24 +171,17 @@ pub async fn serve_shared_port(
     result.and(grpc_result)
 }
 
-/// Answers every connection of the HTTP/1 route with
-/// [`HTTP1_RESPONSE`], each in a task of its own.
-async fn answer_http1(mut route: Route<Rewind<TcpStream>>) {
+/// Serves every connection of the HTTP/1 route with the bridge, each in a
+/// task of its own.
+async fn serve_http1(mut route: Route<Rewind<TcpStream>>, bridge: Bridge<Channel>) {
     while let Some(Ok(conn)) = route.next().await {
+        let service = TowerToHyperService::new(bridge.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(HTTP1_HEAD_TIMEOUT, answer_501(conn)).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HTTP1_HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(conn), service)
+                .await;
         });
     }
-}
-
-/// Reads a request head (up to its blank line), answers 501 and closes.
-async fn answer_501(mut conn: Rewind<TcpStream>) -> io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < HTTP1_HEAD_LIMIT {
-        if conn.read_buf(&mut head).await? == 0 {
-            break;
-        }
-    }
-    conn.write_all(HTTP1_RESPONSE).await?;
-    conn.shutdown().await
 }

@@ -9,6 +9,10 @@
 //!   answer is only written once the Rust server has answered). What the
 //!   Rust server writes must decode to the packets of the Go server's
 //!   capture (`NAME.server.hex`).
+//! * **shared-port replay**: the same, over TCP to a shared port
+//!   (`drpc_server::shared_port`), once as the capture and once after the
+//!   migration header `DRPC!!!1` (the reference's `drpcmigrate`
+//!   constant), as a Go client of a `drpcmigrate` listener dials.
 //! * **client replay**: the Rust client, in sequential mode, makes the
 //!   scenario's call(s) against a scripted peer that answers with the
 //!   recorded Go server bytes. What the Rust client writes must decode to
@@ -313,20 +317,78 @@ fn report(name: &str, what: &str, m: &Match) {
 // Server replay: the Go client's bytes against the Rust server
 // ---------------------------------------------------------------------------
 
-async fn server_replay(name: &'static str) {
-    within(TEST_LIMIT, name, server_replay_inner(name)).await
+/// How the Go client's bytes reach the Rust server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// One connection, served directly.
+    Connection,
+    /// A TCP connection to a shared port (`drpc_server::shared_port`),
+    /// preceded or not by the migration header a Go client of a
+    /// `drpcmigrate` listener sends.
+    SharedPort { header: bool },
 }
 
-async fn server_replay_inner(name: &'static str) {
+/// The reference's `drpcmigrate.DRPCHeader`, as its Go source spells it.
+const GO_MIGRATION_HEADER: &str = "DRPC!!!1";
+
+async fn server_replay(name: &'static str) {
+    within(TEST_LIMIT, name, server_replay_inner(name, Via::Connection)).await
+}
+
+async fn shared_port_replay(name: &'static str, header: bool) {
+    within(
+        TEST_LIMIT,
+        name,
+        server_replay_inner(name, Via::SharedPort { header }),
+    )
+    .await
+}
+
+async fn server_replay_inner(name: &'static str, via: Via) {
     let sc = scenario(name);
     let go_client = decode_vector(name, Side::Client);
     let go_server = decode_vector(name, Side::Server);
     let (_, optional) = optional_tails(&go_client);
 
-    let (client_io, server_io) = tokio::io::duplex(PIPE);
-    let server =
-        tokio::spawn(async move { Server::new(service_mux()).serve_connection(server_io).await });
-    let (read_half, mut write_half) = tokio::io::split(client_io);
+    let (server, read_half, mut write_half) = match via {
+        Via::Connection => {
+            let (client_io, server_io) = tokio::io::duplex(PIPE);
+            let server = tokio::spawn(async move {
+                Some(Server::new(service_mux()).serve_connection(server_io).await)
+            });
+            let (read_half, write_half) = tokio::io::split(client_io);
+            (
+                server,
+                ReadHalfOf::Duplex(read_half),
+                WriteHalfOf::Duplex(write_half),
+            )
+        }
+        Via::SharedPort { header } => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("local address");
+            let port = drpc_server::shared_port::split(listener, drpc_server::SniffOptions::new())
+                .expect("split");
+            let server = tokio::spawn(async move {
+                let server = Server::new(service_mux());
+                let _ = server.serve_incoming(port.drpc).await;
+                None
+            });
+            let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            if header {
+                tokio::io::AsyncWriteExt::write_all(&mut socket, GO_MIGRATION_HEADER.as_bytes())
+                    .await
+                    .expect("write the header");
+            }
+            let (read_half, write_half) = socket.into_split();
+            (
+                server,
+                ReadHalfOf::Tcp(read_half),
+                WriteHalfOf::Tcp(write_half),
+            )
+        }
+    };
     let recorder = Recorder::spawn(read_half);
 
     let what = format!("{name}: replaying the Go client to the Rust server");
@@ -354,12 +416,24 @@ async fn server_replay_inner(name: &'static str) {
         tokio::io::AsyncWriteExt::shutdown(&mut write_half),
     )
     .await;
-    let end = within(STEP_LIMIT, "serve_connection to return", server)
-        .await
-        .expect("server task");
-    let actual = recorder
-        .finish(&format!("{name}: the Rust server's output"))
-        .await;
+    let (actual, end) = match via {
+        Via::Connection => {
+            let end = within(STEP_LIMIT, "serve_connection to return", server)
+                .await
+                .expect("server task");
+            let actual = recorder
+                .finish(&format!("{name}: the Rust server's output"))
+                .await;
+            (actual, end)
+        }
+        Via::SharedPort { .. } => {
+            let actual = recorder
+                .finish(&format!("{name}: the Rust server's output"))
+                .await;
+            server.abort();
+            (actual, None)
+        }
+    };
 
     match compare(Side::Server, &go_server, &actual, optional) {
         Ok(m) => report(name, "Rust server vs Go server", &m),
@@ -368,10 +442,12 @@ async fn server_replay_inner(name: &'static str) {
     if let Err(e) = actual.check_connection_order() {
         panic!("{name}: the Rust server's frames break the connection-wide id order: {e}");
     }
-    assert!(
-        !end.is_protocol_violation(),
-        "{name}: the Rust server saw a protocol violation in the Go client's bytes: {end}"
-    );
+    if let Some(end) = end {
+        assert!(
+            !end.is_protocol_violation(),
+            "{name}: the Rust server saw a protocol violation in the Go client's bytes: {end}"
+        );
+    }
     if name == "cancel_hard" {
         assert!(
             actual.bytes.is_empty(),
@@ -832,6 +908,64 @@ fn table_matches_the_vectors() {
 // One server replay and one client replay per scenario
 // ---------------------------------------------------------------------------
 
+/// The reading half of the transport a replay goes over.
+enum ReadHalfOf {
+    Duplex(tokio::io::ReadHalf<tokio::io::DuplexStream>),
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+}
+
+/// The writing half of the transport a replay goes over.
+enum WriteHalfOf {
+    Duplex(tokio::io::WriteHalf<tokio::io::DuplexStream>),
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+}
+
+impl tokio::io::AsyncRead for ReadHalfOf {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ReadHalfOf::Duplex(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            ReadHalfOf::Tcp(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for WriteHalfOf {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalfOf::Duplex(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            WriteHalfOf::Tcp(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteHalfOf::Duplex(w) => std::pin::Pin::new(w).poll_flush(cx),
+            WriteHalfOf::Tcp(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteHalfOf::Duplex(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            WriteHalfOf::Tcp(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
 macro_rules! replay_tests {
     ($($name:ident),* $(,)?) => {$(
         #[allow(non_snake_case)]
@@ -839,6 +973,16 @@ macro_rules! replay_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rust_server_answers_go_client() {
                 super::server_replay(stringify!($name)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rust_shared_port_answers_go_client() {
+                super::shared_port_replay(stringify!($name), false).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rust_shared_port_answers_go_client_with_the_migration_header() {
+                super::shared_port_replay(stringify!($name), true).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

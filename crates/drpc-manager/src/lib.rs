@@ -200,13 +200,17 @@
 //!   "<name>"`. The fork's server ends the whole connection
 //!   instead; being liberal costs nothing here, since nothing of the
 //!   stream has been read.
-//! * **No negotiation.** The server never answers the key, so a client
-//!   cannot tell whether its server accepts it. A stock (storj) server
-//!   would pass the key to its handler and hand the compressed bytes to
-//!   its decoder. **Set compression only toward servers known to accept
-//!   it**: the fork, or a server of this implementation. Negotiating it
-//!   between peers of this implementation, through the flow-control offer
-//!   and its acceptance (kind 9), is future work.
+//! * **Configured or negotiated.** The server never answers the key, and
+//!   a stock (storj) server would pass it to its handler and hand the
+//!   compressed bytes to its decoder: set [`ManagerOptions::compression`]
+//!   only toward servers known to accept it (the fork, or a server of
+//!   this implementation). [`ManagerOptions::compression_if_accepted`]
+//!   is safe toward any server: a server of this implementation lists
+//!   what it decompresses when it accepts a stream's flow-control offer
+//!   (kind 9, [`drpc_wire::FlowNegotiation::Accept`]), and the client
+//!   compresses only the streams it opens after that
+//!   ([`Manager::peer_compressions`]). Servers that never accept an offer
+//!   (stock Go, the fork, flow control off) get plain streams.
 //!
 //! # Example
 //!

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::Poll;
 
@@ -15,9 +15,9 @@ use drpc_stream::{
     new_stream_with_compression,
 };
 use drpc_wire::{
-    COMPRESSION_METADATA_KEY, Code, CodedError, Compression, ConnectionIdOrder,
-    FLOW_CONTROL_METADATA_KEY, FlowParams, Frame, FrameHead, FrameReader, Id, Kind,
-    MIGRATION_HEADER, Metadata, ReadError, Sniffed, WindowUpdate, append_frame, sniff,
+    COMPRESSION_METADATA_KEY, Code, CodedError, Compression, CompressionSet, ConnectionIdOrder,
+    FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams, Frame, FrameHead, FrameReader, Id,
+    Kind, MIGRATION_HEADER, Metadata, ReadError, Sniffed, WindowUpdate, append_frame, sniff,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -130,6 +130,10 @@ impl Drop for Handle {
     }
 }
 
+/// How many unary calls of a connection offer flow control to learn what
+/// the server decompresses before giving up on an answer.
+const MAX_UNARY_PROBES: u64 = 4;
+
 struct Inner {
     role: Role,
     opts: ManagerOptions,
@@ -144,6 +148,18 @@ struct Inner {
     term_token: CancellationToken,
     next_stream_id: AtomicU64,
     next_serial: AtomicU64,
+    /// The bits of the [`CompressionSet`] the server last said it
+    /// decompresses (a client's connection; empty until it says).
+    peer_compressions: AtomicU64,
+    /// Whether the server has accepted a flow-control offer, and so said
+    /// what it decompresses.
+    peer_answered: AtomicBool,
+    /// Unary calls that offered flow control to learn that, while no
+    /// answer came: bounded by [`MAX_UNARY_PROBES`].
+    unary_probes: AtomicU64,
+    /// Whether a call asked to learn what the server decompresses
+    /// ([`Manager::learn_peer_compressions`]).
+    probe_wanted: AtomicBool,
     sequential: Option<Arc<Semaphore>>,
     /// Streams waiting for [`Manager::accept`]; `None` when a callback
     /// takes them ([`Manager::with_acceptor`]).
@@ -258,6 +274,10 @@ impl Manager {
             term_token: CancellationToken::new(),
             next_stream_id: AtomicU64::new(0),
             next_serial: AtomicU64::new(0),
+            peer_compressions: AtomicU64::new(0),
+            peer_answered: AtomicBool::new(false),
+            unary_probes: AtomicU64::new(0),
+            probe_wanted: AtomicBool::new(false),
             sequential: opts.sequential.then(|| Arc::new(Semaphore::new(1))),
             accept: accept_rx.map(tokio::sync::Mutex::new),
             tasks: TaskTracker::new(),
@@ -287,6 +307,54 @@ impl Manager {
         &self.handle.inner.opts
     }
 
+    /// What the server has said it decompresses, on a client's connection:
+    /// a server of this implementation lists it when it accepts a stream's
+    /// flow-control offer; empty until then, and for every other server.
+    pub fn peer_compressions(&self) -> CompressionSet {
+        CompressionSet::from_bits(self.handle.inner.peer_compressions.load(Ordering::Relaxed))
+    }
+
+    /// Makes a unary call offer flow control while the connection waits
+    /// to learn what the server decompresses
+    /// ([`ManagerOptions::compression_if_accepted`]); streams offer it
+    /// anyway. At most [`MAX_UNARY_PROBES`] calls do, so that a server that
+    /// never answers (stock Go, the fork) is not sent the offer for ever.
+    fn probe_on_unary(&self, handle: &StreamHandle) {
+        let inner = &self.handle.inner;
+        let wanted = (inner.opts.compression_if_accepted.is_some()
+            && inner.opts.compression.is_none())
+            || inner.probe_wanted.load(Ordering::Relaxed);
+        if !wanted || inner.peer_answered.load(Ordering::Relaxed) {
+            return;
+        }
+        if inner.unary_probes.fetch_add(1, Ordering::Relaxed) < MAX_UNARY_PROBES {
+            handle.offer_flow_control_on_unary();
+        }
+    }
+
+    /// Asks the next unary calls to learn what the server decompresses
+    /// (as [`ManagerOptions::compression_if_accepted`] does), for a call
+    /// that compresses only if the server accepts it; streams learn it
+    /// anyway.
+    pub fn learn_peer_compressions(&self) {
+        self.handle
+            .inner
+            .probe_wanted
+            .store(true, Ordering::Relaxed);
+    }
+
+    /// The compression a stream opened now without an explicit choice
+    /// gets: [`ManagerOptions::compression`], else
+    /// [`ManagerOptions::compression_if_accepted`] once the server has
+    /// said it decompresses it ([`Manager::peer_compressions`]).
+    pub fn default_compression(&self) -> Option<Compression> {
+        let opts = &self.handle.inner.opts;
+        opts.compression.or_else(|| {
+            opts.compression_if_accepted
+                .filter(|c| self.peer_compressions().contains(*c))
+        })
+    }
+
     /// Opens a stream for `rpc`: writes InvokeMetadata (when `metadata` is
     /// non-empty) and Invoke, and returns the stream to send and receive on.
     ///
@@ -294,7 +362,7 @@ impl Manager {
     /// terminated. Errors before an id was allocated carry stream id 0.
     /// The stream is compressed as [`ManagerOptions::compression`] says.
     pub async fn open_stream(&self, rpc: &str, metadata: &Metadata) -> Result<Stream, StreamError> {
-        self.open_stream_with(rpc, metadata, self.handle.inner.opts.compression)
+        self.open_stream_with(rpc, metadata, self.default_compression())
             .await
     }
 
@@ -331,8 +399,9 @@ impl Manager {
             .stream
             .check_message_size(message.len())
             .map_err(|e| StreamError::new(0, e))?;
-        let compression = self.handle.inner.opts.compression;
+        let compression = self.default_compression();
         let (stream, handle) = self.new_client_stream(rpc, compression).await?;
+        self.probe_on_unary(&handle);
         handle.write_unary(rpc.as_bytes(), metadata, &message)?;
         Ok(stream)
     }
@@ -346,7 +415,7 @@ impl Manager {
         metadata: &Metadata,
         buf: &mut MessageBuf,
     ) -> Result<Stream, StreamError> {
-        self.open_unary_encoded_with(rpc, metadata, buf, self.handle.inner.opts.compression)
+        self.open_unary_encoded_with(rpc, metadata, buf, self.default_compression())
             .await
     }
 
@@ -372,6 +441,7 @@ impl Manager {
                 return Err(e);
             }
         };
+        self.probe_on_unary(&handle);
         handle.write_unary_encoded(rpc.as_bytes(), metadata, buf)?;
         Ok(stream)
     }
@@ -652,6 +722,17 @@ impl Inner {
         }
     }
 
+    /// Notes what the server says it decompresses, from its acceptance of
+    /// a stream's flow-control offer (one per stream: the latest wins).
+    fn learn_compressions(&self, frame: &Frame) {
+        if let Some(FlowNegotiation::Accept(_, compressions)) = FlowNegotiation::parse(&frame.data)
+        {
+            self.peer_compressions
+                .store(compressions.bits(), Ordering::Relaxed);
+            self.peer_answered.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Routes one frame (multiplexing.md §3.3). Never waits for a stream:
     /// only handing a new stream to a full accept queue waits.
     async fn route(
@@ -661,6 +742,9 @@ impl Inner {
         accept: &mut Acceptor,
     ) -> Result<(), ConnectionError> {
         let id = frame.id.stream;
+        if frame.kind == Kind::FLOW_NEGOTIATION && self.role == Role::Client {
+            self.learn_compressions(&frame);
+        }
         if let Some((handle, alone)) = self.lookup(id) {
             return handle.handle_frame(frame, alone);
         }

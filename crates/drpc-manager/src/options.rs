@@ -101,6 +101,16 @@ pub struct ManagerOptions {
     /// what each client asks for, and refuses a stream whose compression it
     /// does not know.
     pub compression: Option<Compression>,
+    /// Like `compression`, but only once the server has said that it
+    /// decompresses it (default `None`): a server of this implementation
+    /// says so when it accepts a stream's flow-control offer (the
+    /// negotiation of flow control's auto mode, on by default on both sides),
+    /// listing what it decompresses
+    /// ([`drpc_wire::FlowNegotiation::Accept`]). Streams opened before the
+    /// first such answer, and every stream toward a server that never
+    /// gives one (a stock Go server, the fork, flow control off), go
+    /// uncompressed. `compression`, when set, wins.
+    pub compression_if_accepted: Option<Compression>,
 }
 
 impl ManagerOptions {
@@ -130,6 +140,7 @@ impl Default for ManagerOptions {
             ))),
             max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
             compression: None,
+            compression_if_accepted: None,
         }
     }
 }

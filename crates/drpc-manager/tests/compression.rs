@@ -734,3 +734,83 @@ async fn minlz_fastest_when_built_in() {
     })
     .await
 }
+
+/// One unary call of `client` served by `server`: returns the compression
+/// the server's stream had, after echoing the request.
+async fn unary_compression(client: &Manager, server: &Manager) -> Option<Compression> {
+    let call = client
+        .open_unary(
+            RPC,
+            &Default::default(),
+            Bytes::from_static(b"ping ping ping"),
+        )
+        .await
+        .expect("open");
+    let served = accept(server).await;
+    let compression = served.stream.compression();
+    let req = step("request", served.stream.recv())
+        .await
+        .expect("recv")
+        .expect("a request");
+    step("respond", served.stream.send(&req))
+        .await
+        .expect("send");
+    served.stream.close_send().expect("close");
+    let reply = step("reply", call.recv()).await.expect("recv");
+    assert_eq!(reply.as_deref(), Some(&b"ping ping ping"[..]));
+    compression
+}
+
+/// Negotiated compression: the client compresses nothing until a server of
+/// this implementation has said, in its acceptance of a flow-control offer,
+/// that it decompresses Snappy; then every new call.
+#[tokio::test]
+async fn compression_if_accepted_waits_for_the_servers_word() {
+    bounded(async {
+        let (client, server) = pair(ManagerOptions {
+            compression_if_accepted: Some(SNAPPY),
+            ..ManagerOptions::default()
+        });
+        assert!(client.peer_compressions().is_empty());
+        assert_eq!(client.default_compression(), None);
+        assert_eq!(
+            unary_compression(&client, &server).await,
+            None,
+            "the first call is plain"
+        );
+        assert!(client.peer_compressions().contains(SNAPPY));
+        assert_eq!(client.default_compression(), Some(SNAPPY));
+        assert_eq!(unary_compression(&client, &server).await, Some(SNAPPY));
+        assert_eq!(unary_compression(&client, &server).await, Some(SNAPPY));
+        // `compression`, when set, wins at once.
+        let (client, server) = pair(ManagerOptions {
+            compression: Some(SNAPPY),
+            compression_if_accepted: Some(SNAPPY),
+            ..ManagerOptions::default()
+        });
+        assert_eq!(unary_compression(&client, &server).await, Some(SNAPPY));
+    })
+    .await
+}
+
+/// A server that never accepts a flow-control offer (flow control off, as
+/// a stock Go server or the fork's) never gets a compressed call.
+#[tokio::test]
+async fn compression_if_accepted_stays_plain_toward_servers_that_say_nothing() {
+    bounded(async {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let client_opts = ManagerOptions {
+            compression_if_accepted: Some(SNAPPY),
+            ..ManagerOptions::default()
+        };
+        let mut server_opts = ManagerOptions::default();
+        server_opts.stream.flow_control = FlowControl::off();
+        let client = Manager::new(a, Role::Client, client_opts);
+        let server = Manager::new(b, Role::Server, server_opts);
+        for _ in 0..3 {
+            assert_eq!(unary_compression(&client, &server).await, None);
+        }
+        assert!(client.peer_compressions().is_empty());
+    })
+    .await
+}

@@ -356,7 +356,10 @@ async fn auto_server_accepts_an_offer() {
         };
         assert_eq!(
             FlowNegotiation::parse(&accept.data),
-            Some(FlowNegotiation::Accept(own))
+            Some(FlowNegotiation::Accept(
+                own,
+                drpc_wire::CompressionSet::supported()
+            ))
         );
         let s = Arc::new(incoming.stream);
         let sender = {

@@ -16,48 +16,82 @@
 //! work a handler hands to other tasks can watch
 //! [`RequestContext::cancelled`].
 //!
-//! # Interceptors
+//! The context's peer is the client's TCP address when tonic knows it
+//! (`tonic::Request::remote_addr`: served by tonic's transport over TCP);
+//! otherwise it is unknown. Its stream id is 0.
 //!
-//! An [`Interceptor`] is also a tonic interceptor
-//! ([`tonic::service::Interceptor`]): serving the generated adapter with
-//! it, through the generated server's `with_interceptor`,
+//! # Interceptors and layers: one configuration, enforced on both
+//!
+//! The generated adapter holds a [`Middleware`]: the interceptor and the
+//! `tower` layers a [`Mux`](crate::Mux) was configured with. Built from
+//! the mux,
 //!
 //! ```text
-//! let auth: drpc_mux::Interceptor = /* … */;
-//! mux.with_interceptor(auth.clone()); // DRPC
-//! let grpc = EchoServer::with_interceptor(EchoGrpcAdapter(service), auth); // gRPC
+//! let mut mux = Mux::new();
+//! register_echo_drpc(&mut mux, service.clone());
+//! mux.with_interceptor(auth).layer(limits);                    // configure once
+//! let grpc = EchoServer::new(EchoGrpcAdapter::from_mux(service, &mux)); // gRPC
+//! let drpc = Server::new(mux);                                  // DRPC
 //! ```
 //!
-//! makes the adapter run it, with the method's path, on the context it
-//! builds for each call, before the implementation: a call it rejects gets
-//! its error as the gRPC status (code 16 stays Unauthenticated), and what
-//! it adds to the context's extensions the implementation sees, exactly as
-//! over DRPC. (tonic's hook does not see the method's path; it only hands
-//! the interceptor to the adapter, which does.) The generated adapter's
-//! types exist only in the crate that generates them, so this sketch is not
-//! compiled here; `drpc-codegen-tests`' `grpc_interceptor` test runs it.
+//! it runs them on every gRPC call exactly as the mux does on DRPC calls:
+//! the interceptor on the context it builds (with the method's path), then
+//! the layers, which see a [`Call`] of [`Protocol::Grpc`], then the
+//! implementation. A call they reject gets their error as the gRPC status
+//! (code 16 stays Unauthenticated); what they add to the context's
+//! extensions the implementation sees. Nothing else has to be remembered
+//! when serving: the checks travel with the adapter.
+//! `EchoGrpcAdapter::new(service)` has no middleware (the health service,
+//! say); `with_middleware` takes any [`Middleware`].
+//!
+//! For a streaming method, the adapter awaits the layers until they call
+//! the implementation: a call they reject fails at once with their
+//! status, as a unary call does, rather than as a stream that ends in an
+//! error.
+//!
+//! A panic in the interceptor, a layer or the implementation fails the
+//! call with Internal, `internal error: handler panicked`, as the DRPC
+//! server answers one; tonic does not see it.
+//!
+//! An [`Interceptor`] is also a tonic interceptor
+//! ([`tonic::service::Interceptor`]): the older way,
+//! `EchoServer::with_interceptor(EchoGrpcAdapter::new(service), auth)`,
+//! still works; an interceptor attached through tonic's hook runs in place
+//! of the adapter's own.
+//!
+//! The generated adapter's types exist only in the crate that generates
+//! them, so these sketches are not compiled here; `drpc-codegen-tests`'
+//! `grpc_layers` and `grpc_interceptor` tests run them.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use drpc_wire::{Code, CodedError, Metadata, parse_timeout};
 use futures_core::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Interceptor, RequestContext, RequestStream, ResponseSink};
+#[cfg(doc)]
+use crate::Protocol;
+use crate::layer::{Call, Continuation};
+use crate::{
+    ConnectionInfo, Interceptor, Middleware, PeerInfo, RequestContext, RequestStream, ResponseSink,
+};
 
 /// How many responses a streaming handler may get ahead of the gRPC
 /// transport.
 const RESPONSE_BUFFER: usize = 16;
 
-/// The context of a gRPC call: its ASCII metadata and the deadline of its
-/// `grpc-timeout` header. It runs no [`Interceptor`] and its token is
-/// never cancelled: [`unary`], [`client_streaming`] and
-/// [`spawn_responses`], which the generated adapters call, do both.
+/// The context of a gRPC call: its ASCII metadata, the deadline of its
+/// `grpc-timeout` header and the peer's TCP address, if tonic knows it.
+/// It runs no [`Interceptor`] and its token is never cancelled:
+/// [`unary`], [`client_streaming`] and [`spawn_responses`], which the
+/// generated adapters call, do both.
 pub fn context<T>(rpc: &str, request: &tonic::Request<T>) -> RequestContext {
     context_with(rpc, request, CancellationToken::new())
 }
@@ -78,7 +112,11 @@ fn context_with<T>(
         .remove("grpc-timeout")
         .and_then(|v| parse_timeout(&v))
         .map(|t| Instant::now() + t);
-    RequestContext::new(rpc.to_owned(), 0, metadata, deadline, cancel)
+    let ctx = RequestContext::new(rpc.to_owned(), 0, metadata, deadline, cancel);
+    match request.remote_addr() {
+        Some(addr) => ctx.with_connection(Arc::new(ConnectionInfo::new(PeerInfo::tcp(addr)))),
+        None => ctx,
+    }
 }
 
 /// Attaches itself to the request, for the generated adapter to run (see
@@ -93,52 +131,120 @@ impl tonic::service::Interceptor for Interceptor {
     }
 }
 
-/// The context of a call, checked by the [`Interceptor`] attached to the
-/// request if there is one, and the guard that cancels its token when the
-/// call ends.
+/// The error of a call whose interceptor, layers or handler panicked: the
+/// DRPC server's.
+fn panicked() -> CodedError {
+    CodedError::internal("internal error: handler panicked")
+}
+
+/// `fut`, a panic in it becoming [`panicked`]'s error.
+async fn catching<T>(fut: impl Future<Output = Result<T, CodedError>>) -> Result<T, CodedError> {
+    let mut fut = pin!(fut);
+    poll_fn(
+        |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => Poll::Ready(Err(panicked())),
+        },
+    )
+    .await
+}
+
+/// The context of a call, checked by the interceptor (the one attached to
+/// the request through tonic's hook if there is one, else the
+/// middleware's), and the token to cancel when the call ends.
 fn start<T>(
+    middleware: &Middleware,
     rpc: &str,
     request: &tonic::Request<T>,
 ) -> Result<(RequestContext, CancellationToken), tonic::Status> {
     let cancel = CancellationToken::new();
     let mut ctx = context_with(rpc, request, cancel.clone());
-    if let Some(interceptor) = request.extensions().get::<Interceptor>() {
-        interceptor.intercept(&mut ctx).map_err(status)?;
+    let attached = request.extensions().get::<Interceptor>();
+    if let Some(interceptor) = attached.or(middleware.interceptor()) {
+        std::panic::catch_unwind(AssertUnwindSafe(|| interceptor.intercept(&mut ctx)))
+            .unwrap_or_else(|_| Err(panicked()))
+            .map_err(status)?;
     }
     Ok((ctx, cancel))
 }
 
-/// Serves a unary gRPC call: builds its context, runs the attached
-/// [`Interceptor`], then `handler`; the context's token is cancelled when
-/// this returns or is dropped (the client went away).
+/// The error of a unary or client-streaming call whose layers answered
+/// without calling the handler.
+fn no_response() -> CodedError {
+    CodedError::internal("a layer answered without calling the handler")
+}
+
+/// Runs the handler of a call with one response through the middleware's
+/// layers, if any.
+async fn respond<Req, Resp, F, Fut>(
+    middleware: &Middleware,
+    ctx: RequestContext,
+    request: Req,
+    handler: F,
+) -> Result<Resp, CodedError>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: FnOnce(RequestContext, Req) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Resp, CodedError>> + Send + 'static,
+{
+    let Some(layers) = middleware.layers() else {
+        return catching(handler(ctx, request)).await;
+    };
+    let (tx, rx) = oneshot::channel();
+    let next: Continuation = Box::new(move |ctx| {
+        Box::pin(async move {
+            let response = handler(ctx, request).await?;
+            let _ = tx.send(response);
+            Ok(())
+        })
+    });
+    catching(layers.run(Call::grpc(ctx, next))).await?;
+    match rx.await {
+        Ok(response) => Ok(response),
+        Err(_) => Err(no_response()),
+    }
+}
+
+/// Serves a unary gRPC call: builds its context, runs the middleware (the
+/// interceptor, then the layers), then `handler`; the context's token is
+/// cancelled when this returns or is dropped (the client went away). A
+/// panic in any of them fails the call with Internal.
 pub async fn unary<Req, Resp, F, Fut>(
+    middleware: &Middleware,
     rpc: &str,
     request: tonic::Request<Req>,
     handler: F,
 ) -> Result<tonic::Response<Resp>, tonic::Status>
 where
-    F: FnOnce(RequestContext, Req) -> Fut,
-    Fut: Future<Output = Result<Resp, CodedError>>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: FnOnce(RequestContext, Req) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Resp, CodedError>> + Send + 'static,
 {
-    let (ctx, cancel) = start(rpc, &request)?;
+    let (ctx, cancel) = start(middleware, rpc, &request)?;
     let _cancel = cancel.drop_guard();
-    reply(handler(ctx, request.into_inner()).await)
+    reply(respond(middleware, ctx, request.into_inner(), handler).await)
 }
 
 /// Serves a client-streaming gRPC call as [`unary`] does, the handler
 /// receiving tonic's request stream as a [`RequestStream`].
 pub async fn client_streaming<Req, Resp, F, Fut>(
+    middleware: &Middleware,
     rpc: &str,
     request: tonic::Request<tonic::Streaming<Req>>,
     handler: F,
 ) -> Result<tonic::Response<Resp>, tonic::Status>
 where
-    F: FnOnce(RequestContext, GrpcRequests<Req>) -> Fut,
-    Fut: Future<Output = Result<Resp, CodedError>>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: FnOnce(RequestContext, GrpcRequests<Req>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Resp, CodedError>> + Send + 'static,
 {
-    let (ctx, cancel) = start(rpc, &request)?;
+    let (ctx, cancel) = start(middleware, rpc, &request)?;
     let _cancel = cancel.drop_guard();
-    reply(handler(ctx, GrpcRequests::new(request.into_inner())).await)
+    let requests = GrpcRequests::new(request.into_inner());
+    reply(respond(middleware, ctx, requests, handler).await)
 }
 
 /// A DRPC error's code as a gRPC status code: codes 1 to 16 are gRPC's
@@ -232,27 +338,67 @@ impl<T> Drop for GrpcResponses<T> {
 /// the returned stream; its error, if any, ends the stream as a status.
 /// The handler gets the call's context and request (a message, or tonic's
 /// request stream); it is dropped when the returned stream is (the client
-/// went away) or when the call's deadline passes. The [`Interceptor`]
-/// attached to the request runs first: a call it rejects fails with its
-/// error, the handler not called. The context's token is cancelled when
-/// the handler's task ends or the stream is dropped.
-pub fn spawn_responses<Req, T, F, Fut>(
+/// went away) or when the call's deadline passes. The middleware runs
+/// first: the interceptor, then the layers (in the task), which this
+/// awaits until they call the handler, so that a call they reject fails
+/// at once with their error, the handler not called. A panic in any of
+/// them fails the call with Internal. The context's token is cancelled
+/// when the task ends or the stream is dropped.
+pub async fn spawn_responses<Req, T, F, Fut>(
+    middleware: &Middleware,
     rpc: &str,
     request: tonic::Request<Req>,
     handler: F,
 ) -> Result<tonic::Response<GrpcResponses<T>>, tonic::Status>
 where
+    Req: Send + 'static,
     T: Send + 'static,
-    F: FnOnce(RequestContext, Req, GrpcSink<T>) -> Fut,
+    F: FnOnce(RequestContext, Req, GrpcSink<T>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), CodedError>> + Send + 'static,
 {
-    let (ctx, cancel) = start(rpc, &request)?;
+    let (ctx, cancel) = start(middleware, rpc, &request)?;
     let deadline = ctx.deadline();
     let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-    let running = handler(ctx, request.into_inner(), GrpcSink(tx.clone()));
-    let token = cancel.clone();
+    let sink = GrpcSink(tx.clone());
+    let request = request.into_inner();
+    // Cancels the token if dropped, before this returns as after.
+    let mut responses = GrpcResponses {
+        rx,
+        cancel: cancel.clone(),
+    };
+    let Some(layers) = middleware.layers() else {
+        spawn_streaming(handler(ctx, request, sink), tx, cancel, deadline);
+        return Ok(tonic::Response::new(responses));
+    };
+    let (started_tx, started_rx) = oneshot::channel();
+    let next: Continuation = Box::new(move |ctx| {
+        let _ = started_tx.send(());
+        Box::pin(handler(ctx, request, sink))
+    });
+    spawn_streaming(layers.run(Call::grpc(ctx, next)), tx, cancel, deadline);
+    if started_rx.await.is_err() {
+        // The layers dropped the call without running the handler: with
+        // their error (which the task sends first, the handler's sink
+        // gone with the call), or without one (an empty stream, as over
+        // DRPC).
+        if let Some(Err(status)) = responses.rx.recv().await {
+            return Err(status);
+        }
+    }
+    Ok(tonic::Response::new(responses))
+}
+
+/// Runs `running` (a streaming call's layers and handler) in a task of its
+/// own, until it ends, `cancel` is cancelled or `deadline` passes; its
+/// error, or the deadline's, goes into `tx`.
+fn spawn_streaming(
+    running: impl Future<Output = Result<(), CodedError>> + Send + 'static,
+    tx: mpsc::Sender<Result<impl Send + 'static, tonic::Status>>,
+    cancel: CancellationToken,
+    deadline: Option<Instant>,
+) {
     tokio::spawn(async move {
-        let _cancel = token.clone().drop_guard();
+        let _cancel = cancel.clone().drop_guard();
         let deadline_passed = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -260,13 +406,12 @@ where
             }
         };
         let outcome = tokio::select! {
-            r = running => r,
-            _ = token.cancelled() => return,
+            r = catching(running) => r,
+            _ = cancel.cancelled() => return,
             _ = deadline_passed => Err(CodedError::deadline_exceeded("context deadline exceeded")),
         };
         if let Err(e) = outcome {
             let _ = tx.send(Err(status(e))).await;
         }
     });
-    Ok(tonic::Response::new(GrpcResponses { rx, cancel }))
 }

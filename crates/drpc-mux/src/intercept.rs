@@ -17,16 +17,16 @@ type CheckFn = dyn Fn(&mut RequestContext) -> Result<(), CodedError> + Send + Sy
 /// handler's would be), or add values to the context's
 /// [extensions](RequestContext::extensions_mut) for the handler to read.
 ///
-/// One value serves both protocols, with the same behaviour:
-///
-/// - over DRPC, give it to the [`Mux`](crate::Mux)
-///   ([`Mux::with_interceptor`](crate::Mux::with_interceptor)), which runs
-///   it for every call to a registered path;
-/// - over gRPC, give a clone to tonic's interceptor hook of the generated
-///   server, around the generated adapter:
-///   `EchoServer::with_interceptor(EchoGrpcAdapter(service), interceptor)`
-///   (with `drpc-mux`'s `grpc` feature). The adapter then runs it, with the
-///   method's path, before calling the implementation.
+/// One value serves both protocols, with the same behaviour: give it to
+/// the [`Mux`](crate::Mux)
+/// ([`Mux::with_interceptor`](crate::Mux::with_interceptor)), which runs
+/// it for every call to a registered path, before its `tower`
+/// [layers](crate::Mux::layer); the gRPC adapter built from that mux
+/// (`EchoGrpcAdapter::from_mux(service, &mux)`, with `drpc-mux`'s `grpc`
+/// feature) runs it too, with the method's path, before the same layers
+/// and the implementation. (Given to tonic's interceptor hook of the
+/// generated server instead, `EchoServer::with_interceptor(adapter,
+/// interceptor)`, it runs in place of the adapter's own.)
 ///
 /// Paths given to [`Interceptor::skip`] are not intercepted, on either
 /// side (a health check, say). A call to a path no route serves is not

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use drpc_stream::{Encoding, MessageBuf, Stream};
 use drpc_wire::CodedError;
 
+use tower::{BoxError, Layer, Service};
+
+use crate::layer::{Call, CallService, Middleware};
 use crate::quote::{MAX_QUOTED_NAME, quote_bounded};
 use crate::typed::{ServerReceiver, ServerSender, stream_failure};
 use crate::{Interceptor, RequestContext};
@@ -81,7 +84,7 @@ pub trait Description: Send + Sync + 'static {
     fn register(self: Arc<Self>, mux: &mut Mux);
 }
 
-type Route = Arc<dyn Fn(ServerCall) -> BoxFuture<Result<(), CodedError>> + Send + Sync>;
+pub(crate) type Route = Arc<dyn Fn(ServerCall) -> BoxFuture<Result<(), CodedError>> + Send + Sync>;
 
 /// A registered method: its shape, its handler, and its path as
 /// [`Handler::method_label`] shares it.
@@ -100,16 +103,16 @@ pub struct Mux {
     /// holds only registered paths, so a peer choosing the path it sends
     /// cannot make lookups slower than the longest probe among them.
     routes: HashMap<String, Entry, foldhash::fast::RandomState>,
-    /// Run before every routed call; without one, a call costs one check
-    /// of this `Option`.
-    interceptor: Option<Interceptor>,
+    /// The interceptor and the layers run around every routed call;
+    /// without them, a call costs two checks of an `Option`.
+    middleware: Middleware,
 }
 
 impl fmt::Debug for Mux {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mux")
             .field("routes", &self.routes())
-            .field("interceptor", &self.interceptor)
+            .field("middleware", &self.middleware)
             .finish()
     }
 }
@@ -131,20 +134,102 @@ impl Mux {
     }
 
     /// Runs `interceptor` before the handler of every call to a registered
-    /// path (replacing the interceptor set before): a call it rejects
-    /// fails with its error, unseen by the handler; what it adds to the
-    /// context's extensions the handler sees. Give a clone to the gRPC
-    /// adapter's server too ([`Interceptor`] says how) for the same checks
-    /// over both protocols.
+    /// path (replacing the interceptor set before), and before the
+    /// [layers](Mux::layer): a call it rejects fails with its error,
+    /// unseen by the layers and the handler; what it adds to the context's
+    /// extensions they see. The gRPC adapter built from this mux
+    /// (`SvcGrpcAdapter::from_mux`) runs it too.
     pub fn with_interceptor(&mut self, interceptor: Interceptor) -> &mut Self {
-        self.interceptor = Some(interceptor);
+        self.middleware.with_interceptor(interceptor);
         self
     }
 
-    /// The interceptor set by [`Mux::with_interceptor`], to serve the gRPC
-    /// adapter with the very same one.
+    /// The interceptor set by [`Mux::with_interceptor`].
     pub fn interceptor(&self) -> Option<&Interceptor> {
-        self.interceptor.as_ref()
+        self.middleware.interceptor()
+    }
+
+    /// Wraps every call to a registered path in a `tower` layer, whose
+    /// service gets the call as a [`Call`] (path, metadata, peer,
+    /// deadline, extensions, protocol) and wraps a [`CallService`] (the
+    /// layers added before, then the handler). The gRPC adapter built from
+    /// this mux (`SvcGrpcAdapter::from_mux`) runs the very same stack, so
+    /// that both protocols get the same checks, limits and accounting.
+    ///
+    /// - **Order**: the [interceptor](Mux::with_interceptor) runs first,
+    ///   then the layers, the one added last first (as in axum: each call
+    ///   wraps what is there), then the handler. Compose with
+    ///   `tower::ServiceBuilder` for the usual top-to-bottom order.
+    /// - **Errors**: the layers' services may fail with any error that
+    ///   converts into a [`BoxError`]; the client gets it as
+    ///   [`layer_error`](crate::layer_error) maps it (a [`CodedError`]
+    ///   keeps its code, `tower`'s timeout is DeadlineExceeded, its load
+    ///   shedding Unavailable, anything else Unknown).
+    /// - **Which calls**: only those to registered paths, as for the
+    ///   interceptor (an unknown path costs its Unimplemented answer
+    ///   alone); [`SkipPaths`](crate::SkipPaths) opts methods out of one
+    ///   layer.
+    /// - **Cost**: the layer wraps the stack once, here; each call then
+    ///   clones the stack (the layers' services' clones, boxed), waits for
+    ///   it to be ready and calls it (its futures boxed, as a type-erased
+    ///   stack's are). Without layers a call costs one check of an
+    ///   `Option`.
+    ///
+    /// The services must be `Clone + Send + Sync` (as tonic's and axum's
+    /// layers must).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::time::Duration;
+    /// use drpc_mux::{Call, CodedError, Mux};
+    /// use tower::ServiceBuilder;
+    ///
+    /// /// What the handler can read from the context's extensions.
+    /// #[derive(Debug)]
+    /// struct Tenant(String);
+    ///
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let counted = calls.clone();
+    /// let mut mux = Mux::new();
+    /// mux.layer(
+    ///     ServiceBuilder::new()
+    ///         // DeadlineExceeded for a call still running after 5 s.
+    ///         .timeout(Duration::from_secs(5))
+    ///         // At most 64 calls in their handlers at once; others wait.
+    ///         .concurrency_limit(64)
+    ///         // Rejects calls without a tenant, with the code chosen.
+    ///         .filter(|call: Call| match call.metadata().get("tenant") {
+    ///             Some(_) => Ok(call),
+    ///             None => Err(CodedError::permission_denied("no tenant")),
+    ///         })
+    ///         // Counts calls and tells handlers the tenant.
+    ///         .map_request(move |mut call: Call| {
+    ///             counted.fetch_add(1, Ordering::Relaxed);
+    ///             let tenant = call.metadata().get("tenant").cloned().unwrap_or_default();
+    ///             call.ctx_mut().extensions_mut().insert(Tenant(tenant));
+    ///             call
+    ///         }),
+    /// );
+    /// assert!(mux.middleware().has_layers());
+    /// ```
+    pub fn layer<L>(&mut self, layer: L) -> &mut Self
+    where
+        L: Layer<CallService>,
+        L::Service: Service<Call, Response = ()> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Call>>::Error: Into<BoxError>,
+        <L::Service as Service<Call>>::Future: Send + 'static,
+    {
+        self.middleware.layer(layer);
+        self
+    }
+
+    /// The interceptor and layers configured on this mux: build the gRPC
+    /// adapter with them (`SvcGrpcAdapter::from_mux` does) for the same
+    /// checks over gRPC. Clones share them; configure the mux first, as
+    /// what is added later does not reach a clone taken before.
+    pub fn middleware(&self) -> &Middleware {
+        &self.middleware
     }
 
     /// The registered paths and their shapes, sorted by path.
@@ -335,16 +420,18 @@ fn unknown_rpc(rpc: &str) -> CodedError {
 impl Handler for Mux {
     fn handle(&self, call: ServerCall) -> BoxFuture<Result<(), CodedError>> {
         match self.routes.get(call.ctx.rpc()) {
-            Some((_, route, _)) => match &self.interceptor {
-                None => route(call),
-                Some(interceptor) => {
-                    let mut call = call;
-                    match interceptor.intercept(&mut call.ctx) {
-                        Ok(()) => route(call),
-                        Err(err) => Box::pin(async move { Err(err) }),
-                    }
+            Some((_, route, _)) => {
+                let mut call = call;
+                if let Some(interceptor) = self.middleware.interceptor()
+                    && let Err(err) = interceptor.intercept(&mut call.ctx)
+                {
+                    return Box::pin(async move { Err(err) });
                 }
-            },
+                match self.middleware.layers() {
+                    None => route(call),
+                    Some(layers) => layers.run(Call::drpc(call.ctx, route.clone(), call.stream)),
+                }
+            }
             None => {
                 let err = unknown_rpc(call.ctx.rpc());
                 Box::pin(async move { Err(err) })

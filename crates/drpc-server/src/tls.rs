@@ -326,8 +326,13 @@ pub type TlsConnect = Pin<Box<dyn Future<Output = io::Result<ClientTlsStream>> +
 /// # drop(endpoint); Ok(()) }
 /// ```
 ///
-/// (A `tls` feature of `drpc-conn` with an `Endpoint::tls` would be the
-/// natural home of this; it lives here until then.)
+/// **Prefer `drpc-conn`'s own TLS** (its `tls` or `tls-ring` feature):
+/// `Endpoint::tcp(addr).tls(server_name, config)` dials the same way and
+/// keeps the endpoint's other settings (connect timeout over the
+/// handshake, TCP keepalive, the migration header, sent inside TLS), and
+/// `Conn::connect_tls` dials a single connection. This connector stays
+/// for code that uses it; it sets neither keepalive nor the migration
+/// header.
 pub fn connector(
     addr: impl Into<String>,
     server_name: ServerName<'static>,

@@ -95,6 +95,10 @@ pub(crate) struct StreamCore {
     /// The credit of this side's Message sender; `None` without flow
     /// control.
     send_window: Option<SendWindow>,
+    /// Whether a unary call offers flow control too (to learn what the
+    /// server decompresses from its acceptance); only streams do
+    /// otherwise.
+    offer_on_unary: bool,
     /// Grants and the cap of this side's receive queue; `None` without
     /// flow control.
     recv_window: Option<RecvWindow>,
@@ -120,6 +124,7 @@ impl StreamCore {
             flow: opts.flow_control,
             max_message: opts.max_packet_size,
             send_window: None,
+            offer_on_unary: false,
             recv_window: None,
             grant_due: None,
         };
@@ -169,6 +174,16 @@ impl StreamCore {
             return false;
         }
         self.send_window.as_mut().is_some_and(|w| w.grant(delta))
+    }
+
+    /// Makes a unary call offer flow control as a stream does.
+    pub(crate) fn set_offer_on_unary(&mut self) {
+        self.offer_on_unary = true;
+    }
+
+    /// Whether a unary call offers flow control.
+    pub(crate) fn offers_on_unary(&self) -> bool {
+        self.offer_on_unary
     }
 
     /// An auto client opening a stream that may carry many messages: the
@@ -520,7 +535,7 @@ impl StreamCore {
     fn negotiate(&mut self, payload: &[u8]) -> Inbound {
         match (self.kind, FlowNegotiation::parse(payload)) {
             // An offer waiting for its answer is an ungated send window.
-            (StreamKind::Client, Some(FlowNegotiation::Accept(server)))
+            (StreamKind::Client, Some(FlowNegotiation::Accept(server, _)))
                 if self.send_window.is_some_and(|w| !w.is_gated()) =>
             {
                 if let Some(w) = &mut self.send_window {
@@ -1564,10 +1579,13 @@ mod tests {
         c.debit(10 << 20);
         assert!(c.send_allowed(64 << 10));
         let mut accept = Vec::new();
-        FlowNegotiation::Accept(FlowParams {
-            window: 1 << 20,
-            max_message: 1 << 20,
-        })
+        FlowNegotiation::Accept(
+            FlowParams {
+                window: 1 << 20,
+                max_message: 1 << 20,
+            },
+            drpc_wire::CompressionSet::EMPTY,
+        )
         .append_to(&mut accept, Id::new(SID, 1));
         let (f, _) = Frame::parse(&Bytes::from(accept))
             .expect("ok")

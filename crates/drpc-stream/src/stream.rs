@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use drpc_wire::{
-    COMPRESSION_METADATA_KEY, CodedError, Compression, DEFAULT_MAX_PACKET_SIZE,
+    COMPRESSION_METADATA_KEY, CodedError, Compression, CompressionSet, DEFAULT_MAX_PACKET_SIZE,
     FLOW_CONTROL_METADATA_KEY, FlowNegotiation, FlowParams, Frame, Id, Kind, Metadata,
     WindowUpdate, append_frame, append_packet, encode_metadata,
 };
@@ -1146,6 +1146,14 @@ impl StreamHandle {
         self.write_opening(rpc, metadata, None)
     }
 
+    /// Makes the unary request written next offer flow control in its
+    /// InvokeMetadata, as a stream's opening does (in auto mode), so that
+    /// a server of this implementation answers with its acceptance, which
+    /// lists what it decompresses. Call before `write_unary`.
+    pub fn offer_flow_control_on_unary(&self) {
+        lock(&self.shared.inner).core.set_offer_on_unary();
+    }
+
     /// Writes a whole unary request in one step: InvokeMetadata (when
     /// `metadata` is non-empty), Invoke, the Message and CloseSend, appended
     /// together so that they leave in a single write when the connection
@@ -1232,10 +1240,11 @@ impl StreamHandle {
             shared.check_size(m.len()).map_err(|e| self.unopened(e))?;
         }
         let mut inner = lock(&shared.inner);
-        // A unary call carries one message each way: nothing to negotiate.
+        // A unary call carries one message each way: nothing to negotiate,
+        // unless the connection asks (to learn what the server accepts).
         let offer = match message {
-            Some(_) => None,
-            None => inner.core.offer_flow_control(),
+            Some(_) if !inner.core.offers_on_unary() => None,
+            _ => inner.core.offer_flow_control(),
         };
         let mut encoded = Vec::new();
         let offered = offer.as_ref().map(FlowParams::to_metadata_value);
@@ -1422,10 +1431,11 @@ impl StreamHandle {
         let Some((id, own)) = inner.core.accept_flow_control(offer) else {
             return false;
         };
-        if let Err(e) = shared
-            .writer
-            .append(|buf| FlowNegotiation::Accept(own).append_to(buf, id))
-        {
+        if let Err(e) = shared.writer.append(|buf| {
+            // The server decompresses whatever a call asks for that it
+            // knows: said here, so that the client may compress later calls.
+            FlowNegotiation::Accept(own, CompressionSet::supported()).append_to(buf, id)
+        }) {
             tracing::debug!(stream = shared.id, error = %e, "flow-control acceptance not sent");
         }
         true

@@ -2138,10 +2138,13 @@ async fn auto_client_sends_freely_until_accepted_then_gates() {
 
     // The server accepts, with a 1 MiB window: the client announces that it
     // gates from here on.
-    let accept = FlowNegotiation::Accept(FlowParams {
-        window: 1 << 20,
-        max_message: 4 << 20,
-    });
+    let accept = FlowNegotiation::Accept(
+        FlowParams {
+            window: 1 << 20,
+            max_message: 4 << 20,
+        },
+        drpc_wire::CompressionSet::EMPTY,
+    );
     h.handle_frame(negotiation(accept, Id::new(1, 2)), true)
         .expect("accept");
     expect_gating(&take_frames(&w).await, Id::new(1, 6));
@@ -2191,10 +2194,13 @@ async fn auto_client_sends_freely_until_accepted_then_gates() {
 
 #[tokio::test]
 async fn an_acceptance_needs_no_marker_once_sending_is_over_and_is_ignored_without_an_offer() {
-    let accept = FlowNegotiation::Accept(FlowParams {
-        window: 1 << 20,
-        max_message: 4 << 20,
-    });
+    let accept = FlowNegotiation::Accept(
+        FlowParams {
+            window: 1 << 20,
+            max_message: 4 << 20,
+        },
+        drpc_wire::CompressionSet::EMPTY,
+    );
     // Offered, then half closed: nothing more will be sent, so no marker.
     let w = writer();
     let (s, h) = pair(1, StreamKind::Client, &w);
@@ -2255,10 +2261,13 @@ async fn auto_server_accepts_then_gates_by_the_clients_window_and_grants() {
     assert_eq!(frames[0].id, Id::new(1, 2));
     assert_eq!(
         FlowNegotiation::parse(&frames[0].data),
-        Some(FlowNegotiation::Accept(FlowParams {
-            window: 2 * FRAME as u64,
-            max_message: 1 << 20,
-        }))
+        Some(FlowNegotiation::Accept(
+            FlowParams {
+                window: 2 * FRAME as u64,
+                max_message: 1 << 20,
+            },
+            drpc_wire::CompressionSet::supported(),
+        ))
     );
     // Its sends are gated by the client's window at once.
     s.send(&vec![0; FRAME + 1]).await.expect("the whole window");

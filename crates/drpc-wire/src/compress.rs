@@ -11,11 +11,14 @@
 //! so frames carry slices of the compressed payload, and size limits and
 //! flow control count compressed bytes.
 //!
-//! There is no answer from the server: a server that does not know the
-//! value refuses the stream, and a stock server (which knows no
+//! The server does not answer the request: a server that does not know
+//! the value refuses the stream, and a stock server (which knows no
 //! compression at all) would hand the compressed bytes to its decoder.
 //! A client therefore compresses only toward servers configured to accept
-//! it.
+//! it, or that said they do: a server of this implementation lists what
+//! it decompresses ([`CompressionSet`]) in its acceptance of a stream's
+//! flow-control offer ([`FlowNegotiation::Accept`](crate::FlowNegotiation::Accept)),
+//! which a client may wait for before it compresses the calls that follow.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -133,6 +136,63 @@ impl Compression {
             #[cfg(feature = "minlz")]
             Compression::MinLzFastest => minlz_decompress(data, max_len),
         }
+    }
+}
+
+impl Compression {
+    /// The compression's bit in a [`CompressionSet`].
+    const fn bit(self) -> u64 {
+        match self {
+            Compression::Snappy => 1,
+            #[cfg(feature = "minlz")]
+            Compression::MinLzFastest => 2,
+        }
+    }
+}
+
+/// The compressions a peer decompresses, as a server of this
+/// implementation lists them when it accepts a stream's flow-control offer
+/// (a varint of bits: 1 for `snappy`, 2 for `minlz-fastest`; bits this
+/// side does not know are kept and ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CompressionSet(u64);
+
+impl CompressionSet {
+    /// No compression: what a peer that says nothing accepts.
+    pub const EMPTY: CompressionSet = CompressionSet(0);
+
+    /// What this side decompresses: `snappy`, and `minlz-fastest` with the
+    /// `minlz` feature.
+    pub fn supported() -> CompressionSet {
+        let set = CompressionSet::EMPTY.with(Compression::Snappy);
+        #[cfg(feature = "minlz")]
+        let set = set.with(Compression::MinLzFastest);
+        set
+    }
+
+    /// The set with `compression` added.
+    pub const fn with(self, compression: Compression) -> CompressionSet {
+        CompressionSet(self.0 | compression.bit())
+    }
+
+    /// Whether `compression` is in the set.
+    pub fn contains(self, compression: Compression) -> bool {
+        self.0 & compression.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The set as its wire bits.
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// The set of wire `bits`, unknown ones included.
+    pub fn from_bits(bits: u64) -> CompressionSet {
+        CompressionSet(bits)
     }
 }
 

@@ -72,7 +72,7 @@ mod window;
 
 pub use assembler::{ConnectionIdOrder, DEFAULT_MAX_PACKET_SIZE, PacketAssembler};
 pub use compress::{
-    COMPRESSION_METADATA_KEY, Compression, CompressionError, UnsupportedCompression,
+    COMPRESSION_METADATA_KEY, Compression, CompressionError, CompressionSet, UnsupportedCompression,
 };
 pub use decoder::FrameDecoder;
 pub use errcode::{

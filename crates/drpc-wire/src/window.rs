@@ -6,7 +6,9 @@
 
 use bytes::BufMut;
 
-use crate::{Frame, Id, Kind, append_frame, append_varint, read_varint, varint_len};
+use crate::{
+    CompressionSet, Frame, Id, Kind, append_frame, append_varint, read_varint, varint_len,
+};
 
 /// A credit grant for the sender of one stream (kind 8).
 ///
@@ -131,8 +133,11 @@ impl FlowParams {
 pub enum FlowNegotiation {
     /// Server to client: the offer is taken; from here on the server's
     /// messages are gated by the client's window and the server grants
-    /// with WindowUpdate. Carries the server's own parameters.
-    Accept(FlowParams),
+    /// with WindowUpdate. Carries the server's own parameters, and the
+    /// compressions it decompresses (empty from a peer that says
+    /// nothing of them), from which a client learns that it may compress
+    /// its later calls ([`CompressionSet`]).
+    Accept(FlowParams, CompressionSet),
     /// Client to server: the client's messages after this one are gated by
     /// the server's window; the server holds the client to it from here.
     Gating,
@@ -144,15 +149,20 @@ const NEGOTIATION_GATING: u8 = 2;
 impl FlowNegotiation {
     /// Appends the packet as one frame with id `id`.
     pub fn append_to<B: BufMut + ?Sized>(&self, buf: &mut B, id: Id) {
-        let mut payload = [0u8; 1 + 2 * crate::MAX_VARINT_LEN];
+        let mut payload = [0u8; 1 + 3 * crate::MAX_VARINT_LEN];
         let capacity = payload.len();
         let len = {
             let mut cursor = &mut payload[..];
             match self {
-                FlowNegotiation::Accept(p) => {
+                FlowNegotiation::Accept(p, compressions) => {
                     cursor.put_u8(NEGOTIATION_ACCEPT);
                     append_varint(&mut cursor, p.window);
                     append_varint(&mut cursor, p.max_message);
+                    // Absent when empty: the packet of a peer that knows
+                    // no compression.
+                    if !compressions.is_empty() {
+                        append_varint(&mut cursor, compressions.bits());
+                    }
                 }
                 FlowNegotiation::Gating => cursor.put_u8(NEGOTIATION_GATING),
             }
@@ -173,8 +183,18 @@ impl FlowNegotiation {
                     window,
                     max_message,
                 };
-                (used + used2 == rest.len() && window > 0 && max_message > 0)
-                    .then_some(FlowNegotiation::Accept(params))
+                let tail = &rest[used + used2..];
+                let compressions = if tail.is_empty() {
+                    CompressionSet::EMPTY
+                } else {
+                    let (bits, used3) = read_varint(tail).ok()??;
+                    if used3 != tail.len() {
+                        return None;
+                    }
+                    CompressionSet::from_bits(bits)
+                };
+                (window > 0 && max_message > 0)
+                    .then_some(FlowNegotiation::Accept(params, compressions))
             }
             NEGOTIATION_GATING if rest.is_empty() => Some(FlowNegotiation::Gating),
             _ => None,
@@ -293,10 +313,11 @@ mod tests {
 
     #[test]
     fn negotiation_packets() {
-        let accept = FlowNegotiation::Accept(FlowParams {
+        let params = FlowParams {
             window: 150,
             max_message: 1,
-        });
+        };
+        let accept = FlowNegotiation::Accept(params, CompressionSet::EMPTY);
         let mut buf = Vec::new();
         accept.append_to(&mut buf, Id::new(5, 3));
         assert_eq!(buf, [0x93, 0x05, 0x03, 0x04, 0x01, 0x96, 0x01, 0x01]);
@@ -304,11 +325,33 @@ mod tests {
         assert!(f.control && f.done && f.kind == Kind::FLOW_NEGOTIATION);
         assert_eq!(FlowNegotiation::parse(&f.data), Some(accept));
 
+        // With the compressions the server decompresses: one more varint.
+        let snappy = CompressionSet::EMPTY.with(crate::Compression::Snappy);
+        let accept = FlowNegotiation::Accept(params, snappy);
+        let mut buf = Vec::new();
+        accept.append_to(&mut buf, Id::new(5, 3));
+        assert_eq!(buf, [0x93, 0x05, 0x03, 0x05, 0x01, 0x96, 0x01, 0x01, 0x01]);
+        assert_eq!(FlowNegotiation::parse(&buf[4..]), Some(accept));
+        // Bits this side does not know are kept, and ignored.
+        let later = FlowNegotiation::parse(&[1, 1, 1, 0x81, 0x01]);
+        let Some(FlowNegotiation::Accept(_, set)) = later else {
+            panic!("an acceptance: {later:?}");
+        };
+        assert!(set.contains(crate::Compression::Snappy) && set.bits() == 0x81);
+
         let mut buf = Vec::new();
         FlowNegotiation::Gating.append_to(&mut buf, Id::new(5, 4));
         assert_eq!(buf, [0x93, 0x05, 0x04, 0x01, 0x02]);
         assert_eq!(FlowNegotiation::parse(&[2]), Some(FlowNegotiation::Gating));
-        for bad in [&[][..], &[2, 0], &[1, 1], &[1, 0, 1], &[1, 1, 1, 1], &[3]] {
+        for bad in [
+            &[][..],
+            &[2, 0],
+            &[1, 1],
+            &[1, 0, 1],
+            &[1, 1, 1, 1, 1],
+            &[1, 1, 1, 0x80],
+            &[3],
+        ] {
             assert_eq!(FlowNegotiation::parse(bad), None, "{bad:?}");
         }
     }

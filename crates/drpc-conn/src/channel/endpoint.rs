@@ -26,7 +26,32 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 
 /// A boxed dial: what a custom connector becomes.
 type DialFuture = Pin<Box<dyn Future<Output = io::Result<Conn>> + Send>>;
-type Dial = dyn Fn(ConnOptions) -> DialFuture + Send + Sync;
+type Dial = dyn Fn(ConnOptions, Upgrade) -> DialFuture + Send + Sync;
+
+/// What a custom connector's dial does to the transport it opened before
+/// DRPC runs over it: the TLS handshake, if the endpoint has one.
+#[derive(Clone, Default)]
+pub(crate) struct Upgrade {
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsLayer>,
+}
+
+impl Upgrade {
+    /// A connection over `transport`, behind TLS if asked.
+    async fn conn<T>(self, transport: T, opts: ConnOptions) -> io::Result<Conn>
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls {
+            // Pinned: the handshake needs an `Unpin` transport, and a
+            // connector's need not be.
+            let stream = tls.handshake(Box::pin(transport)).await?;
+            return Ok(Conn::new(stream, opts));
+        }
+        Ok(Conn::new(transport, opts))
+    }
+}
 
 /// Where to connect.
 #[derive(Clone)]
@@ -85,8 +110,9 @@ impl Backoff {
 }
 
 /// A server to connect to, and how: the address (TCP `host:port`, a Unix
-/// socket path, or a connector of your own for TLS and tests) and the
-/// settings of the connections a [`Channel`] makes to it.
+/// socket path, or a connector of your own for proxies and tests), TLS
+/// (`Endpoint::tls`, with the `tls` feature) and the settings of the
+/// connections a [`Channel`] makes to it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -113,12 +139,15 @@ pub struct Endpoint {
     pub(crate) backoff: Backoff,
     pub(crate) max_connections: usize,
     pub(crate) migration_header: bool,
+    /// The TLS handshake of every dial, if any.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsLayer>,
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("addr", &self.addr)
+        let mut d = f.debug_struct("Endpoint");
+        d.field("addr", &self.addr)
             .field("connect_timeout", &self.connect_timeout)
             .field("tcp_keepalive", &self.tcp_keepalive)
             .field("tcp_nodelay", &self.tcp_nodelay)
@@ -126,8 +155,10 @@ impl fmt::Debug for Endpoint {
             .field("sequential", &self.conn_options.manager.sequential)
             .field("backoff", &self.backoff)
             .field("max_connections", &self.max_connections)
-            .field("migration_header", &self.migration_header)
-            .finish()
+            .field("migration_header", &self.migration_header);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.as_ref().map(|tls| tls.server_name()));
+        d.finish()
     }
 }
 
@@ -144,6 +175,8 @@ impl Endpoint {
             backoff: Backoff::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             migration_header: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -163,9 +196,11 @@ impl Endpoint {
     }
 
     /// A server reached through `connector`, which opens a transport each
-    /// time it is called (a TLS stream, an in-memory pipe, a proxy
-    /// tunnel); `name` is the address errors show. The connect timeout
-    /// applies to it; the TCP settings do not.
+    /// time it is called (an in-memory pipe, a proxy tunnel, a TLS stream
+    /// of your own); `name` is the address errors show. The connect
+    /// timeout applies to it, and so does `Endpoint::tls` (the handshake
+    /// runs over the transport it opens); the TCP settings and the
+    /// migration header do not.
     ///
     /// ```
     /// use drpc_conn::Endpoint;
@@ -183,9 +218,9 @@ impl Endpoint {
         Fut: Future<Output = io::Result<T>> + Send + 'static,
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let dial = move |opts: ConnOptions| -> DialFuture {
+        let dial = move |opts: ConnOptions, upgrade: Upgrade| -> DialFuture {
             let transport = connector();
-            Box::pin(async move { Ok(Conn::new(transport.await?, opts)) })
+            Box::pin(async move { upgrade.conn(transport.await?, opts).await })
         };
         Endpoint::with_target(Target::Custom(Arc::new(dial)), name.into())
     }
@@ -195,9 +230,9 @@ impl Endpoint {
         &self.addr
     }
 
-    /// How long one connection attempt may take, resolution included
-    /// (default [`DEFAULT_CONNECT_TIMEOUT`], 10 s); a slower attempt fails
-    /// with [`io::ErrorKind::TimedOut`].
+    /// How long one connection attempt may take, resolution (and the TLS
+    /// handshake) included (default [`DEFAULT_CONNECT_TIMEOUT`], 10 s); a
+    /// slower attempt fails with [`io::ErrorKind::TimedOut`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -228,7 +263,9 @@ impl Endpoint {
         self
     }
 
-    /// The settings of every connection ([`ConnOptions`]); with
+    /// The settings of every connection ([`ConnOptions`]: message size,
+    /// stream limits, flow control, receive queues, memory budgets, shared
+    /// by the channel's connections, compression); with
     /// [`ConnOptions::sequential`] the channel keeps a pool of
     /// connections, one call each (see [`Endpoint::max_connections`]).
     pub fn options(mut self, opts: ConnOptions) -> Self {
@@ -257,9 +294,57 @@ impl Endpoint {
     /// connection ([`with_migration_header`](crate::with_migration_header)),
     /// for servers that share their port with other protocols and require
     /// it, as the Go clients of such servers do (default off; a connector
-    /// of your own wraps its transport itself).
+    /// of your own wraps its transport itself). With `Endpoint::tls` it is
+    /// sent inside TLS, after the handshake, as DRPC's first bytes.
     pub fn migration_header(mut self, send: bool) -> Self {
         self.migration_header = send;
+        self
+    }
+
+    /// Dials DRPC over TLS (the `tls` feature): every connection runs a
+    /// TLS handshake with `config` over the transport first, checking the
+    /// server's certificate against `server_name` (also sent as SNI).
+    ///
+    /// Every other setting applies as before: a TCP endpoint resolves its
+    /// address at every dial, with keepalive and TCP_NODELAY as set; the
+    /// connect timeout bounds the handshake too; the migration header, if
+    /// set, is sent inside TLS, after the handshake. A Unix endpoint runs
+    /// TLS over the socket; a [custom connector](Endpoint::from_connector),
+    /// over the transport it opens.
+    ///
+    /// A failed handshake (a certificate not valid for `server_name`, not
+    /// signed by a root of `config`, a server that refuses the client's
+    /// certificate) is a failed connection attempt:
+    /// [`Endpoint::connect`] returns it as [`Error::Connect`], and a
+    /// channel's calls fail fast with [`Error::Unavailable`] while it
+    /// retries with backoff. Both name the address and the handshake's
+    /// error.
+    ///
+    /// For mutual TLS, build `config` with a client certificate
+    /// (`with_client_auth_cert`). [`crate::tls`] re-exports rustls.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use drpc_conn::Endpoint;
+    /// use drpc_conn::tls::{ClientConfig, RootCertStore, ServerName};
+    ///
+    /// # async fn run(roots: RootCertStore) -> anyhow::Result<()> {
+    /// let config = ClientConfig::builder()
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let channel = Endpoint::tcp("db.example.com:4443")
+    ///     .tls(ServerName::try_from("db.example.com")?, Arc::new(config))
+    ///     .connect()
+    ///     .await?;
+    /// # drop(channel); Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        server_name: crate::tls::ServerName<'static>,
+        config: Arc<crate::tls::ClientConfig>,
+    ) -> Self {
+        self.tls = Some(crate::tls::TlsLayer::new(server_name, config));
         self
     }
 
@@ -276,11 +361,24 @@ impl Endpoint {
         Ok(Channel::with_conn(self, conn))
     }
 
-    /// One connection attempt, bounded by the connect timeout.
-    /// A connection over `socket`, behind the migration header if asked.
-    fn conn<T>(&self, socket: T) -> Conn
+    /// A connection over `socket` (TCP or Unix), behind TLS, then the
+    /// migration header, if asked.
+    async fn conn<T>(&self, socket: T) -> io::Result<Conn>
     where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let stream = tls.handshake(socket).await?;
+            return Ok(self.plain_conn(stream));
+        }
+        Ok(self.plain_conn(socket))
+    }
+
+    /// A connection over `socket`, behind the migration header if asked.
+    fn plain_conn<T>(&self, socket: T) -> Conn
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if self.migration_header {
             Conn::new(
@@ -292,19 +390,28 @@ impl Endpoint {
         }
     }
 
+    /// The upgrade of a custom connector's transports.
+    fn upgrade(&self) -> Upgrade {
+        Upgrade {
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// One connection attempt, bounded by the connect timeout.
     pub(crate) async fn dial(&self) -> io::Result<Conn> {
         let attempt = async {
             match &self.target {
                 Target::Tcp(addr) => {
                     let socket = dial_tcp(addr, self.tcp_keepalive, self.tcp_nodelay).await?;
-                    Ok(self.conn(socket))
+                    self.conn(socket).await
                 }
                 #[cfg(unix)]
                 Target::Unix(path) => {
                     let socket = tokio::net::UnixStream::connect(path).await?;
-                    Ok(self.conn(socket))
+                    self.conn(socket).await
                 }
-                Target::Custom(dial) => dial(self.conn_options.clone()).await,
+                Target::Custom(dial) => dial(self.conn_options.clone(), self.upgrade()).await,
             }
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
