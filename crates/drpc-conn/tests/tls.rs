@@ -3,8 +3,8 @@
 //! settings (migration header inside TLS, connect timeout over the
 //! handshake, custom connectors); a wrong server name failing as a
 //! connect error naming the address; mutual TLS; `Conn::connect_tls`.
-//! The server is drpc-server's `serve_tls`; certificates are made here
-//! with `rcgen`.
+//! The server is drpc-server's `serve_tls`; certificates and rustls
+//! configurations come from `drpc_test_support::pki`.
 
 #![cfg(feature = "tls-ring")]
 
@@ -14,23 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use drpc_conn::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use drpc_conn::tls::{ClientConfig, RootCertStore, ServerName, rustls};
+use drpc_conn::tls::{ServerName, rustls};
 use drpc_conn::{CallOptions, Code, Conn, ConnOptions, Endpoint, Error, Invoker, Raw};
 use drpc_mux::{Mux, RequestContext};
 use drpc_server::{PeerCertificates, Server};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use drpc_test_support::pki::{Pki, SERVER_NAME, client_config, server_config};
 use tokio::net::TcpListener;
 
 /// Unary: answers the request, then `|` and the length of the end-entity
 /// certificate the client presented (0 without one).
 const ECHO: &str = "/tls.Test/Echo";
-
-/// The name the server's certificate is for.
-const SERVER_NAME: &str = "localhost";
 
 /// Upper bound of any wait: only a hang reaches it.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -40,104 +33,6 @@ async fn within<F: Future>(what: &str, fut: F) -> F::Output {
         Ok(out) => out,
         Err(_) => panic!("timed out: {what}"),
     }
-}
-
-/// A CA that signs certificates.
-struct Pki {
-    ca: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate chain and its key.
-struct Identity {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = params.self_signed(&key).expect("CA certificate");
-        Pki {
-            ca: ca.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names`, for a server or a client, with the CA's
-    /// certificate after its own in the chain.
-    fn issue(&self, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Identity {
-        let key = KeyPair::generate().expect("key");
-        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        Identity {
-            chain: vec![cert.der().clone(), self.ca.clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        }
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.clone()).expect("root");
-        roots
-    }
-}
-
-/// rustls' ring provider, named rather than taken from the process
-/// default, which rustls cannot choose if a build has both providers.
-/// (Deprecated since rustls 0.23.48 for its lack of post-quantum key
-/// exchange; aws-lc-rs has it, but needs cmake to build.)
-#[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A server configuration; with `client_roots`, clients must present a
-/// certificate these roots vouch for.
-fn server_config(
-    identity: Identity,
-    client_roots: Option<RootCertStore>,
-) -> Arc<rustls::ServerConfig> {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_roots {
-        Some(roots) => builder.with_client_cert_verifier(
-            rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .expect("verifier"),
-        ),
-        None => builder.with_no_client_auth(),
-    };
-    Arc::new(
-        builder
-            .with_single_cert(identity.chain, identity.key)
-            .expect("server config"),
-    )
-}
-
-/// A client configuration trusting `pki`, presenting `identity` if given.
-fn client_config(pki: &Pki, identity: Option<Identity>) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(pki.roots());
-    Arc::new(match identity {
-        Some(id) => builder
-            .with_client_auth_cert(id.chain, id.key)
-            .expect("client config"),
-        None => builder.with_no_client_auth(),
-    })
 }
 
 fn server_name(name: &'static str) -> ServerName<'static> {
@@ -173,11 +68,7 @@ async fn serve(config: Arc<rustls::ServerConfig>) -> String {
 /// with `mtls`, the server asks clients for a certificate it signed too.
 async fn setup(mtls: bool) -> (Pki, String) {
     let pki = Pki::new("drpc-conn test CA");
-    let identity = pki.issue(
-        "server",
-        &[SERVER_NAME],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let identity = pki.server_identity();
     let addr = serve(server_config(identity, mtls.then(|| pki.roots()))).await;
     (pki, addr)
 }
@@ -287,7 +178,7 @@ async fn untrusted_server_fails_with_connect_error() {
 async fn mutual_tls_with_client_certificate() {
     within("mTLS", async {
         let (pki, addr) = setup(true).await;
-        let client = pki.issue("client", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        let client = pki.client_identity("client");
         let cert_len = client.chain[0].len();
         let channel = Endpoint::tcp(addr.clone())
             .tls(server_name(SERVER_NAME), client_config(&pki, Some(client)))

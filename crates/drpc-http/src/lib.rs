@@ -344,33 +344,33 @@ impl<I: Invoker + 'static> Bridge<I> {
                 ),
             ));
         }
-        let types = match (&format, types) {
-            (Format::Json, None) => {
-                return Err(Failure::new(
+        // JSON goes through the method's message types; protobuf as is.
+        let codec = match format {
+            Format::Json => Codec::Json(types.ok_or_else(|| {
+                Failure::new(
                     Code::Unimplemented,
                     format!("no descriptors for {path}: JSON needs them (protobuf bodies do not)"),
-                ));
-            }
-            (_, types) => types,
+                )
+            })?),
+            Format::Protobuf(content_type) => Codec::Protobuf(content_type),
         };
         let opts = self.call_options(request.headers())?;
         let body = read_body(request.into_body(), self.config.max_message_size).await?;
-        let message = match (&format, types) {
-            (Format::Json, Some(types)) => json_to_protobuf(&types.input, &body)?,
-            _ => body,
+        let message = match &codec {
+            Codec::Json(types) => json_to_protobuf(&types.input, &body)?,
+            Codec::Protobuf(_) => body,
         };
         let reply: Bytes = self
             .invoker
             .invoke(&Raw, &path, &message, &opts)
             .await
             .map_err(|err| Failure::from_call(&err))?;
-        let (body, content_type) = match (format, types) {
-            (Format::Json, Some(types)) => (
+        let (body, content_type) = match codec {
+            Codec::Json(types) => (
                 protobuf_to_json(&types.output, reply)?,
                 HeaderValue::from_static(JSON),
             ),
-            (Format::Protobuf(content_type), _) => (reply, content_type),
-            (Format::Json, None) => unreachable!("refused above"),
+            Codec::Protobuf(content_type) => (reply, content_type),
         };
         let mut response = Response::new(Full::new(body));
         response
@@ -423,6 +423,14 @@ const JSON: &str = "application/json";
 enum Format {
     Json,
     /// The encoded message; the request's content type, to answer with.
+    Protobuf(HeaderValue),
+}
+
+/// How one request's bodies are read and written.
+enum Codec<'a> {
+    /// Proto3 JSON, through the method's message types.
+    Json(&'a MethodTypes),
+    /// The encoded message as is, answered with the request's content type.
     Protobuf(HeaderValue),
 }
 

@@ -242,6 +242,37 @@ mod tests {
         assert_eq!(err, MetadataHeaderError::NotUtf8("drpc-md-x".to_owned()));
     }
 
+    /// Every byte escaped as `%XX`, as a client that escapes everything
+    /// sends it.
+    fn escape_all(text: &str) -> String {
+        text.bytes().map(|b| format!("%{b:02X}")).collect()
+    }
+
+    proptest::proptest! {
+        /// Any key and value, escaped, come back as they were; the last
+        /// duplicate wins.
+        #[test]
+        fn escaped_pairs_round_trip(key in "\\PC{0,16}", value in "\\PC{0,32}", other in "\\PC{0,8}") {
+            let first = format!("{}={}", escape_all(&key), escape_all(&other));
+            let last = format!("{}={}", escape_all(&key), escape_all(&value));
+            let got = from_headers(&headers(&[&first, &last]), None);
+            let reserved = [TIMEOUT_METADATA_KEY, COMPRESSION_METADATA_KEY, FLOW_CONTROL_METADATA_KEY]
+                .contains(&key.as_str());
+            if reserved {
+                proptest::prop_assert!(got.is_err());
+            } else {
+                proptest::prop_assert_eq!(got.unwrap(), pairs(&[(&key, &value)]));
+            }
+        }
+
+        /// Whatever visible ASCII a header holds, reading it returns
+        /// pairs or an error, and never panics.
+        #[test]
+        fn any_header_text_is_pairs_or_an_error(text in "[ -~]{0,64}") {
+            let _ = from_headers(&headers(&[&text]), Some(DEFAULT_METADATA_PREFIX));
+        }
+    }
+
     #[test]
     fn timeouts_parse_in_grpc_format() {
         let mut map = HeaderMap::new();

@@ -3,8 +3,8 @@
 //! chain in the handler's context, clients refused in the handshake
 //! (no certificate, plain TCP) without harm to the others, the handshake
 //! timeout, concurrent handshakes, `max_connections`, and the client
-//! connector through `Endpoint::from_connector`. Certificates are made
-//! here with `rcgen`.
+//! connector through `Endpoint::from_connector`. Certificates and rustls
+//! configurations come from `drpc_test_support::pki`.
 
 #![cfg(feature = "tls-ring")]
 
@@ -18,121 +18,17 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use drpc_conn::{CallOptions, Conn, ConnOptions, Endpoint};
 use drpc_mux::{Mux, RequestContext};
-use drpc_server::tls::rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
-};
-use drpc_server::tls::rustls::server::WebPkiClientVerifier;
+use drpc_server::tls::rustls::pki_types::ServerName;
 use drpc_server::tls::{self, ClientTlsStream, rustls};
 use drpc_server::{PeerCertificates, Server, ServerOptions};
 use drpc_stream::Raw;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use drpc_test_support::pki::{Pki, SERVER_NAME, client_config, server_config};
 use support::{STEP, TEST_LIMIT, call, server_closes, within};
 use tokio::task::JoinHandle;
 
 /// Unary: answers `<peer address>` then, for each certificate of the
 /// peer's chain, its length (u32, big-endian) and its DER.
 const WHO: &str = "/tls.Test/Who";
-
-/// The name the server's certificate is for.
-const SERVER_NAME: &str = "localhost";
-
-/// A CA, and a certificate and key it signed.
-struct Pki {
-    ca: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate chain and its key.
-struct Identity {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = params.self_signed(&key).expect("CA certificate");
-        Pki {
-            ca: ca.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names`, for a server or a client; its chain has
-    /// the CA's certificate after its own.
-    fn issue(&self, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Identity {
-        let key = KeyPair::generate().expect("key");
-        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        Identity {
-            chain: vec![cert.der().clone(), self.ca.clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        }
-    }
-
-    fn roots(&self) -> rustls::RootCertStore {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).expect("root");
-        roots
-    }
-}
-
-/// rustls' ring provider, named rather than taken from the process
-/// default, which rustls cannot choose if a build has both providers.
-/// (Deprecated since rustls 0.23.48 for its lack of post-quantum key
-/// exchange; aws-lc-rs has it, but needs cmake to build.)
-#[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A server configuration; with `client_roots`, clients must present a
-/// certificate these roots vouch for.
-fn server_config(
-    identity: Identity,
-    client_roots: Option<rustls::RootCertStore>,
-) -> Arc<rustls::ServerConfig> {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_roots {
-        Some(roots) => builder.with_client_cert_verifier(
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .expect("verifier"),
-        ),
-        None => builder.with_no_client_auth(),
-    };
-    Arc::new(
-        builder
-            .with_single_cert(identity.chain, identity.key)
-            .expect("server config"),
-    )
-}
-
-/// A client configuration trusting `pki`, presenting `identity` if given.
-fn client_config(pki: &Pki, identity: Option<Identity>) -> Arc<rustls::ClientConfig> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(pki.roots());
-    Arc::new(match identity {
-        Some(id) => builder
-            .with_client_auth_cert(id.chain, id.key)
-            .expect("client config"),
-        None => builder.with_no_client_auth(),
-    })
-}
 
 fn mux() -> Mux {
     let mut mux = Mux::new();
@@ -204,11 +100,7 @@ async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> (Conn, 
 fn setup(mutual: bool) -> (Pki, Pki, Arc<rustls::ServerConfig>) {
     let server_pki = Pki::new("server CA");
     let client_pki = Pki::new("client CA");
-    let identity = server_pki.issue(
-        "server",
-        &[SERVER_NAME],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let identity = server_pki.server_identity();
     let config = server_config(identity, mutual.then(|| client_pki.roots()));
     (server_pki, client_pki, config)
 }
@@ -233,7 +125,7 @@ async fn over_mutual_tls_the_handler_sees_the_chain_the_client_presented() {
     within(TEST_LIMIT, "mtls", async {
         let (server_pki, client_pki, config) = setup(true);
         let (_server, addr, _task) = start(ServerOptions::new(), config).await;
-        let identity = client_pki.issue("client-7", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        let identity = client_pki.client_identity("client-7");
         let presented: Vec<Vec<u8>> = identity.chain.iter().map(|c| c.to_vec()).collect();
         let (conn, local) = connect(addr, client_config(&server_pki, Some(identity))).await;
         let got = call(&conn, WHO, "").await.expect("who");
@@ -266,10 +158,10 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_and_serves_the_others
         assert!(refused(addr, client_config(&server_pki, None)).await);
 
         // A certificate of another CA is refused too.
-        let stranger = Pki::new("another CA").issue("x", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        let stranger = Pki::new("another CA").client_identity("x");
         assert!(refused(addr, client_config(&server_pki, Some(stranger))).await);
 
-        let identity = client_pki.issue("client", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        let identity = client_pki.client_identity("client");
         let (conn, _) = connect(addr, client_config(&server_pki, Some(identity))).await;
         assert_eq!(call(&conn, support::ECHO, "ok").await.expect("echo"), "ok");
     })
@@ -380,7 +272,7 @@ async fn the_connector_serves_a_channel_over_mutual_tls() {
     within(TEST_LIMIT, "channel", async {
         let (server_pki, client_pki, config) = setup(true);
         let (server, addr, task) = start(ServerOptions::new(), config).await;
-        let identity = client_pki.issue("channel", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        let identity = client_pki.client_identity("channel");
         let end_entity = identity.chain[0].to_vec();
         let endpoint = Endpoint::from_connector(
             format!("tls://{addr}"),

@@ -1,6 +1,10 @@
 //! Shared by the tests of identity, serve_incoming, connection hygiene,
 //! shutdown signalling and options: a small service whose handlers report
 //! what their context says, and servers started on real sockets.
+//!
+//! Not merged with `tests/common` (the end-to-end harness): they share
+//! only `within`, `b` and an echo/bidi handler; their services, `Events`
+//! and `TEST_LIMIT` (20 s here, 15 s there) differ.
 
 #![allow(dead_code, unreachable_pub)]
 
