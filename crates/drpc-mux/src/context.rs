@@ -75,6 +75,15 @@ impl RequestContext {
         &self.metadata
     }
 
+    /// The call's metadata, to change what the handler sees: an
+    /// [`Interceptor`](crate::Interceptor) or a layer that takes a
+    /// credential out once checked, or fills in a default. The deadline is
+    /// not metadata: [`RequestContext::deadline`] stays as the client set
+    /// it.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
     /// When the client stops waiting, if it said.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline

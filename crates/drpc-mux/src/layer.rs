@@ -654,6 +654,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_interceptor_and_layers_can_rewrite_the_metadata() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut mux = echo_mux(&log);
+        // The interceptor takes the credential out once checked; a layer
+        // fills in a default tag.
+        mux.with_interceptor(Interceptor::new(|ctx| {
+            match ctx.metadata_mut().remove("secret").as_deref() {
+                Some("s3cr3t") => Ok(()),
+                _ => Err(CodedError::unauthenticated("no secret")),
+            }
+        }));
+        mux.layer(tower::util::MapRequestLayer::new(|mut call: Call| {
+            let metadata = call.ctx_mut().metadata_mut();
+            if !metadata.contains_key("tag") {
+                metadata.insert("tag".into(), "default".into());
+            }
+            assert!(
+                !metadata.contains_key("secret"),
+                "taken out before the layers"
+            );
+            call
+        }));
+        let mut metadata = Metadata::new();
+        metadata.insert("secret".into(), "s3cr3t".into());
+        let (result, _) = call_drpc(&mux, "/a.B/Echo", metadata).await;
+        assert_eq!(result, Ok(()));
+        let (result, _) = call_drpc(&mux, "/a.B/Echo", Metadata::new()).await;
+        assert_eq!(result, Err(CodedError::unauthenticated("no secret")));
+        assert_eq!(*log.lock().expect("log"), ["handler default None None"]);
+    }
+
+    #[tokio::test]
     async fn layers_reject_with_codes_and_skip_unknown_paths() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut mux = echo_mux(&log);
