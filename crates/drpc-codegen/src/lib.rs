@@ -59,7 +59,12 @@
 //!
 //! With the `grpc` feature, [`Builder::grpc_adapter`] also generates
 //! tonic's code and, for each service, a `SvcGrpcAdapter` serving the same
-//! `SvcDrpcServer` implementation over gRPC. Three things must be on:
+//! `SvcDrpcServer` implementation over gRPC. Built with
+//! `SvcGrpcAdapter::from_mux(server, &mux)`, it runs the interceptor and
+//! `tower` layers of the DRPC mux on every gRPC call too, so that both
+//! protocols enforce the same checks (`SvcGrpcAdapter::new(server)` has
+//! none). With [`Builder::service_descriptors`] it also emits the
+//! service's descriptors, for the HTTP/JSON bridge. Three things must be on:
 //!
 //! * the `grpc` feature of `drpc-codegen`, in `[build-dependencies]`:
 //!   without it, calling `grpc_adapter` is a compile error saying so;
