@@ -418,6 +418,14 @@ where
 
 const JSON: &str = "application/json";
 
+/// The content types of protobuf bodies: the registered one, the common
+/// `x-` form, and Go's `drpchttp`'s.
+const PROTOBUF_TYPES: [&str; 3] = [
+    "application/protobuf",
+    "application/x-protobuf",
+    "application/proto",
+];
+
 /// The body formats, by request content type.
 #[derive(Debug)]
 enum Format {
@@ -444,14 +452,13 @@ impl Format {
                 .trim()
                 .to_ascii_lowercase()
         });
-        match essence.as_deref() {
-            Some("application/json") => Ok(Format::Json),
-            Some(
-                ct @ ("application/protobuf" | "application/x-protobuf" | "application/proto"),
-            ) => Ok(Format::Protobuf(
-                HeaderValue::from_str(ct).expect("a known content type"),
-            )),
-            other => Err(Failure::new(
+        let protobuf = PROTOBUF_TYPES
+            .iter()
+            .find(|t| essence.as_deref() == Some(**t));
+        match (essence.as_deref(), protobuf) {
+            (Some(JSON), _) => Ok(Format::Json),
+            (_, Some(protobuf)) => Ok(Format::Protobuf(HeaderValue::from_static(protobuf))),
+            (other, None) => Err(Failure::new(
                 Code::InvalidArgument,
                 format!(
                     "unsupported content type {:?}: send application/json or application/protobuf",
