@@ -4,7 +4,12 @@
 //! service, in `OUT_DIR/tonic/service.rs`, on the same messages.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    drpc_codegen::configure()
+    let config = drpc_codegen::configure();
+    // With `grpc`, also the adapter serving the DRPC implementation over
+    // gRPC (and tonic's code it stands on), for `serve --shared-port`.
+    #[cfg(feature = "grpc")]
+    let config = config.grpc_adapter(true);
+    config
         // `buf` fields as `bytes::Bytes`: decoding from the received buffer
         // does not copy, and echoing a payload back is a reference count.
         .prost_config(|config| {

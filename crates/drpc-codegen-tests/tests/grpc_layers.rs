@@ -607,6 +607,49 @@ async fn the_adapter_from_the_mux_enforces_its_checks() -> anyhow::Result<()> {
             .into_inner();
         assert_eq!(reply.text, "alice");
         assert_eq!(log.lock().expect("log").len(), 3);
+
+        // An interceptor attached through tonic's hook runs after the
+        // mux's, never in place of it: adding one for gRPC cannot switch
+        // the mux's checks off.
+        let extra =
+            Interceptor::new(
+                |ctx: &mut RequestContext| match ctx.metadata().get("extra") {
+                    Some(_) => Err(CodedError::failed_precondition("the extra check")),
+                    None => Ok(()),
+                },
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(EchoServer::with_interceptor(
+                    EchoGrpcAdapter::from_mux(service.clone(), &mux),
+                    extra,
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut both = EchoClient::connect(format!("http://{addr}")).await?;
+        let status = both
+            .say(request(
+                msg("hi"),
+                &headers("t", &[TOKEN, ("blocked", "1")]),
+            ))
+            .await
+            .expect_err("the mux's interceptor");
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::PermissionDenied, "blocked")
+        );
+        let status = both
+            .say(request(msg("hi"), &headers("t", &[TOKEN, ("extra", "1")])))
+            .await
+            .expect_err("the attached interceptor");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let reply = both
+            .say(request(msg("hi"), &headers("t", &[TOKEN])))
+            .await?
+            .into_inner();
+        assert_eq!(reply.text, "alice");
         anyhow::Ok(())
     })
     .await?

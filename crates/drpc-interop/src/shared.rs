@@ -4,9 +4,10 @@
 //! * DRPC clients, with the reference's migration header (`DRPC!!!1`, as
 //!   Go clients of a `drpcmigrate` listener send it) or without, are
 //!   served by the DRPC [`Server`].
-//! * HTTP/2 connections (gRPC) are served by tonic, with the same service
-//!   ([`TonicService`](crate::grpc::TonicService)), when the `grpc`
-//!   feature is on; without it they are closed.
+//! * HTTP/2 connections (gRPC) are served by tonic, with the same
+//!   implementation ([`InteropService`](crate::InteropService)) through
+//!   the generated adapter, when the `grpc` feature is on; without it they
+//!   are closed.
 //! * HTTP/1 requests are served by the HTTP/JSON bridge ([`drpc_http`]):
 //!   `POST /service.Service/Method1` with a JSON or protobuf body, called
 //!   through the same DRPC [`Server`] (its limits and shutdown apply).
@@ -135,9 +136,16 @@ pub async fn serve_shared_port(
     let grpc = {
         let mut stopped = stopped.clone();
         let http2 = port.http2.map(|c| c.map(GrpcTransport));
+        // The DRPC implementation itself, through the generated adapter:
+        // one implementation answers all three protocols.
+        let adapter = crate::pb::service_server::ServiceServer::new(
+            crate::pb::ServiceGrpcAdapter::new(std::sync::Arc::new(crate::InteropService)),
+        )
+        .max_decoding_message_size(max_message_size)
+        .max_encoding_message_size(max_message_size);
         tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(crate::grpc::grpc_service(max_message_size))
+                .add_service(adapter)
                 .serve_with_incoming_shutdown(http2, async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })

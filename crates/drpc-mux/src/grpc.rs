@@ -56,8 +56,10 @@
 //! An [`Interceptor`] is also a tonic interceptor
 //! ([`tonic::service::Interceptor`]): the older way,
 //! `EchoServer::with_interceptor(EchoGrpcAdapter::new(service), auth)`,
-//! still works; an interceptor attached through tonic's hook runs in place
-//! of the adapter's own.
+//! still works. An interceptor attached through tonic's hook runs after the
+//! adapter's own (the mux's, with `from_mux`), never in place of it, so that
+//! adding one for gRPC cannot switch the mux's checks off; the same
+//! interceptor attached both ways runs once.
 //!
 //! The generated adapter's types exist only in the crate that generates
 //! them, so these sketches are not compiled here; `drpc-codegen-tests`'
@@ -149,9 +151,9 @@ async fn catching<T>(fut: impl Future<Output = Result<T, CodedError>>) -> Result
     .await
 }
 
-/// The context of a call, checked by the interceptor (the one attached to
-/// the request through tonic's hook if there is one, else the
-/// middleware's), and the token to cancel when the call ends.
+/// The context of a call, checked by the middleware's interceptor, then by
+/// one attached to the request through tonic's hook (unless it is the same
+/// one), and the token to cancel when the call ends.
 fn start<T>(
     middleware: &Middleware,
     rpc: &str,
@@ -159,8 +161,12 @@ fn start<T>(
 ) -> Result<(RequestContext, CancellationToken), tonic::Status> {
     let cancel = CancellationToken::new();
     let mut ctx = context_with(rpc, request, cancel.clone());
-    let attached = request.extensions().get::<Interceptor>();
-    if let Some(interceptor) = attached.or(middleware.interceptor()) {
+    let own = middleware.interceptor();
+    let attached = request
+        .extensions()
+        .get::<Interceptor>()
+        .filter(|attached| own.is_none_or(|own| !own.is_same(attached)));
+    for interceptor in own.into_iter().chain(attached) {
         std::panic::catch_unwind(AssertUnwindSafe(|| interceptor.intercept(&mut ctx)))
             .unwrap_or_else(|_| Err(panicked()))
             .map_err(status)?;
@@ -169,9 +175,10 @@ fn start<T>(
 }
 
 /// The error of a unary or client-streaming call whose layers answered
-/// without calling the handler.
+/// success without a response: they did not call the handler, or hid its
+/// error.
 fn no_response() -> CodedError {
-    CodedError::internal("a layer answered without calling the handler")
+    CodedError::internal("the layers answered without the handler's response")
 }
 
 /// Runs the handler of a call with one response through the middleware's

@@ -26,7 +26,7 @@ type CheckFn = dyn Fn(&mut RequestContext) -> Result<(), CodedError> + Send + Sy
 /// feature) runs it too, with the method's path, before the same layers
 /// and the implementation. (Given to tonic's interceptor hook of the
 /// generated server instead, `EchoServer::with_interceptor(adapter,
-/// interceptor)`, it runs in place of the adapter's own.)
+/// interceptor)`, it runs after the adapter's own, never in place of it.)
 ///
 /// Paths given to [`Interceptor::skip`] are not intercepted, on either
 /// side (a health check, say). A call to a path no route serves is not
@@ -61,6 +61,14 @@ pub struct Interceptor {
     check: Arc<CheckFn>,
     /// Shared by clones; copied on write by [`Interceptor::skip`].
     skipped: Arc<HashSet<String, foldhash::fast::RandomState>>,
+}
+
+impl Interceptor {
+    /// Whether `other` is a clone of this interceptor (the same check and
+    /// the same skipped paths).
+    pub(crate) fn is_same(&self, other: &Interceptor) -> bool {
+        Arc::ptr_eq(&self.check, &other.check) && Arc::ptr_eq(&self.skipped, &other.skipped)
+    }
 }
 
 impl fmt::Debug for Interceptor {

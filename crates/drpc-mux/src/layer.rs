@@ -383,7 +383,12 @@ impl Middleware {
 /// ```
 ///
 /// Skipping is decided per call, from [`Call::rpc`]; the wrapped layer's
-/// readiness is awaited only by the calls that go through it.
+/// readiness is awaited only by the calls that go through it, inside the
+/// call. So `SkipPaths` always reports itself ready: a `load_shed` (or a
+/// `buffer`) outside it cannot see that the wrapped layer is full, and
+/// calls queue for it instead of being shed. Put the shedding inside,
+/// `SkipPaths::new(ServiceBuilder::new().load_shed().concurrency_limit(n))`,
+/// so that it sheds only the calls it applies to.
 #[derive(Clone)]
 pub struct SkipPaths<L> {
     layer: L,

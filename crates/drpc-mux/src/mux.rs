@@ -169,6 +169,11 @@ impl Mux {
     ///   interceptor (an unknown path costs its Unimplemented answer
     ///   alone); [`SkipPaths`](crate::SkipPaths) opts methods out of one
     ///   layer.
+    /// - **What they span**: over DRPC the layers wrap the whole route,
+    ///   receiving the request and sending the response included, so a
+    ///   timeout or a concurrency permit also counts a slow client's
+    ///   time; over gRPC, tonic receives and sends outside them, and they
+    ///   wrap the implementation alone (a streaming one until it returns).
     /// - **Cost**: the layer wraps the stack once, here; each call then
     ///   clones the stack (the layers' services' clones, boxed), waits for
     ///   it to be ready and calls it (its futures boxed, as a type-erased
