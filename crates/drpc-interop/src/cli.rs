@@ -174,28 +174,13 @@ impl ServeArgs {
     }
 }
 
-/// `client`.
+/// How a DRPC client of `client` and `bench` makes its calls.
 #[derive(Debug, Clone, PartialEq, Args)]
-pub(crate) struct ClientArgs {
-    /// The server's address
-    #[arg(long, value_name = "HOST:PORT")]
-    pub(crate) addr: String,
-    /// A scenario, several separated by commas, or all
-    #[arg(long, value_name = "NAME|all", value_parser = parse_scenarios)]
-    pub(crate) scenario: Scenarios,
+pub(crate) struct CallSettings {
     /// One stream at a time per connection, as the reference Go
     /// implementation requires of its peers
     #[arg(long)]
     pub(crate) sequential: bool,
-    /// The largest message sent to or accepted from the server
-    #[arg(
-        long,
-        value_name = "BYTES",
-        value_parser = parse_bytes,
-        default_value = "4MiB",
-        long_help = MAX_MESSAGE_SIZE_HELP
-    )]
-    pub(crate) max_message_size: usize,
     /// Flow control: off, auto or fork
     #[arg(
         long,
@@ -216,14 +201,36 @@ pub(crate) struct ClientArgs {
     pub(crate) compression: CallCompression,
 }
 
+/// `client`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub(crate) struct ClientArgs {
+    /// The server's address
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) addr: String,
+    /// A scenario, several separated by commas, or all
+    #[arg(long, value_name = "NAME|all", value_parser = parse_scenarios)]
+    pub(crate) scenario: Scenarios,
+    /// The largest message sent to or accepted from the server
+    #[arg(
+        long,
+        value_name = "BYTES",
+        value_parser = parse_bytes,
+        default_value = "4MiB",
+        long_help = MAX_MESSAGE_SIZE_HELP
+    )]
+    pub(crate) max_message_size: usize,
+    #[command(flatten)]
+    pub(crate) calls: CallSettings,
+}
+
 impl ClientArgs {
     /// The client's configuration.
     pub(crate) fn config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new(&self.addr);
-        cfg.sequential = self.sequential;
+        cfg.sequential = self.calls.sequential;
         cfg.max_message_size = self.max_message_size;
-        cfg.flow_control = self.flow_control;
-        cfg.compression = self.compression;
+        cfg.flow_control = self.calls.flow_control;
+        cfg.compression = self.calls.compression;
         cfg
     }
 }
@@ -315,36 +322,17 @@ impl BenchShape {
 pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub(crate) shape: BenchShape,
-    /// One stream at a time per connection
-    #[arg(long)]
-    pub(crate) sequential: bool,
-    /// Flow control: off, auto or fork
-    #[arg(
-        long,
-        value_name = "MODE",
-        value_parser = parse_flow_control,
-        default_value = "auto",
-        long_help = FLOW_CONTROL_HELP
-    )]
-    pub(crate) flow_control: FlowControl,
-    /// Per-call compression: none or snappy
-    #[arg(
-        long,
-        value_name = "none|snappy",
-        value_parser = parse_compression,
-        default_value = "none",
-        long_help = COMPRESSION_HELP
-    )]
-    pub(crate) compression: CallCompression,
+    #[command(flatten)]
+    pub(crate) calls: CallSettings,
 }
 
 impl BenchArgs {
     /// The run's configuration.
     pub(crate) fn config(&self) -> BenchConfig {
         let mut cfg = self.shape.config();
-        cfg.sequential = self.sequential;
-        cfg.flow_control = self.flow_control;
-        cfg.compression = self.compression;
+        cfg.sequential = self.calls.sequential;
+        cfg.flow_control = self.calls.flow_control;
+        cfg.compression = self.calls.compression;
         cfg
     }
 }
@@ -574,8 +562,8 @@ mod tests {
                 panic!("not client");
             };
             assert_eq!(client.scenario, Scenarios(SCENARIOS.to_vec()));
-            assert_eq!(client.sequential, sequential);
-            assert_eq!(client.flow_control, flow_control);
+            assert_eq!(client.calls.sequential, sequential);
+            assert_eq!(client.calls.flow_control, flow_control);
         }
         assert_eq!(
             command(
@@ -585,10 +573,12 @@ mod tests {
             Command::Client(ClientArgs {
                 addr: "h:1".into(),
                 scenario: Scenarios(vec!["empty_unary", "ping_pong"]),
-                sequential: true,
                 max_message_size: 1 << 20,
-                flow_control: FlowControl::auto(),
-                compression: Some(Compression::Snappy),
+                calls: CallSettings {
+                    sequential: true,
+                    flow_control: FlowControl::auto(),
+                    compression: Some(Compression::Snappy),
+                },
             })
         );
         // Names are trimmed (a shell-quoted list may hold spaces).
@@ -626,9 +616,11 @@ mod tests {
                     conns: 2,
                     max_message_size: 8 << 20,
                 },
-                sequential: true,
-                flow_control: FlowControl::off(),
-                compression: None,
+                calls: CallSettings {
+                    sequential: true,
+                    flow_control: FlowControl::off(),
+                    compression: None,
+                },
             })
         );
         let Command::Bench(bench) = command("bench --addr h:1 --kind bidi --size med --duration 2")
