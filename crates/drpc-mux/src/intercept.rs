@@ -63,6 +63,7 @@ pub struct Interceptor {
     skipped: Arc<HashSet<String, foldhash::fast::RandomState>>,
 }
 
+#[cfg(feature = "grpc")]
 impl Interceptor {
     /// Whether `other` is a clone of this interceptor (the same check and
     /// the same skipped paths).

@@ -4,57 +4,20 @@
 //! that thread alone: the server, its connections and its handlers all
 //! run there.
 
+mod observe_support;
+
+use observe_support::*;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
-use drpc_conn::{CallOptions, Conn, ConnOptions};
-use drpc_mux::{Mux, RequestContext};
+use drpc_conn::{Conn, ConnOptions};
 use drpc_server::{PeerInfo, Server, ServerOptions, observe};
-use drpc_stream::Raw;
-use drpc_wire::CodedError;
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-
-const SLEEPY: &str = "/t.Obs/Sleepy";
-const FAIL: &str = "/t.Obs/Fail";
-const PEER: &str = "192.0.2.7:4242";
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// A handler that logs after an await, and one that fails.
-fn mux() -> Mux {
-    let mut mux = Mux::new();
-    mux.unary(SLEEPY, Raw, |_: RequestContext, req: Bytes| async move {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        tracing::info!(marker = "after-await", "handler line");
-        Ok(req)
-    });
-    mux.unary(FAIL, Raw, |_: RequestContext, _: Bytes| async move {
-        Err::<Bytes, _>(CodedError::not_found("no such thing"))
-    });
-    mux
-}
-
-/// Serves one in-memory connection from `PEER`; the connection task's
-/// handle, and a client.
-fn connect(server: &Server) -> (tokio::task::JoinHandle<()>, Conn) {
-    let (client, served) = tokio::io::duplex(64 * 1024);
-    let server = server.clone();
-    let peer = PeerInfo::tcp(PEER.parse().expect("addr"));
-    let task = tokio::spawn(async move {
-        server.serve_connection_with_peer(served, peer).await;
-    });
-    (task, Conn::new(client, ConnOptions::default()))
-}
-
-async fn call(conn: &Conn, rpc: &str) -> Result<Bytes, drpc_conn::Error> {
-    conn.unary_with(&Raw, rpc, &Bytes::from_static(b"hi"), &CallOptions::new())
-        .await
-}
 
 // --- the test recorder ---
 
